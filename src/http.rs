@@ -1,0 +1,64 @@
+//! One place that builds HTTP clients: rustls with the ring provider, TLS verification always on,
+//! an optional extra CA bundle, and a timeout on every request.
+
+use std::path::Path;
+use std::sync::Once;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSetupError {
+    #[error("cannot read CA file {path}: {source}")]
+    CaFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("CA file {path} holds no usable PEM certificate")]
+    CaPem { path: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
+/// Installs ring as the process-wide rustls provider (reqwest, vaultrs and the AWS SDK all use it).
+pub fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Err only means another provider is already installed, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Reads every certificate of a PEM bundle.
+pub fn load_ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, HttpSetupError> {
+    let pem = std::fs::read(path).map_err(|source| HttpSetupError::CaFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| HttpSetupError::CaPem {
+        path: path.display().to_string(),
+    })?;
+    if certs.is_empty() {
+        return Err(HttpSetupError::CaPem {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(certs)
+}
+
+/// A reqwest client with a per-request timeout and, when given, an extra trusted CA bundle.
+pub fn client(timeout: Duration, ca_file: Option<&Path>) -> Result<reqwest::Client, HttpSetupError> {
+    install_crypto_provider();
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .user_agent(concat!("zenml-rotator/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::limited(3));
+    if let Some(path) = ca_file {
+        for cert in load_ca_certificates(path)? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| HttpSetupError::Build(e.to_string()))
+}

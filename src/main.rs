@@ -1,0 +1,4 @@
+//! The command line. Everything it does lives in the library.
+fn main() {
+    println!("zenml-rotator: under construction");
+}

@@ -1,0 +1,281 @@
+//! Where rotated keys are written: one trait, one file per backend, chosen in one place from
+//! `[stores.NAME]`. The rotation engine only sees `SecretStore`; a new backend slots in here.
+//!
+//! Every backend keeps two things per path: the payload workloads read
+//! (`{"ZENML_STORE_URL": ..., "ZENML_STORE_API_KEY": ...}`) and a non-secret `RotationRecord`
+//! (Vault `custom_metadata`, AWS tags, a sidecar file) that tells the rotator what it did.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::secret::{ExposeSecret, SecretString};
+
+pub mod dry_run;
+
+pub const MANAGED_BY: &str = "zenml-rotator";
+pub const ENV_URL: &str = "ZENML_STORE_URL";
+pub const ENV_API_KEY: &str = "ZENML_STORE_API_KEY";
+
+/// What workloads read: the server URL and the API key.
+pub struct Payload {
+    pub zenml_url: String,
+    pub api_key: SecretString,
+}
+
+impl Payload {
+    /// The JSON object written to Vault and AWS. The returned string holds the key: keep it short-lived.
+    pub fn to_json(&self) -> SecretString {
+        let mut map = serde_json::Map::new();
+        map.insert(ENV_URL.into(), serde_json::Value::String(self.zenml_url.clone()));
+        map.insert(
+            ENV_API_KEY.into(),
+            serde_json::Value::String(self.api_key.expose_secret().to_owned()),
+        );
+        SecretString::from(serde_json::Value::Object(map).to_string())
+    }
+
+    /// Parses a stored JSON payload; `None` when it is not one of ours (a foreign value).
+    pub fn from_json(raw: &SecretString) -> Option<Payload> {
+        let v: serde_json::Value = serde_json::from_str(raw.expose_secret()).ok()?;
+        let obj = v.as_object()?;
+        let url = obj.get(ENV_URL)?.as_str()?.to_owned();
+        let key = obj.get(ENV_API_KEY)?.as_str()?.to_owned();
+        Some(Payload {
+            zenml_url: url,
+            api_key: SecretString::from(key),
+        })
+    }
+}
+
+/// The rotator's bookkeeping next to a stored value. Never secret: ids, names, times, fingerprints.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RotationRecord {
+    pub policy: String,
+    pub service_account: String,
+    pub api_key: String,
+    /// ZenML id of the API key whose value is stored now.
+    pub key_id: String,
+    /// Fingerprint of the stored value.
+    pub fingerprint: String,
+    pub rotated_at: Option<DateTime<Utc>>,
+    /// Until when the previous value stays valid.
+    pub retain_until: Option<DateTime<Utc>>,
+    /// Set once the previous value was confirmed rejected (or deactivated) after its window.
+    pub finalized_at: Option<DateTime<Utc>>,
+    /// Strategy `replace`: the ZenML id of the key being retired, and when it is deactivated.
+    pub retiring_key_id: Option<String>,
+    pub retire_at: Option<DateTime<Utc>>,
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn parse_ts(s: Option<&String>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl RotationRecord {
+    /// Flat string map (Vault custom_metadata, AWS tags, sidecar JSON). Keys are stable: they are
+    /// what operators see in their store.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert("managed_by".into(), MANAGED_BY.into());
+        m.insert("policy".into(), self.policy.clone());
+        m.insert("service_account".into(), self.service_account.clone());
+        m.insert("api_key".into(), self.api_key.clone());
+        m.insert("key_id".into(), self.key_id.clone());
+        m.insert("fingerprint".into(), self.fingerprint.clone());
+        let mut put = |k: &str, v: &Option<DateTime<Utc>>| {
+            if let Some(t) = v {
+                m.insert(k.into(), ts(t));
+            }
+        };
+        put("rotated_at", &self.rotated_at);
+        put("retain_until", &self.retain_until);
+        put("finalized_at", &self.finalized_at);
+        put("retire_at", &self.retire_at);
+        if let Some(id) = &self.retiring_key_id {
+            m.insert("retiring_key_id".into(), id.clone());
+        }
+        m
+    }
+
+    /// Reads a record back; `None` unless `managed_by = zenml-rotator` (a path we never wrote).
+    pub fn from_map(m: &BTreeMap<String, String>) -> Option<RotationRecord> {
+        if m.get("managed_by").map(String::as_str) != Some(MANAGED_BY) {
+            return None;
+        }
+        let s = |k: &str| m.get(k).cloned().unwrap_or_default();
+        Some(RotationRecord {
+            policy: s("policy"),
+            service_account: s("service_account"),
+            api_key: s("api_key"),
+            key_id: s("key_id"),
+            fingerprint: s("fingerprint"),
+            rotated_at: parse_ts(m.get("rotated_at")),
+            retain_until: parse_ts(m.get("retain_until")),
+            finalized_at: parse_ts(m.get("finalized_at")),
+            retiring_key_id: m.get("retiring_key_id").cloned(),
+            retire_at: parse_ts(m.get("retire_at")),
+        })
+    }
+}
+
+/// What is at a path now, read without writing anything.
+#[derive(Debug, Clone, Default)]
+pub struct StoreSnapshot {
+    /// Whether anything exists at the path (a secret, a file).
+    pub exists: bool,
+    /// The backend's token for the current version, used for check-and-set: the KV v2 version
+    /// number, the AWSCURRENT VersionId, a hash of the file. `None` when nothing exists.
+    pub version: Option<String>,
+    /// The rotator's record, if the path is managed.
+    pub record: Option<RotationRecord>,
+    /// A staged value waiting for promotion (AWS `AWSPENDING` on another version): its token.
+    pub pending: Option<String>,
+}
+
+/// One store error: which operation, and whether retrying later may help.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{store} {op} {path}: permission denied: {message}")]
+    PermissionDenied {
+        store: &'static str,
+        op: &'static str,
+        path: String,
+        message: String,
+    },
+    #[error("{store} {op} {path}: the store is unavailable: {message}")]
+    Unavailable {
+        store: &'static str,
+        op: &'static str,
+        path: String,
+        message: String,
+    },
+    #[error("{store} {op} {path}: the stored value changed since pre-flight ({message}); not overwriting it")]
+    Conflict {
+        store: &'static str,
+        op: &'static str,
+        path: String,
+        message: String,
+    },
+    #[error("{store} {op} {path}: {message}")]
+    NotWritable {
+        store: &'static str,
+        op: &'static str,
+        path: String,
+        message: String,
+    },
+    #[error("{store} {op} {path}: {message}")]
+    Other {
+        store: &'static str,
+        op: &'static str,
+        path: String,
+        message: String,
+    },
+}
+
+/// A backend that holds the payload of one or more keys.
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// `vault`, `aws-secrets-manager` or `file`: for logs and the `upstream` metric label.
+    fn kind(&self) -> &'static str;
+
+    /// Reads the path's state and record without the value. Cheap: `plan` calls it for every key.
+    async fn inspect(&self, path: &str) -> Result<StoreSnapshot, StoreError>;
+
+    /// Invariant 2: proves a write to `path` would succeed right now (reachable, authenticated,
+    /// allowed to create/update this exact path, not scheduled for deletion, no foreign rotation in
+    /// progress). Writes nothing. Returns the snapshot the later write checks-and-sets against.
+    async fn preflight(&self, path: &str) -> Result<StoreSnapshot, StoreError>;
+
+    /// The current API key value at `path` (`ZENML_STORE_API_KEY` of the current version).
+    async fn read_current(&self, path: &str) -> Result<Option<SecretString>, StoreError>;
+
+    /// The previous value, kept for consumers that fall back during the retain window
+    /// (KV v2 version before the current one, AWS `AWSPREVIOUS`, the file's `.previous`).
+    async fn read_previous(&self, path: &str) -> Result<Option<SecretString>, StoreError>;
+
+    /// Writes the new value so it can be read back, checked-and-set against `expected` (from
+    /// pre-flight). `token` identifies this rotation and makes retries idempotent (AWS
+    /// ClientRequestToken). On AWS this stages `AWSPENDING`; elsewhere it is the write itself.
+    async fn stage(
+        &self,
+        path: &str,
+        payload: &Payload,
+        record: &RotationRecord,
+        expected: &StoreSnapshot,
+        token: &str,
+    ) -> Result<(), StoreError>;
+
+    /// The value written by `stage(token)`, read back from the store.
+    async fn read_staged(&self, path: &str, token: &str) -> Result<Option<SecretString>, StoreError>;
+
+    /// Makes the staged value current (AWS: move `AWSCURRENT`, old version keeps `AWSPREVIOUS`,
+    /// remove `AWSPENDING`). Idempotent; a no-op where `stage` already made it current.
+    async fn promote(&self, path: &str, token: &str) -> Result<(), StoreError>;
+
+    /// Drops a staged value that will never be promoted (a stuck `AWSPENDING`). Idempotent.
+    async fn discard_staged(&self, path: &str, token: &str) -> Result<(), StoreError>;
+
+    /// Replaces the record only (finalized, retiring key deactivated).
+    async fn set_record(&self, path: &str, record: &RotationRecord) -> Result<(), StoreError>;
+
+    /// Removes the previous value so no store keeps a dead value that looks usable
+    /// (`retire_previous`: destroy the KV v2 version, drop `AWSPREVIOUS`, delete `.previous`).
+    async fn retire_previous(&self, path: &str) -> Result<(), StoreError>;
+}
+
+/// Reads the API key out of a stored JSON payload, `None` when the payload is not ours.
+pub fn api_key_of(raw: &SecretString) -> Option<SecretString> {
+    Payload::from_json(raw).map(|p| p.api_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_roundtrips_through_a_map() {
+        let t = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let r = RotationRecord {
+            policy: "training".into(),
+            service_account: "sa".into(),
+            api_key: "default".into(),
+            key_id: "1234".into(),
+            fingerprint: "abcd0123".into(),
+            rotated_at: Some(t),
+            retain_until: Some(t),
+            finalized_at: None,
+            retiring_key_id: Some("5678".into()),
+            retire_at: Some(t),
+        };
+        let m = r.to_map();
+        assert_eq!(m["managed_by"], "zenml-rotator");
+        assert_eq!(m["rotated_at"], "2026-01-02T03:04:05Z");
+        assert_eq!(RotationRecord::from_map(&m), Some(r));
+        let mut foreign = m.clone();
+        foreign.remove("managed_by");
+        assert_eq!(RotationRecord::from_map(&foreign), None);
+    }
+
+    #[test]
+    fn payload_json_has_exactly_the_two_env_names() {
+        let p = Payload {
+            zenml_url: "https://z".into(),
+            api_key: SecretString::from("ZENKEY_x"),
+        };
+        let raw = p.to_json();
+        let v: serde_json::Value = serde_json::from_str(raw.expose_secret()).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 2);
+        assert_eq!(v["ZENML_STORE_URL"], "https://z");
+        assert_eq!(api_key_of(&raw).unwrap().expose_secret(), "ZENKEY_x");
+        assert!(api_key_of(&SecretString::from("not json")).is_none());
+    }
+}
