@@ -1,6 +1,7 @@
 //! zenml-rotator: rotates ZenML service-account API keys into the stores workloads read them from.
 //! The binary (`src/main.rs`) is only the command line; everything it does lives in these modules.
 
+pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod secret;

@@ -1,0 +1,210 @@
+//! The policy file: the validated types the rest of the program uses.
+//! (Parsing and validation with file:line:col errors: see the foundation issue; this file first
+//! fixes the shapes other modules code against.)
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::secret::SecretSource;
+
+/// A whole, validated policy file. Built only by `Config::load`/`Config::parse`, so holding one
+/// means every check of DESIGN.md passed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for messages and reloads).
+    pub source: PathBuf,
+    pub zenml: ZenmlSettings,
+    /// `[defaults].concurrency`: keys rotated at once (default 4).
+    pub concurrency: usize,
+    pub metrics: MetricsSettings,
+    pub state: StateSettings,
+    pub daemon: DaemonSettings,
+    /// `[stores.NAME]`, by name. Holds an implicit `file` store when the file defines none.
+    pub stores: BTreeMap<String, StoreSettings>,
+    /// `[[key]]`, in file order, with `[defaults]` applied.
+    pub keys: Vec<KeyPolicy>,
+    pub hygiene: Option<HygieneSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ZenmlSettings {
+    /// Base URL without a trailing slash; also the `ZENML_STORE_URL` written to stores.
+    pub url: String,
+    pub auth: ZenmlAuth,
+    pub ca_file: Option<PathBuf>,
+    /// Per-request timeout (default 30s).
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZenmlAuth {
+    /// An admin user: `username` + `password_env`/`password_file`.
+    Password { username: String, password: SecretSource },
+    /// A service account key (`api_key_env`/`api_key_file`), for servers with RBAC.
+    ApiKey(SecretSource),
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    /// `run`: where /metrics, /healthz, /readyz listen (default 127.0.0.1:9464).
+    pub listen: SocketAddr,
+    /// `once`: a node-exporter textfile written atomically.
+    pub textfile: Option<PathBuf>,
+    /// `once`: a Pushgateway base URL.
+    pub pushgateway: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    /// Journal of rotations in flight (default `$STATE_DIRECTORY` under systemd, else /var/lib/zenml-rotator).
+    pub dir: PathBuf,
+}
+
+/// `[daemon]` (optional): how `run` paces itself.
+#[derive(Debug, Clone)]
+pub struct DaemonSettings {
+    /// A full pass at least this often, for state changed behind the rotator's back (default 5m).
+    pub safety_pass: Duration,
+    /// SIGTERM: how long the rotation in flight may take to finish (default 120s).
+    pub shutdown_timeout: Duration,
+    /// Per-key retry backoff after a failure: first delay and cap (defaults 30s and 1h).
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSettings {
+    Vault(VaultSettings),
+    Aws(AwsSettings),
+    File(FileSettings),
+}
+
+impl StoreSettings {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreSettings::Vault(_) => "vault",
+            StoreSettings::Aws(_) => "aws-secrets-manager",
+            StoreSettings::File(_) => "file",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultSettings {
+    pub address: String,
+    /// A KV v2 mount (default `secret`).
+    pub mount: String,
+    pub namespace: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub auth: VaultAuth,
+    /// Per-request timeout (default 30s).
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultAuth {
+    Token(SecretSource),
+    AppRole {
+        role_id: SecretSource,
+        secret_id: SecretSource,
+        /// Auth mount path (default `approle`).
+        mount: String,
+    },
+    Kubernetes {
+        role: String,
+        /// Default: /var/run/secrets/kubernetes.io/serviceaccount/token
+        jwt_file: PathBuf,
+        /// Auth mount path (default `kubernetes`).
+        mount: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsSettings {
+    /// Falls back to the SDK's region chain (AWS_REGION, profile) when absent.
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub kms_key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSettings {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// In place: ZenML's `rotate --retain`.
+    Rotate,
+    /// A new API key; the old one is deactivated after `retain`.
+    Replace,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Rotate => "rotate",
+            Strategy::Replace => "replace",
+        }
+    }
+}
+
+/// A 5-field cron expression and the time zone it is read in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronSpec {
+    pub expr: String,
+    pub timezone: chrono_tz::Tz,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaintenanceWindow {
+    pub opens: CronSpec,
+    pub duration: Duration,
+}
+
+/// When a key becomes due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cadence {
+    /// Due when the current value is older than this.
+    Every(Duration),
+    /// Due at each schedule time after the last rotation.
+    Schedule(CronSpec),
+}
+
+/// One `[[key]]` with `[defaults]` applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPolicy {
+    /// Unique; the `policy` label and the argument of `rotate`.
+    pub name: String,
+    pub service_account: String,
+    pub api_key: String,
+    /// A name in `Config::stores`.
+    pub store: String,
+    /// KV path under the mount, AWS secret name, or file name under the store's dir.
+    pub path: String,
+    pub strategy: Strategy,
+    pub cadence: Cadence,
+    pub window: Option<MaintenanceWindow>,
+    pub jitter: Option<Duration>,
+    /// How long the previous value keeps working (whole minutes under `rotate`).
+    pub retain: Duration,
+    /// `rotate` only: drop the previous value from the store once its window has passed.
+    pub retire_previous: bool,
+    /// `replace` only: delete deactivated keys this long after deactivation.
+    pub delete_after: Option<Duration>,
+}
+
+/// `[hygiene]` (opt-in): server-wide checks beyond the managed keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HygieneSettings {
+    /// Deactivate keys whose last workload login is older than this.
+    pub deactivate_unused_after: Option<Duration>,
+    /// Report keys no policy covers (never touched).
+    pub report_unmanaged: bool,
+    /// Report service accounts with no active key.
+    pub report_service_accounts_without_keys: bool,
+    /// Service accounts hygiene never touches.
+    pub exclude_service_accounts: Vec<String>,
+}
