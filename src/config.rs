@@ -41,7 +41,10 @@ pub struct ZenmlSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ZenmlAuth {
     /// An admin user: `username` + `password_env`/`password_file`.
-    Password { username: String, password: SecretSource },
+    Password {
+        username: String,
+        password: SecretSource,
+    },
     /// A service account key (`api_key_env`/`api_key_file`), for servers with RBAC.
     ApiKey(SecretSource),
 }

@@ -46,7 +46,10 @@ pub fn load_ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, Ht
 }
 
 /// A reqwest client with a per-request timeout and, when given, an extra trusted CA bundle.
-pub fn client(timeout: Duration, ca_file: Option<&Path>) -> Result<reqwest::Client, HttpSetupError> {
+pub fn client(
+    timeout: Duration,
+    ca_file: Option<&Path>,
+) -> Result<reqwest::Client, HttpSetupError> {
     install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)

@@ -5,8 +5,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub const NAMESPACE: &str = "zenml_rotator";
@@ -43,7 +43,7 @@ pub struct Metrics {
     pub retain_until_timestamp_seconds: GaugeVec,
     pub policy_healthy: IntGaugeVec,
     pub previous_key_accepted: IntGaugeVec,
-    pub rotation_duration_seconds: HistogramVec,
+    pub rotation_duration_seconds: Histogram,
     pub upstream_request_duration_seconds: HistogramVec,
     pub config_last_reload_successful: IntGauge,
     pub config_last_reload_success_timestamp_seconds: prometheus::Gauge,
@@ -62,11 +62,17 @@ impl Metrics {
     fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let rotations_total = IntCounterVec::new(
-            opts("rotations_total", "Rotations attempted, by policy and result (success, failure, refused)."),
+            opts(
+                "rotations_total",
+                "Rotations attempted, by policy and result (success, failure, refused).",
+            ),
             &["policy", "result"],
         )?;
         let errors_total = IntCounterVec::new(
-            opts("errors_total", "Errors by policy and stage (preflight, rotate, verify, store, finalize)."),
+            opts(
+                "errors_total",
+                "Errors by policy and stage (preflight, rotate, verify, store, finalize).",
+            ),
             &["policy", "stage"],
         )?;
         let gauge = |name: &str, help: &str| GaugeVec::new(opts(name, help), &["policy"]);
@@ -78,14 +84,19 @@ impl Metrics {
             "last_success_timestamp_seconds",
             "When the rotator last completed a pass over the policy without error.",
         )?;
-        let next_rotation_timestamp_seconds =
-            gauge("next_rotation_timestamp_seconds", "When the policy's key is next due.")?;
+        let next_rotation_timestamp_seconds = gauge(
+            "next_rotation_timestamp_seconds",
+            "When the policy's key is next due.",
+        )?;
         let retain_until_timestamp_seconds = gauge(
             "retain_until_timestamp_seconds",
             "Until when the previous value of the policy's key stays valid.",
         )?;
         let policy_healthy = IntGaugeVec::new(
-            opts("policy_healthy", "1 when the last pass over the policy succeeded, else 0."),
+            opts(
+                "policy_healthy",
+                "1 when the last pass over the policy succeeded, else 0.",
+            ),
             &["policy"],
         )?;
         let previous_key_accepted = IntGaugeVec::new(
@@ -95,11 +106,13 @@ impl Metrics {
             ),
             &["policy"],
         )?;
-        let rotation_duration_seconds = HistogramVec::new(
-            HistogramOpts::new("rotation_duration_seconds", "Wall time of one rotation, pre-flight to stored.")
-                .namespace(NAMESPACE)
-                .buckets(vec![0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0]),
-            &[],
+        let rotation_duration_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "rotation_duration_seconds",
+                "Wall time of one rotation, pre-flight to stored.",
+            )
+            .namespace(NAMESPACE)
+            .buckets(vec![0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0]),
         )?;
         let upstream_request_duration_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -107,7 +120,9 @@ impl Metrics {
                 "Duration of requests to ZenML and the secret stores, by upstream and operation.",
             )
             .namespace(NAMESPACE)
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
             &["upstream", "operation"],
         )?;
         let config_last_reload_successful = IntGauge::with_opts(opts(
@@ -118,7 +133,10 @@ impl Metrics {
             "config_last_reload_success_timestamp_seconds",
             "When the policy file was last loaded successfully.",
         ))?;
-        let build_info = IntGaugeVec::new(opts("build_info", "Always 1; the version as a label."), &["version"])?;
+        let build_info = IntGaugeVec::new(
+            opts("build_info", "Always 1; the version as a label."),
+            &["version"],
+        )?;
         let pending_deactivations = IntGauge::with_opts(opts(
             "pending_deactivations",
             "Old API keys waiting for their retain window to end before deactivation.",
@@ -128,7 +146,10 @@ impl Metrics {
             "When the policy's retiring API key is due to be deactivated.",
         )?;
         let keys_deactivated_total = IntCounterVec::new(
-            opts("keys_deactivated_total", "API keys deactivated, by policy and reason."),
+            opts(
+                "keys_deactivated_total",
+                "API keys deactivated, by policy and reason.",
+            ),
             &["policy", "reason"],
         )?;
         let journal_entries = IntGauge::with_opts(opts(
@@ -147,13 +168,17 @@ impl Metrics {
         registry.register(Box::new(rotation_duration_seconds.clone()))?;
         registry.register(Box::new(upstream_request_duration_seconds.clone()))?;
         registry.register(Box::new(config_last_reload_successful.clone()))?;
-        registry.register(Box::new(config_last_reload_success_timestamp_seconds.clone()))?;
+        registry.register(Box::new(
+            config_last_reload_success_timestamp_seconds.clone(),
+        ))?;
         registry.register(Box::new(build_info.clone()))?;
         registry.register(Box::new(pending_deactivations.clone()))?;
         registry.register(Box::new(deactivation_due_timestamp_seconds.clone()))?;
         registry.register(Box::new(keys_deactivated_total.clone()))?;
         registry.register(Box::new(journal_entries.clone()))?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
 
         Ok(Metrics {
             registry,
@@ -182,14 +207,19 @@ impl Metrics {
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for the text format except on invalid metric names,
         // which are fixed at compile time here.
-        if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
             return String::new();
         }
         String::from_utf8(out).unwrap_or_default()
     }
 
     pub fn error(&self, policy: &str, stage: Stage) {
-        self.errors_total.with_label_values(&[policy, stage.as_str()]).inc();
+        self.errors_total
+            .with_label_values(&[policy, stage.as_str()])
+            .inc();
     }
 
     /// Drops every series of a policy that is no longer in the config (after a reload).
@@ -245,9 +275,11 @@ mod tests {
             g.with_label_values(&["p"]).set(1.0);
         }
         m.policy_healthy.with_label_values(&["p"]).set(1);
-        m.rotation_duration_seconds.with_label_values(&[]).observe(1.0);
+        m.rotation_duration_seconds.observe(1.0);
         observe_upstream("zenml", "get_api_key", Duration::from_millis(5));
-        m.keys_deactivated_total.with_label_values(&["p", "retain_expired"]).inc();
+        m.keys_deactivated_total
+            .with_label_values(&["p", "retain_expired"])
+            .inc();
         let text = m.render();
         for name in [
             "zenml_rotator_rotations_total{policy=\"p\",result=\"success\"}",

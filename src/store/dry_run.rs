@@ -43,26 +43,50 @@ impl SecretStore for DryRunStore {
         _expected: &StoreSnapshot,
         _token: &str,
     ) -> Result<(), StoreError> {
-        tracing::info!(store = self.kind(), path, "dry run: would write the new value");
+        tracing::info!(
+            store = self.kind(),
+            path,
+            "dry run: would write the new value"
+        );
         Ok(())
     }
-    async fn read_staged(&self, _path: &str, _token: &str) -> Result<Option<SecretString>, StoreError> {
+    async fn read_staged(
+        &self,
+        _path: &str,
+        _token: &str,
+    ) -> Result<Option<SecretString>, StoreError> {
         Ok(None)
     }
     async fn promote(&self, path: &str, _token: &str) -> Result<(), StoreError> {
-        tracing::info!(store = self.kind(), path, "dry run: would promote the new value");
+        tracing::info!(
+            store = self.kind(),
+            path,
+            "dry run: would promote the new value"
+        );
         Ok(())
     }
     async fn discard_staged(&self, path: &str, _token: &str) -> Result<(), StoreError> {
-        tracing::info!(store = self.kind(), path, "dry run: would discard a staged value");
+        tracing::info!(
+            store = self.kind(),
+            path,
+            "dry run: would discard a staged value"
+        );
         Ok(())
     }
     async fn set_record(&self, path: &str, _record: &RotationRecord) -> Result<(), StoreError> {
-        tracing::info!(store = self.kind(), path, "dry run: would update the rotation record");
+        tracing::info!(
+            store = self.kind(),
+            path,
+            "dry run: would update the rotation record"
+        );
         Ok(())
     }
     async fn retire_previous(&self, path: &str) -> Result<(), StoreError> {
-        tracing::info!(store = self.kind(), path, "dry run: would remove the previous value");
+        tracing::info!(
+            store = self.kind(),
+            path,
+            "dry run: would remove the previous value"
+        );
         Ok(())
     }
 }

@@ -28,7 +28,10 @@ impl Payload {
     /// The JSON object written to Vault and AWS. The returned string holds the key: keep it short-lived.
     pub fn to_json(&self) -> SecretString {
         let mut map = serde_json::Map::new();
-        map.insert(ENV_URL.into(), serde_json::Value::String(self.zenml_url.clone()));
+        map.insert(
+            ENV_URL.into(),
+            serde_json::Value::String(self.zenml_url.clone()),
+        );
         map.insert(
             ENV_API_KEY.into(),
             serde_json::Value::String(self.api_key.expose_secret().to_owned()),
@@ -156,7 +159,9 @@ pub enum StoreError {
         path: String,
         message: String,
     },
-    #[error("{store} {op} {path}: the stored value changed since pre-flight ({message}); not overwriting it")]
+    #[error(
+        "{store} {op} {path}: the stored value changed since pre-flight ({message}); not overwriting it"
+    )]
     Conflict {
         store: &'static str,
         op: &'static str,
@@ -213,7 +218,11 @@ pub trait SecretStore: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// The value written by `stage(token)`, read back from the store.
-    async fn read_staged(&self, path: &str, token: &str) -> Result<Option<SecretString>, StoreError>;
+    async fn read_staged(
+        &self,
+        path: &str,
+        token: &str,
+    ) -> Result<Option<SecretString>, StoreError>;
 
     /// Makes the staged value current (AWS: move `AWSCURRENT`, old version keeps `AWSPREVIOUS`,
     /// remove `AWSPENDING`). Idempotent; a no-op where `stage` already made it current.
