@@ -2,6 +2,7 @@
 //! The binary (`src/main.rs`) is only the command line; everything it does lives in these modules.
 
 pub mod config;
+pub mod cron;
 pub mod http;
 pub mod metrics;
 pub mod secret;
