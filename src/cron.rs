@@ -96,7 +96,7 @@ impl CronSpec {
         // A bound on the work for pathological inputs: one fire per minute for a year is 525,600.
         for _ in 0..600_000 {
             let next = cron.find_next_occurrence(&prev, false).ok()?;
-            let gap = (next.clone() - prev.clone()).to_std().ok()?;
+            let gap = (next - prev).to_std().ok()?;
             if gap < threshold {
                 return Some((prev.with_timezone(&Utc), gap));
             }
