@@ -57,7 +57,12 @@ impl SecretStore for DryRunStore {
     ) -> Result<Option<SecretString>, StoreError> {
         Ok(None)
     }
-    async fn promote(&self, path: &str, _token: &str) -> Result<(), StoreError> {
+    async fn promote(
+        &self,
+        path: &str,
+        _token: &str,
+        _expected: &StoreSnapshot,
+    ) -> Result<(), StoreError> {
         tracing::info!(
             store = self.kind(),
             path,

@@ -225,13 +225,21 @@ pub trait SecretStore: Send + Sync {
     ) -> Result<Option<SecretString>, StoreError>;
 
     /// Makes the staged value current (AWS: move `AWSCURRENT`, old version keeps `AWSPREVIOUS`,
-    /// remove `AWSPENDING`). Idempotent; a no-op where `stage` already made it current.
-    async fn promote(&self, path: &str, token: &str) -> Result<(), StoreError>;
+    /// remove `AWSPENDING`), refusing with `Conflict` when the current version is no longer
+    /// `expected` (someone wrote behind our back). Idempotent: promoting what is already current
+    /// succeeds. A no-op where `stage` already made it current.
+    async fn promote(
+        &self,
+        path: &str,
+        token: &str,
+        expected: &StoreSnapshot,
+    ) -> Result<(), StoreError>;
 
     /// Drops a staged value that will never be promoted (a stuck `AWSPENDING`). Idempotent.
     async fn discard_staged(&self, path: &str, token: &str) -> Result<(), StoreError>;
 
-    /// Replaces the record only (finalized, retiring key deactivated).
+    /// Replaces the record only. The engine calls it after every promote (AWS keeps the record in
+    /// tags, which describe the current version) and when a rotation is finalized.
     async fn set_record(&self, path: &str, record: &RotationRecord) -> Result<(), StoreError>;
 
     /// Removes the previous value so no store keeps a dead value that looks usable
