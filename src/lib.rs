@@ -3,7 +3,9 @@
 
 pub mod config;
 pub mod cron;
+pub mod fault;
 pub mod http;
+pub mod journal;
 pub mod metrics;
 pub mod secret;
 pub mod store;

@@ -1,0 +1,25 @@
+//! Test-only fault points for crash tests (invariant 3). Compiled in only with the cargo feature
+//! `fault-injection`; in every other build `point` is an empty inline function.
+//! `ZR_FAULT=<point>` makes the process die at that point as a crash would (no destructors, no
+//! flush); `ZR_FAULT_EXEC=<point>:<shell command>` runs a command there instead (e.g. seal Vault).
+
+/// Marks a step of a rotation where a crash test may stop the process.
+#[cfg(feature = "fault-injection")]
+pub fn point(name: &str) {
+    if let Ok(spec) = std::env::var("ZR_FAULT_EXEC")
+        && let Some((at, cmd)) = spec.split_once(':')
+        && at == name
+    {
+        eprintln!("fault-injection: running the command for {name}");
+        let _ = std::process::Command::new("sh").arg("-c").arg(cmd).status();
+    }
+    if std::env::var("ZR_FAULT").as_deref() == Ok(name) {
+        eprintln!("fault-injection: crashing at {name}");
+        // SAFETY: _exit ends the process at once, like a kill -9 would; nothing runs after it.
+        unsafe { libc::_exit(86) };
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn point(_name: &str) {}

@@ -1,0 +1,386 @@
+//! The durable record of rotations in flight (invariant 3). Before the rotate call the rotator
+//! writes its intent; the moment ZenML answers, the new value is written here (mode 0600, fsync)
+//! before anything else happens; once the value is stored and read back, the entry is removed.
+//! On the next start, entries are replayed into the store. One file per policy.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::secret::{ExposeSecret, SecretString, fingerprint};
+use crate::store::file::{sync_dir, write_atomic};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal directory {dir}: {source}")]
+    Dir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("journal entry {file}: {source}")]
+    Io {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "journal entry {file} is unreadable ({message}); it may hold a key that is in use: inspect it, then move it away"
+    )]
+    Corrupt { file: PathBuf, message: String },
+    #[error(
+        "another zenml-rotator holds the lock on {dir} (pid {pid}); two rotators must not share a state directory"
+    )]
+    Locked { dir: PathBuf, pid: String },
+}
+
+/// How far a rotation got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// About to call ZenML; no new value exists yet (or its answer never arrived).
+    Intent,
+    /// ZenML answered with the new value (held in `value`); not yet stored.
+    Rotated,
+}
+
+/// One rotation in flight. `value` is the only secret and is present only in phase `Rotated`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Entry {
+    pub policy: String,
+    /// The rotation's id: also the AWS ClientRequestToken, so store retries are idempotent.
+    pub token: String,
+    pub phase: Phase,
+    pub strategy: String,
+    pub service_account: String,
+    pub service_account_id: String,
+    pub api_key: String,
+    /// ZenML id of the key being rotated (strategy rotate) or of the new key (replace).
+    pub key_id: String,
+    pub store: String,
+    pub path: String,
+    pub started_at: DateTime<Utc>,
+    /// ZenML's `last_rotated` of the key when the rotation started: if it moved and no value was
+    /// journaled, ZenML rotated but the answer was lost.
+    pub previous_last_rotated: Option<DateTime<Utc>>,
+    pub retain_minutes: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "expose_value",
+        deserialize_with = "read_value"
+    )]
+    pub value: Option<SecretString>,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("policy", &self.policy)
+            .field("token", &self.token)
+            .field("phase", &self.phase)
+            .field("key_id", &self.key_id)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+fn expose_value<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_some(v.expose_secret()),
+        None => s.serialize_none(),
+    }
+}
+
+fn read_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    let v: Option<String> = Option::deserialize(d)?;
+    Ok(v.map(SecretString::from))
+}
+
+impl Entry {
+    /// Records the new value and moves to phase `Rotated`.
+    pub fn with_value(mut self, value: &SecretString) -> Entry {
+        self.fingerprint = Some(fingerprint(value));
+        self.value = Some(SecretString::from(value.expose_secret().to_owned()));
+        self.phase = Phase::Rotated;
+        self
+    }
+}
+
+/// The journal directory `<state.dir>/journal` (0700) with one `<policy>.json` (0600) per entry.
+pub struct Journal {
+    dir: PathBuf,
+}
+
+/// File names stay inside the directory whatever the policy name holds.
+fn file_stem(policy: &str) -> String {
+    let safe = !policy.is_empty()
+        && policy.len() <= 100
+        && policy
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !policy.starts_with('.');
+    if safe {
+        policy.to_owned()
+    } else {
+        format!("policy-{}", hex::encode(policy.as_bytes()))
+    }
+}
+
+impl Journal {
+    /// Opens (creating with mode 0700) `<state_dir>/journal`.
+    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        let dir = state_dir.join("journal");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| JournalError::Dir {
+                dir: dir.clone(),
+                source,
+            })?;
+        // A directory that existed before keeps its mode: tighten it.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            |source| JournalError::Dir {
+                dir: dir.clone(),
+                source,
+            },
+        )?;
+        Ok(Journal { dir })
+    }
+
+    /// A journal that is never written (read-only commands over a state dir that may not exist).
+    pub fn read_only(state_dir: &Path) -> Journal {
+        Journal {
+            dir: state_dir.join("journal"),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, policy: &str) -> PathBuf {
+        self.dir.join(format!("{}.json", file_stem(policy)))
+    }
+
+    /// Writes the entry durably (temp file 0600, fsync, rename, fsync dir) before returning.
+    pub fn record(&self, entry: &Entry) -> Result<(), JournalError> {
+        let file = self.path(&entry.policy);
+        let json = Zeroizing::new(serde_json::to_vec_pretty(entry).map_err(|e| {
+            JournalError::Corrupt {
+                file: file.clone(),
+                message: e.to_string(),
+            }
+        })?);
+        write_atomic(&file, &json).map_err(|source| JournalError::Io { file, source })
+    }
+
+    /// The entry of one policy, if any.
+    pub fn get(&self, policy: &str) -> Result<Option<Entry>, JournalError> {
+        read_entry(&self.path(policy))
+    }
+
+    /// Removes the entry of a finished rotation (and makes the removal durable).
+    pub fn remove(&self, policy: &str) -> Result<(), JournalError> {
+        let file = self.path(policy);
+        match std::fs::remove_file(&file) {
+            Ok(()) => sync_dir(&self.dir).map_err(|source| JournalError::Io { file, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(JournalError::Io { file, source }),
+        }
+    }
+
+    /// Every entry, by policy. A directory that does not exist holds none.
+    pub fn entries(&self) -> Result<BTreeMap<String, Entry>, JournalError> {
+        let mut out = BTreeMap::new();
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(source) => {
+                return Err(JournalError::Dir {
+                    dir: self.dir.clone(),
+                    source,
+                });
+            }
+        };
+        for item in rd {
+            let item = item.map_err(|source| JournalError::Dir {
+                dir: self.dir.clone(),
+                source,
+            })?;
+            let name = item.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || !name.ends_with(".json") {
+                continue;
+            }
+            if let Some(entry) = read_entry(&item.path())? {
+                out.insert(entry.policy.clone(), entry);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn read_entry(file: &Path) -> Result<Option<Entry>, JournalError> {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => Zeroizing::new(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(JournalError::Io {
+                file: file.to_path_buf(),
+                source,
+            });
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        // serde_json's message names the position, never the content.
+        .map_err(|e| JournalError::Corrupt {
+            file: file.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// An exclusive lock on the state directory, held for the life of the process (`once`, `run`,
+/// `rotate`): two rotators working on the same keys would race each other's rotations.
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    pub fn acquire(state_dir: &Path) -> Result<StateLock, JournalError> {
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::AsRawFd;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|source| JournalError::Dir {
+                dir: state_dir.to_path_buf(),
+                source,
+            })?;
+        let path = state_dir.join("lock");
+        let io = |source| JournalError::Io {
+            file: path.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(JournalError::Locked {
+                dir: state_dir.to_path_buf(),
+                pid: pid.trim().to_owned(),
+            });
+        }
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        write!(file, "{}", std::process::id()).map_err(io)?;
+        Ok(StateLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(policy: &str) -> Entry {
+        Entry {
+            policy: policy.into(),
+            token: "00000000-0000-4000-8000-000000000001".into(),
+            phase: Phase::Intent,
+            strategy: "rotate".into(),
+            service_account: "sa".into(),
+            service_account_id: "id".into(),
+            api_key: "default".into(),
+            key_id: "kid".into(),
+            store: "file".into(),
+            path: "p".into(),
+            started_at: Utc::now(),
+            previous_last_rotated: None,
+            retain_minutes: 60,
+            fingerprint: None,
+            value: None,
+        }
+    }
+
+    #[test]
+    fn roundtrip_mode_and_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let e = entry("training").with_value(&SecretString::from("ZENKEY_secret"));
+        j.record(&e).unwrap();
+        let file = dir.path().join("journal/training.json");
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(dir.path().join("journal"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
+        let back = j.get("training").unwrap().unwrap();
+        assert_eq!(back.phase, Phase::Rotated);
+        assert_eq!(back.value.unwrap().expose_secret(), "ZENKEY_secret");
+        assert!(!format!("{e:?}").contains("ZENKEY_secret"));
+        assert_eq!(j.entries().unwrap().len(), 1);
+        j.remove("training").unwrap();
+        assert!(j.get("training").unwrap().is_none());
+        assert!(!file.exists());
+        j.remove("training").unwrap();
+    }
+
+    #[test]
+    fn odd_policy_names_stay_inside_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.record(&entry("../../etc/x")).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("journal"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1);
+        assert!(names[0].starts_with("policy-"), "{names:?}");
+        assert_eq!(j.entries().unwrap().keys().next().unwrap(), "../../etc/x");
+    }
+
+    #[test]
+    fn a_corrupt_entry_is_an_error_not_silently_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("journal/x.json"), b"{not json").unwrap();
+        assert!(matches!(j.entries(), Err(JournalError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn the_state_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateLock::acquire(dir.path()).unwrap();
+        // flock locks are per open file description: a second open in the same process conflicts.
+        assert!(matches!(
+            StateLock::acquire(dir.path()),
+            Err(JournalError::Locked { .. })
+        ));
+        drop(first);
+        assert!(StateLock::acquire(dir.path()).is_ok());
+    }
+}

@@ -1,0 +1,552 @@
+//! The `file` store: one env file per key (`ZENML_STORE_URL=...`, `ZENML_STORE_API_KEY=...`) for
+//! systemd `EnvironmentFile=` consumers. Every write is atomic (temp file, fsync, rename, fsync dir)
+//! with mode 0600. Beside it: `<name>.previous` (the value still valid during the retain window)
+//! and `<name>.meta.json` (the rotator's record, no secret).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::{
+    ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, StoreError, StoreSnapshot,
+};
+use crate::config::FileSettings;
+use crate::secret::{ExposeSecret, SecretString};
+
+const KIND: &str = "file";
+
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+impl FileStore {
+    pub fn new(settings: &FileSettings) -> FileStore {
+        FileStore {
+            dir: settings.dir.clone(),
+        }
+    }
+
+    /// The env file for `path`, refusing anything that would leave the store's directory.
+    fn file(&self, path: &str, op: &'static str) -> Result<PathBuf, StoreError> {
+        let rel = Path::new(path);
+        let safe = !path.is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_)));
+        if !safe {
+            return Err(other(
+                op,
+                path,
+                "the path must be a relative file name without `..`".into(),
+            ));
+        }
+        Ok(self.dir.join(rel))
+    }
+}
+
+fn other(op: &'static str, path: &str, message: String) -> StoreError {
+    StoreError::Other {
+        store: KIND,
+        op,
+        path: path.to_owned(),
+        message,
+    }
+}
+
+fn io_error(op: &'static str, path: &str, e: &std::io::Error) -> StoreError {
+    let message = e.to_string();
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => StoreError::PermissionDenied {
+            store: KIND,
+            op,
+            path: path.to_owned(),
+            message,
+        },
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::StorageFull => {
+            StoreError::NotWritable {
+                store: KIND,
+                op,
+                path: path.to_owned(),
+                message,
+            }
+        }
+        _ => other(op, path, message),
+    }
+}
+
+fn sibling(file: &Path, suffix: &str) -> PathBuf {
+    let mut name = file
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(suffix);
+    file.with_file_name(name)
+}
+
+/// The version token of a file: a hash of its bytes (the value itself never leaves this module).
+fn version_of(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..8])
+}
+
+fn render_env(payload: &Payload) -> Zeroizing<String> {
+    Zeroizing::new(format!(
+        "# Written by zenml-rotator; do not edit: the next rotation replaces this file.\n\
+         {ENV_URL}={}\n{ENV_API_KEY}={}\n",
+        payload.zenml_url,
+        payload.api_key.expose_secret()
+    ))
+}
+
+/// Reads `ZENML_STORE_API_KEY` out of an env file (systemd syntax: comments, optional quotes).
+fn parse_api_key(text: &str) -> Option<SecretString> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == ENV_API_KEY)
+        .map(|(_, v)| {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')))
+                .unwrap_or(v);
+            SecretString::from(v.to_owned())
+        })
+}
+
+fn read_bytes(
+    file: &Path,
+    op: &'static str,
+    path: &str,
+) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+    match std::fs::read(file) {
+        Ok(b) => Ok(Some(Zeroizing::new(b))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(op, path, &e)),
+    }
+}
+
+fn read_value(
+    file: &Path,
+    op: &'static str,
+    path: &str,
+) -> Result<Option<SecretString>, StoreError> {
+    let Some(bytes) = read_bytes(file, op, path)? else {
+        return Ok(None);
+    };
+    let text =
+        std::str::from_utf8(&bytes).map_err(|_| other(op, path, "the file is not UTF-8".into()))?;
+    Ok(parse_api_key(text))
+}
+
+/// Writes `bytes` to `target` atomically with mode 0600: a temp file in the same directory,
+/// fsync, rename over the target, fsync the directory (so the rename itself is durable).
+pub(crate) fn write_atomic(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // An existing temp file keeps its old mode through open(): force it.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, target)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl FileStore {
+    fn read_record(
+        &self,
+        file: &Path,
+        op: &'static str,
+        path: &str,
+    ) -> Result<Option<RotationRecord>, StoreError> {
+        let meta = sibling(file, ".meta.json");
+        let Some(bytes) = read_bytes(&meta, op, path)? else {
+            return Ok(None);
+        };
+        let map: BTreeMap<String, String> = serde_json::from_slice(&bytes).map_err(|e| {
+            other(
+                op,
+                path,
+                format!("{} is not valid JSON: {e}", meta.display()),
+            )
+        })?;
+        Ok(RotationRecord::from_map(&map))
+    }
+
+    fn write_record(
+        &self,
+        file: &Path,
+        record: &RotationRecord,
+        op: &'static str,
+        path: &str,
+    ) -> Result<(), StoreError> {
+        let meta = sibling(file, ".meta.json");
+        let json = serde_json::to_vec_pretty(&record.to_map())
+            .map_err(|e| other(op, path, format!("cannot encode the record: {e}")))?;
+        write_atomic(&meta, &json).map_err(|e| io_error(op, path, &e))
+    }
+
+    fn snapshot(
+        &self,
+        file: &Path,
+        op: &'static str,
+        path: &str,
+    ) -> Result<StoreSnapshot, StoreError> {
+        let current = read_bytes(file, op, path)?;
+        Ok(StoreSnapshot {
+            exists: current.is_some(),
+            version: current.as_deref().map(|b| version_of(b)),
+            record: self.read_record(file, op, path)?,
+            pending: None,
+        })
+    }
+
+    fn ensure_dir(&self, file: &Path, op: &'static str, path: &str) -> Result<(), StoreError> {
+        let dir = file.parent().unwrap_or(&self.dir);
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| io_error(op, path, &e))?;
+        }
+        Ok(())
+    }
+}
+
+fn timed<T>(op: &str, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let out = f();
+    crate::metrics::observe_upstream(KIND, op, start.elapsed());
+    out
+}
+
+#[async_trait]
+impl SecretStore for FileStore {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    async fn inspect(&self, path: &str) -> Result<StoreSnapshot, StoreError> {
+        let file = self.file(path, "inspect")?;
+        timed("inspect", || self.snapshot(&file, "inspect", path))
+    }
+
+    async fn preflight(&self, path: &str) -> Result<StoreSnapshot, StoreError> {
+        const OP: &str = "preflight";
+        let file = self.file(path, OP)?;
+        timed(OP, || {
+            self.ensure_dir(&file, OP, path)?;
+            if let Ok(md) = std::fs::symlink_metadata(&file)
+                && !md.file_type().is_file()
+            {
+                return Err(StoreError::NotWritable {
+                    store: KIND,
+                    op: OP,
+                    path: path.to_owned(),
+                    message: "exists but is not a regular file".into(),
+                });
+            }
+            // Prove the directory takes a new file right now (permissions, read-only mount, full disk).
+            let dir = file.parent().unwrap_or(&self.dir);
+            let probe = dir.join(format!(".zenml-rotator-preflight-{}", std::process::id()));
+            write_atomic(&probe, b"").map_err(|e| io_error(OP, path, &e))?;
+            let _ = std::fs::remove_file(&probe);
+            self.snapshot(&file, OP, path)
+        })
+    }
+
+    async fn read_current(&self, path: &str) -> Result<Option<SecretString>, StoreError> {
+        let file = self.file(path, "read")?;
+        timed("read", || read_value(&file, "read", path))
+    }
+
+    async fn read_previous(&self, path: &str) -> Result<Option<SecretString>, StoreError> {
+        let file = self.file(path, "read_previous")?;
+        timed("read_previous", || {
+            read_value(&sibling(&file, ".previous"), "read_previous", path)
+        })
+    }
+
+    async fn stage(
+        &self,
+        path: &str,
+        payload: &Payload,
+        record: &RotationRecord,
+        expected: &StoreSnapshot,
+        _token: &str,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "write";
+        let file = self.file(path, OP)?;
+        timed(OP, || {
+            self.ensure_dir(&file, OP, path)?;
+            let current = read_bytes(&file, OP, path)?;
+            let rendered = render_env(payload);
+            if current.as_deref().map(|b| b.as_slice()) == Some(rendered.as_bytes()) {
+                // A retry of a write that already landed.
+                return self.write_record(&file, record, OP, path);
+            }
+            let version = current.as_deref().map(|b| version_of(b));
+            if version != expected.version {
+                return Err(StoreError::Conflict {
+                    store: KIND,
+                    op: OP,
+                    path: path.to_owned(),
+                    message: "the file's content changed since pre-flight".into(),
+                });
+            }
+            // The old value first, so that at every instant either the new value is current or
+            // the old one is still where consumers read it.
+            if let Some(old) = &current {
+                write_atomic(&sibling(&file, ".previous"), old)
+                    .map_err(|e| io_error(OP, path, &e))?;
+            }
+            write_atomic(&file, rendered.as_bytes()).map_err(|e| io_error(OP, path, &e))?;
+            self.write_record(&file, record, OP, path)
+        })
+    }
+
+    async fn read_staged(
+        &self,
+        path: &str,
+        _token: &str,
+    ) -> Result<Option<SecretString>, StoreError> {
+        self.read_current(path).await
+    }
+
+    async fn promote(
+        &self,
+        _path: &str,
+        _token: &str,
+        _expected: &StoreSnapshot,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn discard_staged(&self, _path: &str, _token: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn set_record(&self, path: &str, record: &RotationRecord) -> Result<(), StoreError> {
+        let file = self.file(path, "set_record")?;
+        timed("set_record", || {
+            self.write_record(&file, record, "set_record", path)
+        })
+    }
+
+    async fn retire_previous(&self, path: &str) -> Result<(), StoreError> {
+        const OP: &str = "retire_previous";
+        let file = self.file(path, OP)?;
+        timed(OP, || {
+            let prev = sibling(&file, ".previous");
+            match std::fs::remove_file(&prev) {
+                Ok(()) => {
+                    let dir = prev.parent().unwrap_or(&self.dir);
+                    sync_dir(dir).map_err(|e| io_error(OP, path, &e))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_error(OP, path, &e)),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(key: &str) -> Payload {
+        Payload {
+            zenml_url: "https://zenml.example.com".into(),
+            api_key: SecretString::from(key.to_owned()),
+        }
+    }
+
+    fn record(fp: &str) -> RotationRecord {
+        RotationRecord {
+            policy: "p".into(),
+            fingerprint: fp.into(),
+            ..RotationRecord::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn write_read_back_previous_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(&FileSettings {
+            dir: dir.path().join("keys"),
+        });
+        let snap = store.preflight("training.env").await.unwrap();
+        assert!(!snap.exists);
+        store
+            .stage(
+                "training.env",
+                &payload("ZENKEY_one"),
+                &record("1"),
+                &snap,
+                "t1",
+            )
+            .await
+            .unwrap();
+        let file = dir.path().join("keys/training.env");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("ZENML_STORE_URL=https://zenml.example.com\n"));
+        assert!(text.contains("ZENML_STORE_API_KEY=ZENKEY_one\n"));
+        assert_eq!(
+            store
+                .read_current("training.env")
+                .await
+                .unwrap()
+                .unwrap()
+                .expose_secret(),
+            "ZENKEY_one"
+        );
+        assert!(store.read_previous("training.env").await.unwrap().is_none());
+
+        let snap2 = store.preflight("training.env").await.unwrap();
+        assert_eq!(snap2.record.as_ref().unwrap().fingerprint, "1");
+        store
+            .stage(
+                "training.env",
+                &payload("ZENKEY_two"),
+                &record("2"),
+                &snap2,
+                "t2",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .read_previous("training.env")
+                .await
+                .unwrap()
+                .unwrap()
+                .expose_secret(),
+            "ZENKEY_one"
+        );
+        // A retry of the same write succeeds without touching the previous value.
+        store
+            .stage(
+                "training.env",
+                &payload("ZENKEY_two"),
+                &record("2"),
+                &snap2,
+                "t2",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .read_previous("training.env")
+                .await
+                .unwrap()
+                .unwrap()
+                .expose_secret(),
+            "ZENKEY_one"
+        );
+        store.retire_previous("training.env").await.unwrap();
+        assert!(store.read_previous("training.env").await.unwrap().is_none());
+        // No temp files left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("keys"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_write_behind_our_back_is_a_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(&FileSettings {
+            dir: dir.path().into(),
+        });
+        let snap = store.preflight("k").await.unwrap();
+        std::fs::write(dir.path().join("k"), "ZENML_STORE_API_KEY=someone-else\n").unwrap();
+        let err = store
+            .stage("k", &payload("ZENKEY_x"), &record("x"), &snap, "t")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+        assert_eq!(
+            store
+                .read_current("k")
+                .await
+                .unwrap()
+                .unwrap()
+                .expose_secret(),
+            "someone-else"
+        );
+    }
+
+    #[tokio::test]
+    async fn paths_cannot_escape_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(&FileSettings {
+            dir: dir.path().into(),
+        });
+        for bad in ["../x", "/etc/passwd", "", "a/../../b"] {
+            assert!(store.preflight(bad).await.is_err(), "{bad}");
+        }
+        assert!(store.preflight("team/a.env").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn preflight_fails_on_a_read_only_directory() {
+        if unsafe { libc::geteuid() } == 0 {
+            // root ignores directory permissions; a read-only bind mount is the real-world case,
+            // covered by the NotWritable mapping. Prove the mapping instead.
+            let e = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
+            assert!(matches!(
+                io_error("preflight", "k", &e),
+                StoreError::NotWritable { .. }
+            ));
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
+        let store = FileStore::new(&FileSettings {
+            dir: dir.path().into(),
+        });
+        let err = store.preflight("k").await.unwrap_err();
+        assert!(matches!(err, StoreError::PermissionDenied { .. }), "{err}");
+    }
+
+    #[test]
+    fn parses_systemd_env_syntax() {
+        assert_eq!(
+            parse_api_key("# c\nZENML_STORE_URL=x\n ZENML_STORE_API_KEY = \"ZENKEY_q\" \n")
+                .unwrap()
+                .expose_secret(),
+            "ZENKEY_q"
+        );
+        assert!(parse_api_key("OTHER=1\n").is_none());
+    }
+}
