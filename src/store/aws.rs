@@ -19,7 +19,7 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::ProvideCredentials;
 use aws_sdk_secretsmanager::config::http::HttpResponse;
-use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::operation::describe_secret::DescribeSecretOutput;
 use aws_sdk_secretsmanager::types::Tag;
 use aws_smithy_http_client::tls;
@@ -178,6 +178,7 @@ fn is_not_found<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> boo
 /// Maps an SDK error to the store's error kinds. `api` names the AWS call; `path` is the secret
 /// name. Neither the request nor the response body is ever part of the message.
 fn sdk_error<E>(
+    timeout: Duration,
     op: &'static str,
     path: &str,
     api: &'static str,
@@ -262,7 +263,10 @@ where
             store: KIND,
             op,
             path,
-            message: format!("{api}: no answer within the store timeout"),
+            message: format!(
+                "{api}: no answer within {} (the store timeout, retries included)",
+                humantime::format_duration(timeout)
+            ),
         },
         SdkError::DispatchFailure(_) => match credentials_error(err) {
             Some(CredentialsError::CredentialsNotLoaded(_))
@@ -273,29 +277,44 @@ where
                 message: format!(
                     "{api}: no usable AWS credentials (environment, profile, web identity, \
                      ECS or instance metadata): {}",
-                    DisplayErrorContext(err)
+                    causes(err)
                 ),
             },
             _ => StoreError::Unavailable {
                 store: KIND,
                 op,
                 path,
-                message: format!("{api}: request failed: {}", DisplayErrorContext(err)),
+                message: format!("{api}: request failed: {}", causes(err)),
             },
         },
         SdkError::ResponseError(_) => StoreError::Unavailable {
             store: KIND,
             op,
             path,
-            message: format!("{api}: unreadable response: {}", DisplayErrorContext(err)),
+            message: format!("{api}: unreadable response: {}", causes(err)),
         },
         _ => StoreError::Other {
             store: KIND,
             op,
             path,
-            message: format!("{api}: {}", DisplayErrorContext(err)),
+            message: format!("{api}: {}", causes(err)),
         },
     }
+}
+
+/// An error and its sources on one line, without the Debug dump the SDK's own formatter appends.
+fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
 }
 
 /// The credentials failure behind a dispatch failure, if that is what it is (resolving the
@@ -541,13 +560,26 @@ fn check_token(op: &'static str, path: &str, token: &str) -> Result<(), StoreErr
 // The calls
 
 impl AwsStore {
+    fn sdk_error<E>(
+        &self,
+        op: &'static str,
+        path: &str,
+        api: &'static str,
+        err: &SdkError<E, HttpResponse>,
+    ) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        sdk_error(self.timeout, op, path, api, err)
+    }
+
     async fn describe(&self, op: &'static str, path: &str) -> Result<SecretState, StoreError> {
         let api = "DescribeSecret";
         let result = timed(api, self.client.describe_secret().secret_id(path).send()).await;
         match result {
             Ok(out) => Ok(SecretState::from_output(&out)),
             Err(e) if is_not_found(&e) => Ok(SecretState::default()),
-            Err(e) => Err(sdk_error(op, path, api, &e)),
+            Err(e) => Err(self.sdk_error(op, path, api, &e)),
         }
     }
 
@@ -574,7 +606,7 @@ impl AwsStore {
                     .map(|s| (id, SecretString::from(s))))
             }
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(sdk_error(op, path, api, &e)),
+            Err(e) => Err(self.sdk_error(op, path, api, &e)),
         }
     }
 
@@ -618,7 +650,7 @@ impl AwsStore {
                     e.message().unwrap_or("no message")
                 ),
             )),
-            Err(e) => Err(sdk_error(op, path, api, &e)),
+            Err(e) => Err(self.sdk_error(op, path, api, &e)),
         }
     }
 
@@ -645,7 +677,7 @@ impl AwsStore {
         timed(api, request.send())
             .await
             .map(|_| ())
-            .map_err(|e| sdk_error(op, path, api, &e))
+            .map_err(|e| self.sdk_error(op, path, api, &e))
     }
 
     /// AWS step 1 on an existing secret: the new version under `token`, labelled `AWSPENDING`
@@ -714,7 +746,7 @@ impl AwsStore {
         timed(api, request.send())
             .await
             .map(|_| ())
-            .map_err(|e| sdk_error(OP, path, api, &e))
+            .map_err(|e| self.sdk_error(OP, path, api, &e))
     }
 }
 
@@ -919,7 +951,7 @@ impl SecretStore for AwsStore {
             .set_tags(Some(tags));
         timed(api, request.send())
             .await
-            .map_err(|e| sdk_error(OP, path, api, &e))?;
+            .map_err(|e| self.sdk_error(OP, path, api, &e))?;
         if !stale.is_empty() {
             let api = "UntagResource";
             let request = self
@@ -929,7 +961,7 @@ impl SecretStore for AwsStore {
                 .set_tag_keys(Some(stale));
             timed(api, request.send())
                 .await
-                .map_err(|e| sdk_error(OP, path, api, &e))?;
+                .map_err(|e| self.sdk_error(OP, path, api, &e))?;
         }
         Ok(())
     }
