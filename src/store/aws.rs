@@ -1,11 +1,6 @@
-//! The AWS Secrets Manager store: AWS's own four-step rotation protocol (the new value staged as
-//! `AWSPENDING` under the engine's `ClientRequestToken`, promoted to `AWSCURRENT` once verified, the
-//! old version keeping `AWSPREVIOUS`), with the rotation record in `zenml-rotator:*` tags.
-//!
-//! Every step starts with `DescribeSecret` and returns early when its work is already done, so the
-//! engine can retry any step with the same token. Writes never trust the secret to be unchanged:
-//! `stage` and `promote` compare `AWSCURRENT` with what pre-flight saw, and the label move itself is
-//! a compare-and-swap (`RemoveFromVersionId` must still hold `AWSCURRENT`).
+//! The AWS Secrets Manager store: AWS's own four-step rotation protocol (new value `AWSPENDING`
+//! under the engine's `ClientRequestToken`, promoted to `AWSCURRENT` once verified, the old version
+//! keeping `AWSPREVIOUS`), with the rotation record in `zenml-rotator:*` tags.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -53,6 +48,23 @@ const DESCRIPTION: &str = "ZenML service-account API key, rotated by zenml-rotat
 /// failures). Few on purpose: the rotation engine backs off per key on top of this.
 const MAX_ATTEMPTS: u32 = 3;
 
+/// One Secrets Manager client (one region, one set of credentials) for every key of a store.
+///
+/// Every step starts with `DescribeSecret` and returns early when its work is already done, so the
+/// engine can retry any step with the same token. Writes never trust the secret to be unchanged:
+/// `stage` and `promote` compare `AWSCURRENT` with what pre-flight saw, and the label move itself
+/// is a compare-and-swap (`RemoveFromVersionId` must still hold `AWSCURRENT`).
+///
+/// Refused outright (`NotWritable`), by pre-flight and again by every write: a secret scheduled
+/// for deletion, one owned by another AWS service, and one with automatic rotation enabled (a
+/// Lambda or managed rotation would overwrite our `AWSCURRENT` with a value ZenML never issued;
+/// the message names the Lambda and any `AWSPENDING` it left). An `AWSPENDING` without rotation
+/// enabled is a stuck rotation: reported in `StoreSnapshot::pending`, and `stage` refuses with
+/// `Conflict` until the engine resumes it or calls `discard_staged`.
+///
+/// IAM on the secret: `DescribeSecret`, `GetSecretValue`, `PutSecretValue`,
+/// `UpdateSecretVersionStage`, `TagResource`, `UntagResource`, plus `CreateSecret` for secrets that
+/// do not exist yet, and `kms:GenerateDataKey`/`kms:Decrypt` on a customer-managed key.
 pub struct AwsStore {
     client: Client,
     kms_key_id: Option<String>,
@@ -118,10 +130,10 @@ impl AwsStore {
         }
         let sdk = loader.load().await;
         if sdk.region().is_none() {
-            return Err(StoreError::NotWritable {
+            return Err(StoreError::Other {
                 store: KIND,
                 op: "connect",
-                path: settings.endpoint_url.clone().unwrap_or_default(),
+                path: "(store settings)".into(),
                 message: "no AWS region: set `region` in the store's settings, or AWS_REGION / \
                           a profile region in the environment"
                     .into(),
@@ -269,8 +281,19 @@ where
             ),
         },
         SdkError::DispatchFailure(_) => match credentials_error(err) {
-            Some(CredentialsError::CredentialsNotLoaded(_))
-            | Some(CredentialsError::InvalidConfiguration(_)) => StoreError::PermissionDenied {
+            Some(CredentialsError::ProviderTimedOut(_)) => StoreError::Unavailable {
+                store: KIND,
+                op,
+                path,
+                message: format!(
+                    "{api}: timed out obtaining AWS credentials: {}",
+                    causes(err)
+                ),
+            },
+            // Nothing found, a broken profile, or a provider that refused us (an IRSA role whose
+            // trust policy does not name this service account, IMDS disabled): an operator has
+            // to fix where the credentials come from.
+            Some(_) => StoreError::PermissionDenied {
                 store: KIND,
                 op,
                 path,
@@ -280,7 +303,7 @@ where
                     causes(err)
                 ),
             },
-            _ => StoreError::Unavailable {
+            None => StoreError::Unavailable {
                 store: KIND,
                 op,
                 path,
