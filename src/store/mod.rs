@@ -12,6 +12,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::secret::{ExposeSecret, SecretString};
 
+pub mod aws;
 pub mod dry_run;
 pub mod file;
 

@@ -38,6 +38,11 @@ pub fn peers() -> Peers {
     }
 }
 
+/// The moto endpoint alone, for tests that need only AWS (`scripts/peers.sh start moto`).
+pub fn aws_endpoint() -> String {
+    required("ZR_AWS_ENDPOINT")
+}
+
 /// A name no other test (or earlier run against the same server) uses: `prefix-<pid>-<n>-<rand>`.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -46,7 +51,11 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("{prefix}-{}-{n}-{:05x}", std::process::id(), nanos & 0xfffff)
+    format!(
+        "{prefix}-{}-{n}-{:05x}",
+        std::process::id(),
+        nanos & 0xfffff
+    )
 }
 
 /// The built `zenml-rotator` binary, run in `dir` with an environment cleared of anything that
