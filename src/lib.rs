@@ -9,3 +9,4 @@ pub mod journal;
 pub mod metrics;
 pub mod secret;
 pub mod store;
+pub mod zenml;

@@ -3,6 +3,8 @@
 //! A test that needs a server fails loudly when it is absent: it is never skipped.
 #![allow(dead_code)]
 
+pub mod stub_http;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -97,4 +99,57 @@ pub fn run_expect(cmd: &mut Command, code: i32) -> Output {
         panic!("expected exit {code}\n{}", describe(cmd, &out));
     }
     out
+}
+
+/// The ZenML server alone, for tests that need no other peer.
+pub struct ZenmlPeer {
+    pub url: String,
+    pub admin: String,
+    pub admin_password: String,
+}
+
+pub fn zenml() -> ZenmlPeer {
+    ZenmlPeer {
+        url: required("ZR_ZENML_URL"),
+        admin: required("ZR_ZENML_ADMIN"),
+        admin_password: required("ZR_ZENML_ADMIN_PASSWORD"),
+    }
+}
+
+/// A client logged in (lazily) as the server's admin user.
+pub fn zenml_admin() -> zenml_rotator::zenml::ZenmlClient {
+    let peer = zenml();
+    let creds = zenml_rotator::zenml::Credentials::Password {
+        username: peer.admin,
+        password: peer.admin_password.into(),
+    };
+    zenml_rotator::zenml::ZenmlClient::new(&peer.url, creds, Default::default()).unwrap()
+}
+
+/// A client that logs in with a service account's API key value.
+pub fn zenml_key_client(
+    value: &zenml_rotator::secret::SecretString,
+) -> zenml_rotator::zenml::ZenmlClient {
+    let creds = zenml_rotator::zenml::Credentials::ApiKey(value.clone());
+    zenml_rotator::zenml::ZenmlClient::new(&zenml().url, creds, Default::default()).unwrap()
+}
+
+/// A fresh service account named `unique(prefix)` holding one API key named `default`.
+pub async fn new_service_account_with_key(
+    admin: &zenml_rotator::zenml::ZenmlClient,
+    prefix: &str,
+) -> (
+    zenml_rotator::zenml::ServiceAccount,
+    zenml_rotator::zenml::NewApiKey,
+) {
+    let name = unique(prefix);
+    let sa = admin
+        .create_service_account(&name, "created by a zenml-rotator test")
+        .await
+        .unwrap_or_else(|e| panic!("create service account {name}: {e}"));
+    let key = admin
+        .create_api_key(sa.id, "default", "created by a zenml-rotator test")
+        .await
+        .unwrap_or_else(|e| panic!("create API key on {name}: {e}"));
+    (sa, key)
 }
