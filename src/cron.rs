@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Offset, TimeDelta, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 
@@ -61,22 +61,88 @@ impl CronSpec {
         compile(&self.expr).ok()
     }
 
+    /// The wall-clock time of `t` in the zone, whole seconds, dressed as UTC: croner only ever
+    /// sees these, so its own DST handling never runs (croner 3.0.1, asked in a zone, returns
+    /// times before its argument during a fall-back hour and invents fire times right after a
+    /// spring-forward gap). `instant_of` maps wall-clock times back to instants.
+    fn wall_clock(&self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let wall = t.with_timezone(&self.timezone).naive_local();
+        Utc.from_utc_datetime(&wall.with_nanosecond(0).unwrap_or(wall))
+    }
+
+    /// The instant a wall-clock fire time stands for. Read on the zone's clock: a time the clock
+    /// shows twice (autumn) fires once, at its first occurrence; a time it skips (spring) fires
+    /// once, at the first instant after the gap. This mapping never goes backwards as the
+    /// wall-clock time advances, which is what lets the scans below stop at the first hit.
+    fn instant_of(&self, wall: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let wall = wall.naive_utc();
+        if let Some(t) = self.timezone.from_local_datetime(&wall).earliest() {
+            return Some(t.with_timezone(&Utc));
+        }
+        let valid = |w: NaiveDateTime| self.timezone.from_local_datetime(&w).earliest();
+        // In a gap: find its end by minutes, then by seconds (offsets of old zones had seconds).
+        let minute = TimeDelta::minutes(1);
+        let mut below = wall;
+        for _ in 0..GAP_SEARCH_MINUTES {
+            let probe = below.checked_add_signed(minute)?;
+            if valid(probe).is_some() {
+                return (1..=60)
+                    .find_map(|s| valid(below.checked_add_signed(TimeDelta::seconds(s))?))
+                    .map(|t| t.with_timezone(&Utc));
+            }
+            below = probe;
+        }
+        None
+    }
+
+    fn next_with(&self, cron: &Cron, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Every wall-clock time up to t's own maps to an instant <= t, so the scan starts there;
+        // it only repeats across wall-clock times that map to <= t (the second pass of an
+        // autumn hour, or the fire times of a spring gap that all map to its end).
+        let mut wall = self.wall_clock(t);
+        for _ in 0..SCAN_LIMIT {
+            wall = cron.find_next_occurrence(&wall, false).ok()?;
+            let at = self.instant_of(wall)?;
+            if at > t {
+                return Some(at);
+            }
+        }
+        None
+    }
+
     /// The first fire time strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = t.with_timezone(&self.timezone);
-        self.cron()?
-            .find_next_occurrence(&local, false)
-            .ok()
-            .map(|d| d.with_timezone(&Utc))
+        self.next_with(&self.cron()?, t)
     }
 
     /// The last fire time at or before `t`.
     pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = t.with_timezone(&self.timezone);
-        self.cron()?
-            .find_previous_occurrence(&local, true)
-            .ok()
-            .map(|d| d.with_timezone(&Utc))
+        let cron = self.cron()?;
+        // While clocks are set back, wall-clock times later than t's still map to instants
+        // before t: start above them, by the larger of the offsets now and a day ago.
+        let offset = |at: DateTime<Utc>| {
+            i64::from(
+                self.timezone
+                    .offset_from_utc_datetime(&at.naive_utc())
+                    .fix()
+                    .local_minus_utc(),
+            )
+        };
+        let day_ago = t.checked_sub_signed(TimeDelta::hours(25)).unwrap_or(t);
+        let set_back = (offset(day_ago) - offset(t)).max(0);
+        let mut wall = self
+            .wall_clock(t)
+            .checked_add_signed(TimeDelta::seconds(set_back))?;
+        let mut inclusive = true;
+        for _ in 0..SCAN_LIMIT {
+            wall = cron.find_previous_occurrence(&wall, inclusive).ok()?;
+            inclusive = false;
+            let at = self.instant_of(wall)?;
+            if at <= t {
+                return Some(at);
+            }
+        }
+        None
     }
 
     /// The first gap between consecutive fire times in `[from, from + horizon]` that is shorter
@@ -90,17 +156,15 @@ impl CronSpec {
     ) -> Option<(DateTime<Utc>, Duration)> {
         let cron = self.cron()?;
         let end = from + chrono::Duration::from_std(horizon).ok()?;
-        let mut prev = cron
-            .find_next_occurrence(&from.with_timezone(&self.timezone), false)
-            .ok()?;
+        let mut prev = self.next_with(&cron, from)?;
         // A bound on the work for pathological inputs: one fire per minute for a year is 525,600.
         for _ in 0..600_000 {
-            let next = cron.find_next_occurrence(&prev, false).ok()?;
+            let next = self.next_with(&cron, prev)?;
             let gap = (next - prev).to_std().ok()?;
             if gap < threshold {
-                return Some((prev.with_timezone(&Utc), gap));
+                return Some((prev, gap));
             }
-            if next.with_timezone(&Utc) > end {
+            if next > end {
                 return None;
             }
             prev = next;
@@ -108,6 +172,12 @@ impl CronSpec {
         None
     }
 }
+
+/// Wall-clock fire times one scan may pass over before giving up: a minutely schedule meets
+/// 60 per hour of a set-back; no zone in use sets its clocks back by more than a few hours.
+const SCAN_LIMIT: usize = 10_000;
+/// The longest gap to look across: a whole day (Samoa skipped 2011-12-30).
+const GAP_SEARCH_MINUTES: usize = 25 * 60;
 
 #[cfg(test)]
 mod tests {
@@ -189,6 +259,92 @@ mod tests {
             .gap_shorter_than(Duration::from_secs(2 * 3600), from, year)
             .unwrap();
         assert_eq!(gap, Duration::from_secs(3600));
+    }
+
+    fn berlin(expr: &str) -> CronSpec {
+        CronSpec::parse(expr, parse_timezone("Europe/Berlin").unwrap()).unwrap()
+    }
+
+    #[test]
+    fn autumn_hour_fires_once_and_never_goes_backwards() {
+        // 2026-10-25: Berlin goes from 03:00 CEST back to 02:00 CET at 01:00 UTC, so 02:30
+        // happens at 00:30Z and again at 01:30Z. It fires once, at the first.
+        let s = berlin("30 2 * * *");
+        assert_eq!(
+            s.next_after(at("2026-10-25T00:00:00Z")),
+            Some(at("2026-10-25T00:30:00Z"))
+        );
+        // During the second pass (02:10 CET) the next fire is tomorrow, not the one just past
+        // (croner asked in the zone answers 00:30Z here, before its own argument).
+        assert_eq!(
+            s.next_after(at("2026-10-25T01:10:00Z")),
+            Some(at("2026-10-26T01:30:00Z"))
+        );
+        assert_eq!(
+            s.latest_at_or_before(at("2026-10-25T01:10:00Z")),
+            Some(at("2026-10-25T00:30:00Z"))
+        );
+        let quarterly = berlin("*/15 * * * *");
+        let mut t = at("2026-10-24T23:50:00Z");
+        for _ in 0..(3 * 60) {
+            let next = quarterly.next_after(t).unwrap();
+            assert!(next > t, "next_after({t}) = {next}");
+            let last = quarterly.latest_at_or_before(t).unwrap();
+            assert!(last <= t && quarterly.next_after(last).unwrap() > t);
+            t += TimeDelta::minutes(1);
+        }
+    }
+
+    #[test]
+    fn spring_gap_fires_once_at_its_end_and_invents_nothing() {
+        // 2026-03-29: Berlin jumps from 02:00 CET to 03:00 CEST at 01:00 UTC.
+        let skipped = berlin("30 2 * * *");
+        assert_eq!(
+            skipped.next_after(at("2026-03-28T12:00:00Z")),
+            Some(at("2026-03-29T01:00:00Z"))
+        );
+        assert_eq!(
+            skipped.next_after(at("2026-03-29T01:00:00Z")),
+            Some(at("2026-03-30T00:30:00Z"))
+        );
+        assert_eq!(
+            skipped.latest_at_or_before(at("2026-03-29T01:10:00Z")),
+            Some(at("2026-03-29T01:00:00Z"))
+        );
+        // 01:15 is before the gap: the next fire is tomorrow's 01:15 CEST, not a made-up 03:00.
+        let before_gap = berlin("15 1 * * *");
+        assert_eq!(
+            before_gap.next_after(at("2026-03-29T00:15:00Z")),
+            Some(at("2026-03-29T23:15:00Z"))
+        );
+        // So a daily schedule has no short gap around the change.
+        let year = Duration::from_secs(366 * 86400);
+        assert_eq!(
+            before_gap.gap_shorter_than(
+                Duration::from_secs(20 * 3600),
+                at("2026-01-01T00:00:00Z"),
+                year
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn fire_times_are_whole_seconds() {
+        // ZenML timestamps carry microseconds; fire times must not inherit them.
+        let s = CronSpec::parse("0 3 * * *", Tz::UTC).unwrap();
+        assert_eq!(
+            s.next_after(at("2026-01-01T03:00:00.5Z")),
+            Some(at("2026-01-02T03:00:00Z"))
+        );
+        assert_eq!(
+            s.next_after(at("2026-01-01T02:59:59.5Z")),
+            Some(at("2026-01-01T03:00:00Z"))
+        );
+        assert_eq!(
+            s.latest_at_or_before(at("2026-01-01T03:00:00.5Z")),
+            Some(at("2026-01-01T03:00:00Z"))
+        );
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! zenml-rotator: rotates ZenML service-account API keys into the stores workloads read them from.
 //! The binary (`src/main.rs`) is only the command line; everything it does lives in these modules.
 
+pub mod backoff;
 pub mod config;
 pub mod cron;
 pub mod fault;
 pub mod http;
 pub mod journal;
 pub mod metrics;
+pub mod schedule;
 pub mod secret;
 pub mod store;
 pub mod zenml;
