@@ -13,6 +13,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crate::secret::{ExposeSecret, SecretString};
 
 pub mod dry_run;
+pub mod vault;
 
 pub const MANAGED_BY: &str = "zenml-rotator";
 pub const ENV_URL: &str = "ZENML_STORE_URL";
