@@ -38,6 +38,22 @@ pub fn peers() -> Peers {
     }
 }
 
+/// Where the real OpenBao is, for tests that need only it (`scripts/peers.sh start bao`).
+pub struct VaultPeer {
+    pub addr: String,
+    pub root_token: String,
+    /// The `bao` binary, for tests that start a private server (to seal it, or with TLS).
+    pub bao_bin: String,
+}
+
+pub fn vault() -> VaultPeer {
+    VaultPeer {
+        addr: required("ZR_VAULT_ADDR"),
+        root_token: required("ZR_VAULT_ROOT_TOKEN"),
+        bao_bin: required("ZR_BAO_BIN"),
+    }
+}
+
 /// A name no other test (or earlier run against the same server) uses: `prefix-<pid>-<n>-<rand>`.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -46,7 +62,11 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("{prefix}-{}-{n}-{:05x}", std::process::id(), nanos & 0xfffff)
+    format!(
+        "{prefix}-{}-{n}-{:05x}",
+        std::process::id(),
+        nanos & 0xfffff
+    )
 }
 
 /// The built `zenml-rotator` binary, run in `dir` with an environment cleared of anything that
