@@ -15,6 +15,7 @@ use crate::secret::{ExposeSecret, SecretString};
 pub mod aws;
 pub mod dry_run;
 pub mod file;
+pub mod vault;
 
 pub const MANAGED_BY: &str = "zenml-rotator";
 pub const ENV_URL: &str = "ZENML_STORE_URL";

@@ -45,6 +45,22 @@ pub fn aws_endpoint() -> String {
     required("ZR_AWS_ENDPOINT")
 }
 
+/// Where the real OpenBao is, for tests that need only it (`scripts/peers.sh start bao`).
+pub struct VaultPeer {
+    pub addr: String,
+    pub root_token: String,
+    /// The `bao` binary, for tests that start a private server (to seal it, or with TLS).
+    pub bao_bin: String,
+}
+
+pub fn vault() -> VaultPeer {
+    VaultPeer {
+        addr: required("ZR_VAULT_ADDR"),
+        root_token: required("ZR_VAULT_ROOT_TOKEN"),
+        bao_bin: required("ZR_BAO_BIN"),
+    }
+}
+
 /// A name no other test (or earlier run against the same server) uses: `prefix-<pid>-<n>-<rand>`.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

@@ -1,0 +1,1182 @@
+//! The Vault KV v2 store against a real OpenBao: writes, check-and-set, take-over, permissions,
+//! sealed and unreachable servers, the three auth methods and token renewal.
+//! The root token only sets up fixtures (policies, tokens, auth mounts, foreign writes).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use serde_json::{Value, json};
+use zenml_rotator::config::{VaultAuth, VaultSettings};
+use zenml_rotator::secret::{ExposeSecret, SecretSource, SecretString};
+use zenml_rotator::store::vault::VaultStore;
+use zenml_rotator::store::{Payload, RotationRecord, SecretStore, StoreError, StoreSnapshot};
+
+use common::{unique, vault};
+
+// ---------- fixtures ----------
+
+/// Root-token requests that set up what a test needs.
+struct Root {
+    http: reqwest::Client,
+    addr: String,
+    token: String,
+    namespace: Option<String>,
+}
+
+impl Root {
+    fn new() -> Root {
+        let v = vault();
+        Root::at(&v.addr, &v.root_token)
+    }
+
+    fn at(addr: &str, token: &str) -> Root {
+        zenml_rotator::http::install_crypto_provider();
+        Root {
+            http: reqwest::Client::new(),
+            addr: addr.to_owned(),
+            token: token.to_owned(),
+            namespace: None,
+        }
+    }
+
+    async fn req(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method.clone(), format!("{}/v1/{path}", self.addr))
+            .header("X-Vault-Token", &self.token);
+        if let Some(ns) = &self.namespace {
+            r = r.header("X-Vault-Namespace", ns);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let res = r
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, v)
+    }
+
+    async fn ok(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.req(method.clone(), path, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path} -> {status}: {v}"
+        );
+        v
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.ok(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.ok(reqwest::Method::GET, path, None).await
+    }
+
+    async fn policy(&self, name: &str, hcl: &str) {
+        self.ok(
+            reqwest::Method::PUT,
+            &format!("sys/policies/acl/{name}"),
+            Some(json!({ "policy": hcl })),
+        )
+        .await;
+    }
+
+    /// A child token with these policies and options (ttl, renewable, explicit_max_ttl...).
+    async fn token(&self, policies: &[&str], options: Value) -> String {
+        let mut body = json!({ "policies": policies, "no_default_policy": false });
+        if let (Some(b), Some(o)) = (body.as_object_mut(), options.as_object()) {
+            b.extend(o.clone());
+        }
+        let v = self.post("auth/token/create", body).await;
+        v["auth"]["client_token"].as_str().unwrap().to_owned()
+    }
+
+    /// A policy that lets a token rotate every key under `secret/<prefix>/`.
+    async fn rotator_policy(&self, mount: &str, prefix: &str) -> String {
+        let name = unique("zr-rotator");
+        self.policy(
+            &name,
+            &format!(
+                r#"
+path "{mount}/data/{prefix}/*"     {{ capabilities = ["create", "update", "read"] }}
+path "{mount}/metadata/{prefix}/*" {{ capabilities = ["update", "read"] }}
+path "{mount}/destroy/{prefix}/*"  {{ capabilities = ["update"] }}
+"#
+            ),
+        )
+        .await;
+        name
+    }
+
+    async fn write(&self, path: &str, data: Value) -> u64 {
+        let v = self
+            .post(&format!("secret/data/{path}"), json!({ "data": data }))
+            .await;
+        v["data"]["version"].as_u64().unwrap()
+    }
+
+    async fn metadata(&self, path: &str) -> Value {
+        self.get(&format!("secret/metadata/{path}")).await["data"].clone()
+    }
+
+    async fn data(&self, path: &str, version: u64) -> (u16, Value) {
+        self.req(
+            reqwest::Method::GET,
+            &format!("secret/data/{path}?version={version}"),
+            None,
+        )
+        .await
+    }
+}
+
+fn settings_at(addr: &str, auth: VaultAuth) -> VaultSettings {
+    VaultSettings {
+        address: addr.to_owned(),
+        mount: "secret".to_owned(),
+        namespace: None,
+        ca_file: None,
+        auth,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+fn settings(auth: VaultAuth) -> VaultSettings {
+    settings_at(&vault().addr, auth)
+}
+
+fn secret_file(dir: &Path, name: &str, value: &str) -> SecretSource {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("{value}\n")).unwrap();
+    SecretSource::File(p)
+}
+
+fn token_auth(dir: &Path, token: &str) -> VaultAuth {
+    VaultAuth::Token(secret_file(dir, "vault-token", token))
+}
+
+fn payload(key: &str) -> Payload {
+    Payload {
+        zenml_url: "https://zenml.example.com".to_owned(),
+        api_key: SecretString::from(key.to_owned()),
+    }
+}
+
+/// A record as the engine writes it (times on whole seconds, as stored).
+fn record(key_id: &str) -> RotationRecord {
+    let now = Utc.timestamp_opt(Utc::now().timestamp(), 0).unwrap();
+    RotationRecord {
+        policy: "training".into(),
+        service_account: "training-pipelines".into(),
+        api_key: "default".into(),
+        key_id: key_id.into(),
+        fingerprint: "0123abcd".into(),
+        rotated_at: Some(now),
+        retain_until: Some(now + chrono::Duration::minutes(60)),
+        finalized_at: None,
+        retiring_key_id: None,
+        retire_at: None,
+    }
+}
+
+fn secret_key() -> String {
+    format!("ZENKEY_{}", unique("v").replace('-', "_"))
+}
+
+fn expose(v: Option<SecretString>) -> Option<String> {
+    v.map(|s| s.expose_secret().to_owned())
+}
+
+/// A store with a fresh rotator token on a fresh prefix: (store, prefix, token, tempdir).
+async fn rotator_store(root: &Root) -> (VaultStore, String, String, tempfile::TempDir) {
+    let prefix = unique("zr");
+    let policy = root.rotator_policy("secret", &prefix).await;
+    let token = root.token(&[&policy], json!({ "ttl": "1h" })).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = VaultStore::connect(&settings(token_auth(dir.path(), &token)))
+        .await
+        .unwrap();
+    (store, prefix, token, dir)
+}
+
+/// One rotation as the engine drives it.
+async fn rotate(store: &VaultStore, path: &str, key: &str, rec: &RotationRecord, token: &str) {
+    let snap = store.preflight(path).await.unwrap();
+    store
+        .stage(path, &payload(key), rec, &snap, token)
+        .await
+        .unwrap();
+    assert_eq!(
+        expose(store.read_staged(path, token).await.unwrap()).as_deref(),
+        Some(key)
+    );
+    store.promote(path, token, &snap).await.unwrap();
+}
+
+// ---------- token auth: the whole life of a path ----------
+
+#[tokio::test]
+async fn token_auth_rotates_reads_back_and_keeps_the_previous_value() {
+    let root = Root::new();
+    let (store, prefix, _token, _dir) = rotator_store(&root).await;
+    let path = format!("{prefix}/training");
+    assert_eq!(store.kind(), "vault");
+
+    let empty = store.inspect(&path).await.unwrap();
+    assert!(!empty.exists && empty.version.is_none() && empty.record.is_none());
+
+    // First rotation: create-only write.
+    let snap = store.preflight(&path).await.unwrap();
+    assert!(!snap.exists && snap.version.is_none());
+    let key1 = secret_key();
+    let rec1 = record("key-1");
+    store
+        .stage(&path, &payload(&key1), &rec1, &snap, "tok-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        expose(store.read_staged(&path, "tok-1").await.unwrap()),
+        Some(key1.clone())
+    );
+    store.promote(&path, "tok-1", &snap).await.unwrap();
+    assert_eq!(
+        expose(store.read_current(&path).await.unwrap()),
+        Some(key1.clone())
+    );
+    assert_eq!(store.read_previous(&path).await.unwrap().map(|_| ()), None);
+
+    let after = store.inspect(&path).await.unwrap();
+    assert!(after.exists);
+    assert_eq!(after.version.as_deref(), Some("1"));
+    assert_eq!(after.record.as_ref(), Some(&rec1));
+    assert!(after.pending.is_none());
+
+    // What vault-agent / ESO see: exactly the two env names, and the record as custom_metadata.
+    let (_, v1) = root.data(&path, 1).await;
+    let data = v1["data"]["data"].as_object().unwrap();
+    assert_eq!(data.len(), 2, "{data:?}");
+    assert_eq!(data["ZENML_STORE_URL"], "https://zenml.example.com");
+    assert_eq!(data["ZENML_STORE_API_KEY"], key1.as_str());
+    let meta = root.metadata(&path).await;
+    let custom = &meta["custom_metadata"];
+    assert_eq!(custom["managed_by"], "zenml-rotator");
+    assert_eq!(custom["service_account"], "training-pipelines");
+    assert_eq!(custom["api_key"], "default");
+    assert_eq!(custom["key_id"], "key-1");
+    assert!(custom["rotated_at"].as_str().unwrap().ends_with('Z'));
+    assert!(custom["retain_until"].is_string());
+
+    // Second rotation: CAS against version 1; the first value stays readable as the previous.
+    let key2 = secret_key();
+    let rec2 = record("key-2");
+    let snap2 = store.preflight(&path).await.unwrap();
+    assert_eq!(snap2.version.as_deref(), Some("1"));
+    store
+        .stage(&path, &payload(&key2), &rec2, &snap2, "tok-2")
+        .await
+        .unwrap();
+    store.promote(&path, "tok-2", &snap2).await.unwrap();
+    assert_eq!(
+        expose(store.read_current(&path).await.unwrap()),
+        Some(key2.clone())
+    );
+    assert_eq!(
+        expose(store.read_previous(&path).await.unwrap()),
+        Some(key1.clone())
+    );
+    assert_eq!(
+        store.inspect(&path).await.unwrap().record,
+        Some(rec2.clone())
+    );
+    // Promoting an older rotation is refused: the path's last write is not its.
+    assert!(matches!(
+        store.promote(&path, "tok-1", &snap).await,
+        Err(StoreError::Conflict { .. })
+    ));
+
+    // A retry of the same stage, and a replay after a fresh pre-flight, write no second copy.
+    store
+        .stage(&path, &payload(&key2), &rec2, &snap2, "tok-2")
+        .await
+        .unwrap();
+    let fresh = store.preflight(&path).await.unwrap();
+    assert_eq!(fresh.version.as_deref(), Some("2"));
+    store
+        .stage(&path, &payload(&key2), &rec2, &fresh, "tok-2")
+        .await
+        .unwrap();
+    assert_eq!(root.metadata(&path).await["current_version"], 2);
+    store.promote(&path, "tok-2", &fresh).await.unwrap();
+    assert_eq!(
+        expose(store.read_previous(&path).await.unwrap()),
+        Some(key1.clone())
+    );
+
+    // set_record replaces the record; the stamp that promote checks survives it.
+    let mut finalized = rec2.clone();
+    finalized.finalized_at = Some(Utc.timestamp_opt(Utc::now().timestamp(), 0).unwrap());
+    store.set_record(&path, &finalized).await.unwrap();
+    assert_eq!(store.inspect(&path).await.unwrap().record, Some(finalized));
+    store.promote(&path, "tok-2", &snap2).await.unwrap();
+    store.discard_staged(&path, "tok-2").await.unwrap();
+
+    // Empty fields are fine (Vault refuses empty custom_metadata values; they are left out).
+    let sparse = RotationRecord {
+        policy: "training".into(),
+        ..Default::default()
+    };
+    store.set_record(&path, &sparse).await.unwrap();
+    assert_eq!(store.inspect(&path).await.unwrap().record, Some(sparse));
+
+    // Every request was timed.
+    let metrics = zenml_rotator::metrics::get().render();
+    for op in [
+        "capabilities",
+        "read_metadata",
+        "write",
+        "write_metadata",
+        "read",
+    ] {
+        assert!(
+            metrics.contains(&format!("operation=\"{op}\",upstream=\"vault\"")),
+            "no {op} in\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn inspect_is_one_request() {
+    let root = Root::new();
+    let (store, prefix, _token, _dir) = rotator_store(&root).await;
+    let path = format!("{prefix}/one");
+    rotate(&store, &path, &secret_key(), &record("k"), "t").await;
+    let count = || {
+        zenml_rotator::metrics::get()
+            .upstream_request_duration_seconds
+            .get_metric_with_label_values(&["vault", "read_metadata"])
+            .unwrap()
+            .get_sample_count()
+    };
+    let before = count();
+    let total_before: u64 = vault_request_count();
+    store.inspect(&path).await.unwrap();
+    assert_eq!(count(), before + 1);
+    assert_eq!(vault_request_count(), total_before + 1);
+}
+
+fn vault_request_count() -> u64 {
+    let families = zenml_rotator::metrics::get().registry.gather();
+    families
+        .iter()
+        .filter(|f| f.name() == "zenml_rotator_upstream_request_duration_seconds")
+        .flat_map(|f| f.get_metric())
+        .filter(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "upstream" && l.value() == "vault")
+        })
+        .map(|m| m.get_histogram().get_sample_count())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_write_after_preflight_is_a_conflict_and_nothing_is_overwritten() {
+    let root = Root::new();
+    let (store, prefix, _token, _dir) = rotator_store(&root).await;
+    let path = format!("{prefix}/raced");
+    rotate(&store, &path, &secret_key(), &record("k1"), "t1").await;
+
+    let snap = store.preflight(&path).await.unwrap();
+    root.write(
+        &path,
+        json!({ "ZENML_STORE_API_KEY": "ZENKEY_someone_else" }),
+    )
+    .await;
+    let err = store
+        .stage(&path, &payload(&secret_key()), &record("k2"), &snap, "t2")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert!(err.to_string().contains(&path), "{err}");
+    assert_eq!(root.metadata(&path).await["current_version"], 2);
+    assert_eq!(
+        expose(store.read_current(&path).await.unwrap()).as_deref(),
+        Some("ZENKEY_someone_else")
+    );
+
+    // Created-only: a path that appeared after pre-flight saw nothing.
+    let fresh = format!("{prefix}/appeared");
+    let none = store.preflight(&fresh).await.unwrap();
+    root.write(&fresh, json!({ "x": "y" })).await;
+    let err = store
+        .stage(&fresh, &payload(&secret_key()), &record("k"), &none, "t")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+
+    // A write on top of the rotator's own version after stage: promote refuses.
+    let p3 = format!("{prefix}/promote");
+    let s3 = store.preflight(&p3).await.unwrap();
+    store
+        .stage(&p3, &payload(&secret_key()), &record("k"), &s3, "t3")
+        .await
+        .unwrap();
+    root.write(&p3, json!({ "x": "y" })).await;
+    let err = store.promote(&p3, "t3", &s3).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_foreign_value_is_taken_over_and_kept_as_the_previous_version() {
+    let root = Root::new();
+    let (store, prefix, _token, _dir) = rotator_store(&root).await;
+    let path = format!("{prefix}/handmade");
+    root.write(
+        &path,
+        json!({ "ZENML_STORE_API_KEY": "ZENKEY_by_hand", "note": "set up by hand" }),
+    )
+    .await;
+    root.post(
+        &format!("secret/metadata/{path}"),
+        json!({ "max_versions": 7, "cas_required": true, "custom_metadata": { "owner": "team-a" } }),
+    )
+    .await;
+
+    let snap = store.inspect(&path).await.unwrap();
+    assert!(snap.exists && snap.record.is_none());
+    assert_eq!(snap.version.as_deref(), Some("1"));
+
+    let key = secret_key();
+    let rec = record("k");
+    rotate(&store, &path, &key, &rec, "t").await;
+    assert_eq!(
+        expose(store.read_current(&path).await.unwrap()),
+        Some(key.clone())
+    );
+    assert_eq!(
+        expose(store.read_previous(&path).await.unwrap()).as_deref(),
+        Some("ZENKEY_by_hand")
+    );
+    let (_, old) = root.data(&path, 1).await;
+    assert_eq!(old["data"]["data"]["note"], "set up by hand");
+
+    // The operator's metadata survives the rotator's record.
+    let meta = root.metadata(&path).await;
+    assert_eq!(meta["max_versions"], 7);
+    assert_eq!(meta["cas_required"], true);
+    assert_eq!(meta["custom_metadata"]["owner"], "team-a");
+    assert_eq!(meta["custom_metadata"]["managed_by"], "zenml-rotator");
+    assert_eq!(store.inspect(&path).await.unwrap().record, Some(rec));
+}
+
+#[tokio::test]
+async fn retire_previous_destroys_only_the_previous_version() {
+    let root = Root::new();
+    let (store, prefix, _token, _dir) = rotator_store(&root).await;
+    let path = format!("{prefix}/retire");
+    // Nothing before the first version: a no-op.
+    let first = secret_key();
+    rotate(&store, &path, &first, &record("k1"), "t1").await;
+    store.retire_previous(&path).await.unwrap();
+
+    let second = secret_key();
+    rotate(&store, &path, &second, &record("k2"), "t2").await;
+    assert_eq!(
+        expose(store.read_previous(&path).await.unwrap()),
+        Some(first)
+    );
+    store.retire_previous(&path).await.unwrap();
+    let meta = root.metadata(&path).await;
+    assert_eq!(meta["versions"]["1"]["destroyed"], true);
+    assert_eq!(meta["versions"]["2"]["destroyed"], false);
+    let (status, _) = root.data(&path, 1).await;
+    assert_eq!(status, 404);
+    assert_eq!(store.read_previous(&path).await.unwrap().map(|_| ()), None);
+    assert_eq!(
+        expose(store.read_current(&path).await.unwrap()),
+        Some(second.clone())
+    );
+    // Idempotent.
+    store.retire_previous(&path).await.unwrap();
+
+    // Someone wrote on top of the rotator: "previous" is now the rotator's live value; keep it.
+    root.write(&path, json!({ "x": "y" })).await;
+    let err = store.retire_previous(&path).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert_eq!(
+        root.metadata(&path).await["versions"]["2"]["destroyed"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn a_soft_deleted_previous_version_reads_as_none() {
+    let root = Root::new();
+    let (store, prefix, _token, _dir) = rotator_store(&root).await;
+    let path = format!("{prefix}/deleted");
+    rotate(&store, &path, &secret_key(), &record("k1"), "t1").await;
+    rotate(&store, &path, &secret_key(), &record("k2"), "t2").await;
+    root.post(&format!("secret/delete/{path}"), json!({ "versions": [1] }))
+        .await;
+    assert_eq!(store.read_previous(&path).await.unwrap().map(|_| ()), None);
+    // And a soft-deleted current version reads as none too.
+    root.ok(
+        reqwest::Method::DELETE,
+        &format!("secret/data/{path}"),
+        None,
+    )
+    .await;
+    assert_eq!(store.read_current(&path).await.unwrap().map(|_| ()), None);
+}
+
+// ---------- permissions ----------
+
+#[tokio::test]
+async fn a_read_only_token_fails_preflight_naming_the_missing_capabilities() {
+    let root = Root::new();
+    let prefix = unique("zr-ro");
+    let path = format!("{prefix}/key");
+    let policy = unique("zr-readonly");
+    root.policy(
+        &policy,
+        &format!(
+            r#"
+path "secret/data/{prefix}/*"     {{ capabilities = ["read"] }}
+path "secret/metadata/{prefix}/*" {{ capabilities = ["read"] }}
+"#
+        ),
+    )
+    .await;
+    let token = root.token(&[&policy], json!({ "ttl": "1h" })).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = VaultStore::connect(&settings(token_auth(dir.path(), &token)))
+        .await
+        .unwrap();
+    // Reading is allowed...
+    store.inspect(&path).await.unwrap();
+    // ...writing is not, and pre-flight says what is missing where.
+    let err = store.preflight(&path).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::PermissionDenied { .. }), "{msg}");
+    assert!(msg.contains("create, update"), "{msg}");
+    assert!(msg.contains(&format!("secret/data/{prefix}/key")), "{msg}");
+    assert!(
+        msg.contains(&format!("secret/metadata/{prefix}/key")),
+        "{msg}"
+    );
+    assert!(!msg.contains(&token));
+}
+
+#[tokio::test]
+async fn a_token_allowed_elsewhere_fails_preflight() {
+    let root = Root::new();
+    let allowed = unique("zr-here");
+    let policy = root.rotator_policy("secret", &allowed).await;
+    let token = root.token(&[&policy], json!({ "ttl": "1h" })).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = VaultStore::connect(&settings(token_auth(dir.path(), &token)))
+        .await
+        .unwrap();
+    store.preflight(&format!("{allowed}/key")).await.unwrap();
+    let elsewhere = format!("{}/key", unique("zr-there"));
+    let err = store.preflight(&elsewhere).await.unwrap_err();
+    assert!(matches!(err, StoreError::PermissionDenied { .. }), "{err}");
+    assert!(err.to_string().contains(&elsewhere), "{err}");
+    assert!(err.to_string().contains("create, update, read"), "{err}");
+}
+
+#[tokio::test]
+async fn a_mount_that_is_not_kv_v2_is_refused() {
+    let root = Root::new();
+    let kv1 = unique("zr-kv1");
+    root.post(
+        &format!("sys/mounts/{kv1}"),
+        json!({ "type": "kv", "options": { "version": "1" } }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(token_auth(dir.path(), &vault().root_token));
+    s.mount = kv1.clone();
+    let store = VaultStore::connect(&s).await.unwrap();
+    let err = store.preflight("key").await.unwrap_err();
+    assert!(matches!(err, StoreError::NotWritable { .. }), "{err}");
+    assert!(err.to_string().contains("not KV version 2"), "{err}");
+
+    // A folder inside the mount given as the mount.
+    s.mount = "secret/zenml".into();
+    let store = VaultStore::connect(&s).await.unwrap();
+    let err = store.preflight("key").await.unwrap_err();
+    assert!(matches!(err, StoreError::NotWritable { .. }), "{err}");
+    assert!(err.to_string().contains("mount = \"secret\""), "{err}");
+}
+
+#[tokio::test]
+async fn a_namespace_is_sent_with_every_request() {
+    let mut root = Root::new();
+    let ns = unique("zr-ns");
+    root.post(&format!("sys/namespaces/{ns}"), json!({})).await;
+    root.namespace = Some(ns.clone());
+    root.post(
+        "sys/mounts/kv",
+        json!({ "type": "kv", "options": { "version": "2" } }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(token_auth(dir.path(), &vault().root_token));
+    s.mount = "kv".into();
+    s.namespace = Some(ns.clone());
+    let store = VaultStore::connect(&s).await.unwrap();
+    let key = secret_key();
+    rotate(&store, "app/key", &key, &record("k"), "t").await;
+    let v = root.get("kv/data/app/key").await;
+    assert_eq!(v["data"]["data"]["ZENML_STORE_API_KEY"], key.as_str());
+    // Outside the namespace there is no such mount.
+    root.namespace = None;
+    let (status, _) = root
+        .req(reqwest::Method::GET, "kv/data/app/key", None)
+        .await;
+    assert_ne!(status, 200);
+}
+
+// ---------- sealed, unreachable, TLS ----------
+
+/// A private OpenBao dev server for tests that must not disturb the shared one (sealing it would
+/// break every Vault test running at the same moment). Killed on drop, pass or fail.
+struct PrivateBao {
+    child: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateBao {
+    fn start(tls: bool) -> PrivateBao {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port_pair();
+        let log = std::fs::File::create(dir.path().join("bao.log")).unwrap();
+        let mut cmd = Command::new(vault().bao_bin);
+        cmd.arg("server")
+            .arg("-dev")
+            .arg("-dev-root-token-id=root")
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .arg("-dev-no-store-token")
+            .env("HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if tls {
+            cmd.arg("-dev-tls")
+                .arg(format!("-dev-tls-cert-dir={}", dir.path().display()));
+        }
+        let child = cmd.spawn().unwrap();
+        let scheme = if tls { "https" } else { "http" };
+        let bao = PrivateBao {
+            child,
+            addr: format!("{scheme}://127.0.0.1:{port}"),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !bao.log().contains("Unseal Key:") {
+            assert!(
+                Instant::now() < deadline,
+                "private bao did not start:\n{}",
+                bao.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bao
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("bao.log")).unwrap_or_default()
+    }
+
+    fn unseal_key(&self) -> String {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Unseal Key:"))
+            .unwrap_or_else(|| panic!("no unseal key in the log:\n{log}"));
+        line.trim().to_owned()
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("vault-ca.pem")
+    }
+}
+
+impl Drop for PrivateBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free pair of ports");
+}
+
+#[tokio::test]
+async fn a_sealed_vault_is_unavailable_and_recovers_once_unsealed() {
+    let bao = PrivateBao::start(false);
+    let root = Root::at(&bao.addr, "root");
+    let dir = tempfile::tempdir().unwrap();
+    let store = VaultStore::connect(&settings_at(&bao.addr, token_auth(dir.path(), "root")))
+        .await
+        .unwrap();
+    store.preflight("zr/key").await.unwrap();
+
+    root.ok(reqwest::Method::PUT, "sys/seal", None).await;
+    let err = store.preflight("zr/key").await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains("sealed"), "{err}");
+    assert!(matches!(
+        store.inspect("zr/key").await,
+        Err(StoreError::Unavailable { .. })
+    ));
+    // Logging in against a sealed server is unavailable too, not a credential problem.
+    let sealed_connect =
+        VaultStore::connect(&settings_at(&bao.addr, token_auth(dir.path(), "root"))).await;
+    assert!(
+        matches!(sealed_connect, Err(StoreError::Unavailable { .. })),
+        "{:?}",
+        sealed_connect.err()
+    );
+
+    root.ok(
+        reqwest::Method::PUT,
+        "sys/unseal",
+        Some(json!({ "key": bao.unseal_key() })),
+    )
+    .await;
+    store.preflight("zr/key").await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_or_silent_vault_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on a port just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = settings_at(
+        &format!("http://127.0.0.1:{port}"),
+        token_auth(dir.path(), "s.whatever"),
+    );
+    let store = VaultStore::new(&s).unwrap();
+    let err = store.preflight("zr/key").await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains("cannot reach"), "{err}");
+
+    // A server that accepts and never answers: the per-request timeout ends it.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = silent.accept().await {
+            held.push(sock);
+        }
+    });
+    let mut s = settings_at(
+        &format!("http://{addr}"),
+        token_auth(dir.path(), "s.whatever"),
+    );
+    s.timeout = Duration::from_secs(1);
+    let store = VaultStore::new(&s).unwrap();
+    let started = Instant::now();
+    let err = store.inspect("zr/key").await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains("no answer"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    hold.abort();
+}
+
+#[tokio::test]
+async fn tls_with_an_extra_ca_file() {
+    let bao = PrivateBao::start(true);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings_at(&bao.addr, token_auth(dir.path(), "root"));
+    // Without the CA the server's certificate is not trusted.
+    let err = VaultStore::connect(&s).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    s.ca_file = Some(bao.ca());
+    let store = VaultStore::connect(&s).await.unwrap();
+    let key = secret_key();
+    rotate(&store, "zr/tls", &key, &record("k"), "t").await;
+    assert_eq!(
+        expose(store.read_current("zr/tls").await.unwrap()),
+        Some(key)
+    );
+}
+
+// ---------- AppRole ----------
+
+/// Enables AppRole on a fresh mount with a role for the rotator; returns (mount, role_id, secret_id).
+async fn approle(root: &Root, prefix: &str, role_options: Value) -> (String, String, String) {
+    let mount = unique("zr-approle");
+    root.post(&format!("sys/auth/{mount}"), json!({ "type": "approle" }))
+        .await;
+    let policy = root.rotator_policy("secret", prefix).await;
+    let mut role = json!({ "token_policies": [policy] });
+    if let (Some(r), Some(o)) = (role.as_object_mut(), role_options.as_object()) {
+        r.extend(o.clone());
+    }
+    root.post(&format!("auth/{mount}/role/rotator"), role).await;
+    let role_id = root
+        .get(&format!("auth/{mount}/role/rotator/role-id"))
+        .await["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret_id = root
+        .post(&format!("auth/{mount}/role/rotator/secret-id"), json!({}))
+        .await["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (mount, role_id, secret_id)
+}
+
+#[tokio::test]
+async fn approle_logs_in_from_files_and_writes() {
+    let root = Root::new();
+    let prefix = unique("zr-ar");
+    let (mount, role_id, secret_id) = approle(&root, &prefix, json!({ "token_ttl": "1h" })).await;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = VaultAuth::AppRole {
+        role_id: secret_file(dir.path(), "role-id", &role_id),
+        secret_id: secret_file(dir.path(), "secret-id", &secret_id),
+        mount: mount.clone(),
+    };
+    let store = VaultStore::connect(&settings(auth)).await.unwrap();
+    let path = format!("{prefix}/key");
+    let key = secret_key();
+    rotate(&store, &path, &key, &record("k"), "t").await;
+    assert_eq!(expose(store.read_current(&path).await.unwrap()), Some(key));
+
+    // A wrong secret id is a permission problem, and its value is not in the message.
+    let auth = VaultAuth::AppRole {
+        role_id: secret_file(dir.path(), "role-id", &role_id),
+        secret_id: secret_file(dir.path(), "bad-secret-id", "0f6a9d1e-wrong-secret-id"),
+        mount,
+    };
+    let err = VaultStore::connect(&settings(auth)).await.unwrap_err();
+    assert!(matches!(err, StoreError::PermissionDenied { .. }), "{err}");
+    assert!(!err.to_string().contains("wrong-secret-id"), "{err}");
+    assert!(!format!("{err:?}").contains("wrong-secret-id"), "{err:?}");
+}
+
+#[tokio::test]
+async fn approle_logs_in_again_once_its_token_expired() {
+    let root = Root::new();
+    let prefix = unique("zr-ar");
+    // A 3s token whose max TTL leaves renewal nothing to extend.
+    let (mount, role_id, secret_id) = approle(
+        &root,
+        &prefix,
+        json!({ "token_ttl": "3s", "token_max_ttl": "3s" }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = VaultAuth::AppRole {
+        role_id: secret_file(dir.path(), "role-id", &role_id),
+        secret_id: secret_file(dir.path(), "secret-id", &secret_id),
+        mount,
+    };
+    let store = VaultStore::connect(&settings(auth)).await.unwrap();
+    let path = format!("{prefix}/key");
+    store.inspect(&path).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // The first token is dead by now; this only works through a new login.
+    let key = secret_key();
+    rotate(&store, &path, &key, &record("k"), "t").await;
+    // And through the 2/3 point of the second token, without waiting for it to die.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        store.inspect(&path).await.unwrap();
+    }
+}
+
+// ---------- Kubernetes ----------
+
+fn b64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A projected service-account token. OpenBao only decodes it (no `pem_keys` configured) and
+/// leaves the verdict to the TokenReview, so the signature need not be real: only the RS256
+/// header and the `kubernetes.io` claims matter.
+fn service_account_jwt(namespace: &str, name: &str, uid: &str) -> String {
+    let header = json!({ "alg": "RS256", "typ": "JWT" });
+    let claims = json!({
+        "iss": "https://kubernetes.default.svc",
+        "sub": format!("system:serviceaccount:{namespace}:{name}"),
+        "iat": Utc::now().timestamp() - 60,
+        "nbf": Utc::now().timestamp() - 60,
+        "aud": ["https://kubernetes.default.svc"],
+        "exp": Utc::now().timestamp() + 3600,
+        "kubernetes.io": { "namespace": namespace, "serviceaccount": { "name": name, "uid": uid } },
+    });
+    format!(
+        "{}.{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes()),
+        b64url(b"not-a-real-signature")
+    )
+}
+
+/// Answers TokenReview like the Kubernetes API server would, for exactly one token.
+async fn token_review_stand_in(token: String, username: String, uid: String) -> String {
+    use axum::http::{StatusCode, header};
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        post(move |body: String| {
+            let (token, username, uid) = (token.clone(), username.clone(), uid.clone());
+            async move {
+                let review: Value = serde_json::from_str(&body).unwrap_or_default();
+                let ok = review["spec"]["token"].as_str() == Some(token.as_str());
+                // Like the API server, echo the audiences asked about (OpenBao checks them).
+                let status = if ok {
+                    json!({ "authenticated": true, "user": {
+                        "username": username, "uid": uid,
+                        "groups": ["system:serviceaccounts"] },
+                        "audiences": review["spec"]["audiences"] })
+                } else {
+                    json!({ "authenticated": false, "error": "invalid token" })
+                };
+                let out = json!({ "apiVersion": "authentication.k8s.io/v1",
+                    "kind": "TokenReview", "status": status });
+                (
+                    StatusCode::CREATED,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    out.to_string(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_auth_logs_in_with_the_service_account_token() {
+    let root = Root::new();
+    let prefix = unique("zr-k8s");
+    let (ns, sa, uid) = ("zenml", unique("rotator"), unique("uid"));
+    let jwt = service_account_jwt(ns, &sa, &uid);
+    let host = token_review_stand_in(
+        jwt.clone(),
+        format!("system:serviceaccount:{ns}:{sa}"),
+        uid.clone(),
+    )
+    .await;
+
+    let mount = unique("zr-k8s");
+    root.post(
+        &format!("sys/auth/{mount}"),
+        json!({ "type": "kubernetes" }),
+    )
+    .await;
+    // Without an in-cluster CA file OpenBao wants kubernetes_ca_cert; over http it is never used.
+    let ca = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/k8s-stand-in-ca.pem"),
+    )
+    .unwrap();
+    root.post(
+        &format!("auth/{mount}/config"),
+        json!({ "kubernetes_host": host, "kubernetes_ca_cert": ca, "disable_local_ca_jwt": true }),
+    )
+    .await;
+    let policy = root.rotator_policy("secret", &prefix).await;
+    root.post(
+        &format!("auth/{mount}/role/zenml-rotator"),
+        json!({ "bound_service_account_names": [sa], "bound_service_account_namespaces": [ns],
+                "token_policies": [policy], "token_ttl": "1h" }),
+    )
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let jwt_file = dir.path().join("token");
+    std::fs::write(&jwt_file, &jwt).unwrap();
+    let auth = VaultAuth::Kubernetes {
+        role: "zenml-rotator".into(),
+        jwt_file: jwt_file.clone(),
+        mount: mount.clone(),
+    };
+    let store = VaultStore::connect(&settings(auth)).await.unwrap();
+    let path = format!("{prefix}/key");
+    let key = secret_key();
+    rotate(&store, &path, &key, &record("k"), "t").await;
+    assert_eq!(expose(store.read_current(&path).await.unwrap()), Some(key));
+
+    // Another service account's token: the review says no, and so does OpenBao.
+    let other = dir.path().join("other-token");
+    std::fs::write(&other, service_account_jwt(ns, &sa, "another-uid")).unwrap();
+    let auth = VaultAuth::Kubernetes {
+        role: "zenml-rotator".into(),
+        jwt_file: other,
+        mount: mount.clone(),
+    };
+    let err = VaultStore::connect(&settings(auth)).await.unwrap_err();
+    assert!(matches!(err, StoreError::PermissionDenied { .. }), "{err}");
+
+    // A missing token file names the file.
+    let auth = VaultAuth::Kubernetes {
+        role: "zenml-rotator".into(),
+        jwt_file: dir.path().join("absent"),
+        mount,
+    };
+    let err = VaultStore::connect(&settings(auth)).await.unwrap_err();
+    assert!(err.to_string().contains("absent"), "{err}");
+}
+
+// ---------- token renewal ----------
+
+#[tokio::test]
+async fn a_short_lived_renewable_token_is_renewed_through_a_long_run() {
+    let root = Root::new();
+    let prefix = unique("zr-renew");
+    let policy = root.rotator_policy("secret", &prefix).await;
+    let token = root
+        .token(
+            &[&policy],
+            json!({ "ttl": "6s", "renewable": true, "explicit_max_ttl": "1h" }),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = VaultStore::connect(&settings(token_auth(dir.path(), &token)))
+        .await
+        .unwrap();
+    let path = format!("{prefix}/key");
+    let started = Instant::now();
+    // Well past the 6s TTL: without renewal the token dies at 6s and these fail.
+    while started.elapsed() < Duration::from_secs(11) {
+        store.inspect(&path).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    rotate(&store, &path, &secret_key(), &record("k"), "t").await;
+    let lookup = root
+        .post("auth/token/lookup", json!({ "token": token }))
+        .await;
+    assert!(lookup["data"]["ttl"].as_u64().unwrap() > 0, "{lookup}");
+}
+
+#[tokio::test]
+async fn an_unrenewable_static_token_is_reported_and_a_fresh_one_picked_up() {
+    let root = Root::new();
+    let prefix = unique("zr-static");
+    let policy = root.rotator_policy("secret", &prefix).await;
+    let token = root
+        .token(&[&policy], json!({ "ttl": "3s", "renewable": false }))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = token_auth(dir.path(), &token);
+    let store = VaultStore::connect(&settings(auth)).await.unwrap();
+    let path = format!("{prefix}/key");
+    store.inspect(&path).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let err = store.inspect(&path).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::PermissionDenied { .. }), "{msg}");
+    assert!(msg.contains("expired and cannot be renewed"), "{msg}");
+    assert!(msg.contains("vault-token"), "{msg}");
+    assert!(!msg.contains(&token));
+
+    // vault-agent (or an operator) puts a new token in the file: the store picks it up.
+    let fresh = root.token(&[&policy], json!({ "ttl": "1h" })).await;
+    token_auth(dir.path(), &fresh);
+    store.inspect(&path).await.unwrap();
+    rotate(&store, &path, &secret_key(), &record("k"), "t").await;
+}
+
+#[tokio::test]
+async fn a_root_token_needs_no_renewal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = VaultStore::connect(&settings(token_auth(dir.path(), &vault().root_token)))
+        .await
+        .unwrap();
+    let before = vault_request_count();
+    store.inspect(&unique("zr-root")).await.unwrap();
+    // One request: no lookup or renewal rides along.
+    assert_eq!(vault_request_count(), before + 1);
+}
+
+// ---------- secrets never shown ----------
+
+#[tokio::test]
+async fn tokens_and_values_never_reach_errors_or_debug_output() {
+    let root = Root::new();
+    let (store, prefix, token, dir) = rotator_store(&root).await;
+    let shown = format!("{store:?}");
+    assert!(!shown.contains(&token), "{shown}");
+    assert!(shown.contains("vault-token"), "{shown}");
+
+    // A bad token: denied, without the token.
+    let bogus = "s.ThisIsNotARealTokenButSecret123";
+    let bad = VaultStore::new(&settings(token_auth(dir.path(), bogus))).unwrap();
+    let err = bad.preflight(&format!("{prefix}/key")).await.unwrap_err();
+    assert!(matches!(err, StoreError::PermissionDenied { .. }), "{err}");
+    for text in [err.to_string(), format!("{err:?}"), format!("{bad:?}")] {
+        assert!(!text.contains(bogus), "{text}");
+    }
+    // connect says so at once, naming where the token came from.
+    let err = VaultStore::connect(&settings(token_auth(dir.path(), bogus)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::PermissionDenied { .. }), "{err}");
+    assert!(err.to_string().contains("vault-token"), "{err}");
+    assert!(!err.to_string().contains(bogus), "{err}");
+
+    // A conflict while writing a key: the key is not in the error.
+    let path = format!("{prefix}/key");
+    let snap: StoreSnapshot = store.preflight(&path).await.unwrap();
+    root.write(&path, json!({ "x": "y" })).await;
+    let key = secret_key();
+    let err = store
+        .stage(&path, &payload(&key), &record("k"), &snap, "t")
+        .await
+        .unwrap_err();
+    for text in [err.to_string(), format!("{err:?}")] {
+        assert!(!text.contains(&key), "{text}");
+        assert!(!text.contains(&token), "{text}");
+    }
+}
