@@ -4,10 +4,14 @@
 pub mod backoff;
 pub mod config;
 pub mod cron;
+//TMP pub mod daemon;
+pub mod decide;
 pub mod fault;
 pub mod http;
 pub mod journal;
 pub mod metrics;
+pub mod report;
+pub mod rotation;
 pub mod schedule;
 pub mod secret;
 pub mod store;

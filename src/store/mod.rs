@@ -6,10 +6,12 @@
 //! (Vault `custom_metadata`, AWS tags, a sidecar file) that tells the rotator what it did.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use crate::config::StoreSettings;
 use crate::secret::{ExposeSecret, SecretString};
 
 pub mod aws;
@@ -248,6 +250,18 @@ pub trait SecretStore: Send + Sync {
     /// Removes the previous value so no store keeps a dead value that looks usable
     /// (`retire_previous`: destroy the KV v2 version, drop `AWSPREVIOUS`, delete `.previous`).
     async fn retire_previous(&self, path: &str) -> Result<(), StoreError>;
+}
+
+/// Per-operation budget for AWS calls, retries included.
+const AWS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Connects the store a `[stores.NAME]` section describes. The one place that picks a backend.
+pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn SecretStore>, StoreError> {
+    Ok(match settings {
+        StoreSettings::File(s) => Arc::new(file::FileStore::new(s)),
+        StoreSettings::Vault(s) => Arc::new(vault::VaultStore::connect(s).await?),
+        StoreSettings::Aws(s) => Arc::new(aws::AwsStore::connect(s, AWS_TIMEOUT).await?),
+    })
 }
 
 /// Reads the API key out of a stored JSON payload, `None` when the payload is not ours.

@@ -1,0 +1,345 @@
+//! What a pass would do for one key, as a pure function of (policy, observed state, now).
+//! `plan` prints it and `once`/`run` act on it, so what `plan` says is what a pass does.
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use serde::Serialize;
+
+use crate::config::{KeyPolicy, Strategy};
+use crate::journal::{Entry, Phase};
+use crate::schedule::{self, KeyTimes};
+use crate::store::StoreSnapshot;
+use crate::zenml::{ApiKey, ServiceAccount};
+
+/// The four actions of DESIGN.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Rotate,
+    Finalize,
+    Wait,
+    Blocked,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Rotate => "rotate",
+            Action::Finalize => "finalize",
+            Action::Wait => "wait",
+            Action::Blocked => "blocked",
+        }
+    }
+}
+
+/// Why a key gets its action; the engine dispatches on this, people read `reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
+    /// A journaled new value waits to be stored.
+    ResumeJournal,
+    /// A journaled intent whose rotate call never happened: drop it and decide afresh.
+    StaleIntent,
+    /// ZenML rotated but the new value never reached the journal.
+    LostRotation,
+    /// Nothing observable yet (ZenML or the store could not be read).
+    Unreadable,
+    /// The service account or key is missing or inactive.
+    Unusable,
+    /// Someone rotated the key outside the rotator; the stored value dies with the window.
+    RotatedOutOfBand,
+    /// The retain window of the last rotation ended and the previous value is not yet confirmed dead.
+    FinalizeDue,
+    /// A replace-strategy key waits to be deactivated.
+    RetireDue,
+    /// The store holds no value yet, or a value of another key.
+    StoreEmpty,
+    /// The cadence says so.
+    Due,
+    /// Not due yet, inside the retain window or outside a maintenance window.
+    NotDue,
+}
+
+/// What was observed of one key, read-only.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub service_account: Option<ServiceAccount>,
+    pub key: Option<ApiKey>,
+    pub snapshot: Option<StoreSnapshot>,
+    pub journal: Option<Entry>,
+    /// Why ZenML or the store could not be read, if so.
+    pub read_error: Option<String>,
+}
+
+/// One row of `plan`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyPlan {
+    pub policy: String,
+    pub service_account: String,
+    pub api_key: String,
+    pub key_id: Option<String>,
+    pub strategy: &'static str,
+    pub last_rotated: Option<DateTime<Utc>>,
+    pub age_seconds: Option<i64>,
+    pub next_due: Option<DateTime<Utc>>,
+    pub action: Action,
+    pub reason: String,
+    #[serde(skip)]
+    pub why: Why,
+    #[serde(skip)]
+    pub retain_until: Option<DateTime<Utc>>,
+    /// Also due for rotation right after a finalize.
+    #[serde(skip)]
+    pub then_rotate: bool,
+}
+
+fn fmt_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// End of the previous value's validity after the key's last in-place rotation (ZenML's own numbers).
+pub fn zenml_retain_until(key: &ApiKey) -> Option<DateTime<Utc>> {
+    let last = key.last_rotated?;
+    let minutes = key.retain_period_minutes.unwrap_or(0).max(0);
+    Some(last + ChronoDuration::minutes(minutes))
+}
+
+/// Two server timestamps are the same event (the store keeps seconds).
+fn same_instant(a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
+    (a - b).num_milliseconds().abs() < 1500
+}
+
+pub fn decide(policy: &KeyPolicy, obs: &Observed, now: DateTime<Utc>) -> KeyPlan {
+    let mut plan = KeyPlan {
+        policy: policy.name.clone(),
+        service_account: policy.service_account.clone(),
+        api_key: policy.api_key.clone(),
+        key_id: obs.key.as_ref().map(|k| k.id.to_string()),
+        strategy: policy.strategy.as_str(),
+        last_rotated: obs.key.as_ref().and_then(|k| k.last_rotated),
+        age_seconds: obs
+            .key
+            .as_ref()
+            .map(|k| (now - k.last_rotated.unwrap_or(k.created)).num_seconds()),
+        next_due: None,
+        action: Action::Blocked,
+        reason: String::new(),
+        why: Why::Unreadable,
+        retain_until: None,
+        then_rotate: false,
+    };
+    let blocked = |mut plan: KeyPlan, why: Why, reason: String| {
+        plan.action = Action::Blocked;
+        plan.why = why;
+        plan.reason = reason;
+        plan
+    };
+
+    if let Some(err) = &obs.read_error {
+        return blocked(plan, Why::Unreadable, err.clone());
+    }
+    let Some(sa) = &obs.service_account else {
+        return blocked(
+            plan,
+            Why::Unusable,
+            format!(
+                "Service account {:?} does not exist on the server.",
+                policy.service_account
+            ),
+        );
+    };
+    if !sa.active {
+        return blocked(
+            plan,
+            Why::Unusable,
+            format!(
+                "Service account {:?} is deactivated; its keys cannot log in.",
+                sa.name
+            ),
+        );
+    }
+    let Some(key) = &obs.key else {
+        return blocked(
+            plan,
+            Why::Unusable,
+            format!(
+                "API key {:?} does not exist on service account {:?}.",
+                policy.api_key, sa.name
+            ),
+        );
+    };
+    if !key.active {
+        return blocked(
+            plan,
+            Why::Unusable,
+            format!(
+                "API key {:?} is deactivated; rotate only an active key.",
+                key.name
+            ),
+        );
+    }
+    let Some(snapshot) = &obs.snapshot else {
+        return blocked(plan, Why::Unreadable, "The store could not be read.".into());
+    };
+
+    let retain_until = match policy.strategy {
+        Strategy::Rotate => zenml_retain_until(key),
+        Strategy::Replace => snapshot.record.as_ref().and_then(|r| {
+            if r.retiring_key_id.is_some() {
+                r.retire_at
+            } else {
+                None
+            }
+        }),
+    };
+    plan.retain_until = retain_until;
+    let times = KeyTimes {
+        created: key.created,
+        last_rotated: key.last_rotated,
+        retain_until,
+    };
+    let due = schedule::evaluate(policy, &times, now);
+    plan.next_due = Some(due.next_due);
+
+    // A rotation in flight comes first: its value must reach the store.
+    if let Some(entry) = &obs.journal {
+        match entry.phase {
+            Phase::Rotated => {
+                plan.action = Action::Rotate;
+                plan.why = Why::ResumeJournal;
+                plan.next_due = Some(now);
+                plan.reason = format!(
+                    "Resume the rotation started at {}: store the journaled new value ({}).",
+                    fmt_time(entry.started_at),
+                    entry.fingerprint.as_deref().unwrap_or("?")
+                );
+                return plan;
+            }
+            Phase::Intent => {
+                let moved = match (key.last_rotated, entry.previous_last_rotated) {
+                    (Some(now_rot), Some(before)) => !same_instant(now_rot, before),
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+                if moved && policy.strategy == Strategy::Rotate {
+                    return blocked(
+                        plan,
+                        Why::LostRotation,
+                        format!(
+                            "ZenML rotated the key at {} but the new value never reached the journal \
+                             (the process stopped between the rotate call and the journal write); the \
+                             stored value works until {}. Run `zenml-rotator rotate {} --force` to issue \
+                             and store a new value.",
+                            key.last_rotated.map(fmt_time).unwrap_or_default(),
+                            retain_until.map(fmt_time).unwrap_or_else(|| "now".into()),
+                            policy.name
+                        ),
+                    );
+                }
+                // The rotate call never happened: the pass drops the intent and decides afresh.
+                plan.why = Why::StaleIntent;
+            }
+        }
+    }
+
+    if policy.strategy == Strategy::Rotate
+        && let (Some(record), Some(last)) = (&snapshot.record, key.last_rotated)
+        && record.key_id == key.id.to_string()
+        && let Some(recorded) = record.rotated_at
+        && last > recorded
+        && !same_instant(last, recorded)
+    {
+        return blocked(
+            plan,
+            Why::RotatedOutOfBand,
+            format!(
+                "The key was rotated outside zenml-rotator at {}; the stored value stops working at {}. \
+                 Run `zenml-rotator rotate {} --force` to issue and store a new value now.",
+                fmt_time(last),
+                retain_until
+                    .map(fmt_time)
+                    .unwrap_or_else(|| "once the window ends".into()),
+                policy.name
+            ),
+        );
+    }
+
+    // The previous value's window has ended: confirm it is dead (rotate) or deactivate it (replace).
+    if let Some(record) = &snapshot.record
+        && record.key_id == key.id.to_string()
+    {
+        let finalize = match policy.strategy {
+            Strategy::Rotate => {
+                record.finalized_at.is_none()
+                    && record.rotated_at.is_some()
+                    && retain_until.is_some_and(|u| u <= now)
+            }
+            Strategy::Replace => {
+                record.retiring_key_id.is_some() && record.retire_at.is_some_and(|t| t <= now)
+            }
+        };
+        if finalize {
+            plan.action = Action::Finalize;
+            plan.then_rotate = due.due_now;
+            let then = if due.due_now {
+                " The key is also due and rotates right after."
+            } else {
+                ""
+            };
+            match policy.strategy {
+                Strategy::Rotate => {
+                    plan.why = Why::FinalizeDue;
+                    plan.reason = format!(
+                        "The retain window of the rotation at {} ended at {}: confirm the previous value is rejected.{then}",
+                        record.rotated_at.map(fmt_time).unwrap_or_default(),
+                        retain_until.map(fmt_time).unwrap_or_default(),
+                    );
+                }
+                Strategy::Replace => {
+                    plan.why = Why::RetireDue;
+                    plan.reason = format!(
+                        "The retain window of key {} ended at {}: deactivate it.{then}",
+                        record.retiring_key_id.as_deref().unwrap_or("?"),
+                        record.retire_at.map(fmt_time).unwrap_or_default(),
+                    );
+                }
+            }
+            return plan;
+        }
+    }
+
+    let store_empty = !snapshot.exists
+        || snapshot
+            .record
+            .as_ref()
+            .is_some_and(|r| r.key_id != key.id.to_string() && policy.strategy == Strategy::Rotate);
+    if store_empty {
+        if let Some(until) = retain_until.filter(|u| *u > now) {
+            plan.action = Action::Wait;
+            plan.why = Why::NotDue;
+            plan.next_due = Some(until);
+            plan.reason = format!(
+                "The store holds no working value for this key, but the previous value is valid until {}; rotating now would cut it off.",
+                fmt_time(until)
+            );
+            return plan;
+        }
+        plan.action = Action::Rotate;
+        plan.why = Why::StoreEmpty;
+        plan.next_due = Some(now);
+        plan.reason = if snapshot.exists {
+            "The store holds the value of another API key: rotate to store a working one.".into()
+        } else {
+            "The store holds no value for this key yet.".into()
+        };
+        return plan;
+    }
+
+    if due.due_now {
+        plan.action = Action::Rotate;
+        plan.why = Why::Due;
+    } else {
+        plan.action = Action::Wait;
+        plan.why = Why::NotDue;
+    }
+    plan.reason = due.reason.describe();
+    plan
+}
