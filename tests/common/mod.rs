@@ -46,7 +46,11 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("{prefix}-{}-{n}-{:05x}", std::process::id(), nanos & 0xfffff)
+    format!(
+        "{prefix}-{}-{n}-{:05x}",
+        std::process::id(),
+        nanos & 0xfffff
+    )
 }
 
 /// The built `zenml-rotator` binary, run in `dir` with an environment cleared of anything that
