@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use super::{DEFAULT_EVERY, DEFAULT_RETAIN, GAP_HORIZON, IMPLICIT_STORE, Validator, fmt_duration};
@@ -153,6 +154,21 @@ fn report_at<'s>(pass: Level, involved: &[(Level, &'s FieldPath)]) -> Option<&'s
         return None;
     }
     involved.iter().find(|(l, _)| *l == pass).map(|(_, p)| *p)
+}
+
+/// A gap between fire times shorter than `threshold`, within the next year. Cron fires on whole
+/// minutes, so a threshold of a minute or less can never be undercut and the year-long walk
+/// (half a million steps for "* * * * *") is skipped.
+fn shortest_gap_below(
+    spec: &CronSpec,
+    threshold: Duration,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    if threshold <= Duration::from_secs(60) {
+        return None;
+    }
+    spec.gap_shorter_than(threshold, now, GAP_HORIZON)
+        .map(|(_, gap)| gap)
 }
 
 fn make<T>(value: Option<T>, (level, at): (Level, FieldPath)) -> Setting<T> {
@@ -392,7 +408,7 @@ impl Validator<'_> {
                 };
                 let involved = [r.cadence.origin(), r.timezone.origin(), r.retain.origin()];
                 if let Some(at) = report_at(pass, &involved) {
-                    if let Some((_, gap)) = spec.gap_shorter_than(retain, now, GAP_HORIZON) {
+                    if let Some(gap) = shortest_gap_below(&spec, retain, now) {
                         self.err(
                             at,
                             format!(
@@ -408,9 +424,7 @@ impl Validator<'_> {
                         let involved = [j.origin(), r.cadence.origin(), r.timezone.origin()];
                         if let Some(at) = report_at(pass, &involved) {
                             let threshold = jitter + Duration::from_nanos(1);
-                            if let Some((_, gap)) =
-                                spec.gap_shorter_than(threshold, now, GAP_HORIZON)
-                            {
+                            if let Some(gap) = shortest_gap_below(&spec, threshold, now) {
                                 self.err(
                                     at,
                                     format!(
@@ -436,8 +450,7 @@ impl Validator<'_> {
                             at.clone()
                         };
                         let threshold = spec.duration + Duration::from_nanos(1);
-                        if let Some((_, gap)) = opens.gap_shorter_than(threshold, now, GAP_HORIZON)
-                        {
+                        if let Some(gap) = shortest_gap_below(&opens, threshold, now) {
                             self.err(
                                 &at,
                                 format!(
