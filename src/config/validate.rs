@@ -101,11 +101,19 @@ fn in_file_order(mut d: Vec<Diagnostic>) -> Vec<Diagnostic> {
     unique
 }
 
-/// serde's messages quote the offending value (`invalid type: string "..."`); a value typed into
-/// the wrong field may be a secret, so the quoted text is dropped. Internal type names go too.
+/// serde's messages quote the offending value (`invalid type: string "..."`, `integer `123``); a
+/// value typed into the wrong field may be a secret, so it is dropped. Internal type names go too.
 fn serde_message(msg: &str) -> String {
+    let mut msg = msg.to_owned();
+    for kind in ["integer `", "floating point `"] {
+        while let Some(start) = msg.find(kind) {
+            let value = start + kind.len();
+            let end = msg[value..].find('`').map_or(msg.len(), |i| value + i + 1);
+            msg.replace_range(start..end, kind.trim_end_matches([' ', '`']));
+        }
+    }
     let mut out = String::with_capacity(msg.len());
-    let mut chars = msg.chars().peekable();
+    let mut chars = msg.chars();
     while let Some(c) = chars.next() {
         if c == '"' {
             while let Some(c) = chars.next() {
@@ -127,7 +135,7 @@ fn serde_message(msg: &str) -> String {
     }
     let mut msg = out
         .replacen("unknown field", "unknown key", 1)
-        .replace("expected usize", "expected a whole number")
+        .replace("expected usize", "expected a whole number (0 or more)")
         .replace("a sequence", "an array")
         .replace("a map", "a table");
     while let Some(start) = msg.find("struct Raw") {
@@ -1009,6 +1017,14 @@ mod tests {
         assert_eq!(
             serde_message("invalid type: string \"a\\\"b\", expected struct RawStore"),
             "invalid type: string, expected a table"
+        );
+        assert_eq!(
+            serde_message("invalid value: integer `-12345`, expected usize"),
+            "invalid value: integer, expected a whole number (0 or more)"
+        );
+        assert_eq!(
+            serde_message("invalid type: floating point `1.5`, expected a string"),
+            "invalid type: floating point, expected a string"
         );
         assert_eq!(
             serde_message("unknown field `evry`, expected `every`"),
