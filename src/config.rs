@@ -1,13 +1,46 @@
-//! The policy file: the validated types the rest of the program uses.
-//! (Parsing and validation with file:line:col errors: see the foundation issue; this file first
-//! fixes the shapes other modules code against.)
+//! The policy file: the validated types the rest of the program uses, and `Config::load`, which
+//! builds them from TOML or rejects the whole file with every problem's file:line:col and field.
+//! Parsing lives in `config/raw.rs` (the file as written) and `config/validate.rs` (the rules).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::secret::SecretSource;
+
+mod diff;
+mod error;
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+pub use diff::{ConfigChange, diff};
+pub use error::{ConfigError, Diagnostic};
+
+impl Config {
+    /// Reads and validates a policy file. Reads nothing else: the credentials it names are read
+    /// when used, so this works on a machine that has none of them.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&source, path)
+    }
+
+    /// Validates `source` as the contents of `path` (used in messages and kept as `Config::source`).
+    /// `state.dir` defaults to `$STATE_DIRECTORY` when set.
+    pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigError> {
+        validate::parse(source, path, &validate::Context::from_environment())
+    }
+
+    /// The `[[key]]` named `name` (the argument of `rotate`).
+    pub fn key(&self, name: &str) -> Option<&KeyPolicy> {
+        self.keys.iter().find(|k| k.name == name)
+    }
+}
 
 /// A whole, validated policy file. Built only by `Config::load`/`Config::parse`, so holding one
 /// means every check of DESIGN.md passed.
@@ -28,7 +61,7 @@ pub struct Config {
     pub hygiene: Option<HygieneSettings>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZenmlSettings {
     /// Base URL without a trailing slash; also the `ZENML_STORE_URL` written to stores.
     pub url: String,
@@ -49,7 +82,7 @@ pub enum ZenmlAuth {
     ApiKey(SecretSource),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsSettings {
     /// `run`: where /metrics, /healthz, /readyz listen (default 127.0.0.1:9464).
     pub listen: SocketAddr,
@@ -59,14 +92,14 @@ pub struct MetricsSettings {
     pub pushgateway: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateSettings {
     /// Journal of rotations in flight (default `$STATE_DIRECTORY` under systemd, else /var/lib/zenml-rotator).
     pub dir: PathBuf,
 }
 
 /// `[daemon]` (optional): how `run` paces itself.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonSettings {
     /// A full pass at least this often, for state changed behind the rotator's back (default 5m).
     pub safety_pass: Duration,
@@ -75,6 +108,17 @@ pub struct DaemonSettings {
     /// Per-key retry backoff after a failure: first delay and cap (defaults 30s and 1h).
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        DaemonSettings {
+            safety_pass: Duration::from_secs(5 * 60),
+            shutdown_timeout: Duration::from_secs(120),
+            backoff_initial: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(60 * 60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

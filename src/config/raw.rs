@@ -1,0 +1,159 @@
+//! The policy file exactly as written: every field optional, so validation (not serde) decides
+//! what is missing and can report all of it at once. Unknown keys are rejected by serde, with a span.
+//! Inline secrets (`password = "..."`) are accepted here only to be rejected with a pointed message.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub zenml: Option<RawZenml>,
+    pub defaults: Option<RawDefaults>,
+    pub metrics: Option<RawMetrics>,
+    pub state: Option<RawState>,
+    pub daemon: Option<RawDaemon>,
+    pub stores: Option<BTreeMap<String, RawStore>>,
+    pub key: Option<Vec<RawKey>>,
+    pub hygiene: Option<RawHygiene>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawZenml {
+    pub url: Option<String>,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+    pub api_key_env: Option<String>,
+    pub api_key_file: Option<String>,
+    pub ca_file: Option<String>,
+    pub timeout: Option<String>,
+    /// Rejected: secrets are never inline.
+    pub password: Option<IgnoredAny>,
+    /// Rejected: secrets are never inline.
+    pub api_key: Option<IgnoredAny>,
+}
+
+/// The settings a `[[key]]` inherits; `[defaults]` holds them plus `concurrency`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDefaults {
+    pub every: Option<String>,
+    pub retain: Option<String>,
+    pub strategy: Option<String>,
+    pub store: Option<String>,
+    pub jitter: Option<String>,
+    pub schedule: Option<String>,
+    pub window: Option<RawWindow>,
+    pub timezone: Option<String>,
+    pub retire_previous: Option<bool>,
+    pub delete_after: Option<String>,
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKey {
+    pub name: Option<String>,
+    pub service_account: Option<String>,
+    pub api_key: Option<String>,
+    pub path: Option<String>,
+    pub every: Option<String>,
+    pub retain: Option<String>,
+    pub strategy: Option<String>,
+    pub store: Option<String>,
+    pub jitter: Option<String>,
+    pub schedule: Option<String>,
+    pub window: Option<RawWindow>,
+    pub timezone: Option<String>,
+    pub retire_previous: Option<bool>,
+    pub delete_after: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWindow {
+    pub schedule: Option<String>,
+    pub duration: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub listen: Option<String>,
+    pub textfile: Option<String>,
+    pub pushgateway: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    pub dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDaemon {
+    pub safety_pass: Option<String>,
+    pub shutdown_timeout: Option<String>,
+    pub backoff_initial: Option<String>,
+    pub backoff_max: Option<String>,
+}
+
+/// One `[stores.NAME]`: the fields of every kind, flat, so a field of the wrong kind gets a
+/// message naming the kind rather than serde's generic "unknown field".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub kind: Option<String>,
+    // vault
+    pub address: Option<String>,
+    pub mount: Option<String>,
+    pub namespace: Option<String>,
+    pub ca_file: Option<String>,
+    pub timeout: Option<String>,
+    pub auth: Option<RawVaultAuth>,
+    // aws-secrets-manager
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub kms_key_id: Option<String>,
+    /// Rejected: AWS credentials come from the SDK's chain.
+    pub access_key_id: Option<IgnoredAny>,
+    /// Rejected: AWS credentials come from the SDK's chain.
+    pub secret_access_key: Option<IgnoredAny>,
+    // file
+    pub dir: Option<String>,
+}
+
+/// `auth = { method = ... }` of a Vault store, flat for the same reason as `RawStore`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVaultAuth {
+    pub method: Option<String>,
+    pub token_env: Option<String>,
+    pub token_file: Option<String>,
+    pub role_id_env: Option<String>,
+    pub role_id_file: Option<String>,
+    pub secret_id_env: Option<String>,
+    pub secret_id_file: Option<String>,
+    pub role: Option<String>,
+    pub jwt_file: Option<String>,
+    pub mount: Option<String>,
+    /// Rejected inline values.
+    pub token: Option<IgnoredAny>,
+    pub role_id: Option<IgnoredAny>,
+    pub secret_id: Option<IgnoredAny>,
+    pub jwt: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHygiene {
+    pub deactivate_unused_after: Option<String>,
+    pub report_unmanaged: Option<bool>,
+    pub report_service_accounts_without_keys: Option<bool>,
+    pub exclude_service_accounts: Option<Vec<String>>,
+}
