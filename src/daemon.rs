@@ -200,8 +200,7 @@ impl State {
 
     /// The earliest moment anything needs looking at: a due key or a backoff expiry.
     fn next_wake(&self) -> Option<DateTime<Utc>> {
-        let due = self
-            .config
+        self.config
             .keys
             .iter()
             .filter_map(|k| {
@@ -211,8 +210,7 @@ impl State {
                     _ => self.next_due.get(&k.name).copied(),
                 }
             })
-            .min();
-        due
+            .min()
     }
 }
 
@@ -243,7 +241,9 @@ fn reload(state: &mut State, path: &Path) {
     };
     if new.state.dir != state.config.state.dir {
         metrics::get().config_last_reload_successful.set(0);
-        tracing::error!("reload rejected: state.dir changed; restart the daemon to move the journal");
+        tracing::error!(
+            "reload rejected: state.dir changed; restart the daemon to move the journal"
+        );
         return;
     }
     if new.metrics.listen != state.config.metrics.listen {

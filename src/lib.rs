@@ -4,7 +4,7 @@
 pub mod backoff;
 pub mod config;
 pub mod cron;
-//TMP pub mod daemon;
+pub mod daemon;
 pub mod decide;
 pub mod fault;
 pub mod http;

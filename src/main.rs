@@ -6,9 +6,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chrono::Utc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use zenml_rotator::config::Config;
+use zenml_rotator::journal::StateLock;
+use zenml_rotator::report::{self, OutputFormat};
+use zenml_rotator::rotation::{Engine, EngineOptions, Force};
+use zenml_rotator::{daemon, metrics};
 
 /// sysexits.h EX_CONFIG: the configuration is wrong; retrying will not help.
 const EX_CONFIG: u8 = 78;
@@ -87,6 +92,8 @@ struct OnceArgs {
     /// Read everything, change nothing: report what a pass would do.
     #[arg(long)]
     dry_run: bool,
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +105,8 @@ struct RotateArgs {
     /// Rotate even inside the previous value's retain window (cuts off consumers still on it).
     #[arg(long)]
     force: bool,
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    output: Output,
 }
 
 #[derive(Debug, Args)]
@@ -135,7 +144,14 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // vaultrs and rustify log their errors, whose text can hold a response body (a secret):
+    // they stay silent whatever RUST_LOG asks. Our own store module reports their errors.
+    for quiet in ["vaultrs=off", "rustify=off"] {
+        if let Ok(d) = quiet.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -167,33 +183,183 @@ fn check(args: CheckArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn not_implemented(command: &str, config: &ConfigArg, args: &dyn std::fmt::Debug) -> ExitCode {
-    tracing::debug!(?args, "{command}");
-    if let Err(code) = load(config) {
-        return code;
+/// One runtime per process: current-thread, since the work is waiting on the network, and one
+/// thread keeps the daemon's idle footprint small.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("zenml-rotator: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn engine(config: &Config, opts: EngineOptions) -> Result<Engine, ExitCode> {
+    Engine::new(config, opts).map_err(|e| {
+        eprintln!("zenml-rotator: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn format(o: Output) -> OutputFormat {
+    match o {
+        Output::Table => OutputFormat::Table,
+        Output::Json => OutputFormat::Json,
     }
-    eprintln!("zenml-rotator {command}: not implemented yet");
-    ExitCode::FAILURE
+}
+
+/// Holds the state directory for the life of the command, or explains who does.
+fn lock(config: &Config) -> Result<StateLock, ExitCode> {
+    StateLock::acquire(&config.state.dir).map_err(|e| {
+        eprintln!("zenml-rotator: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn plan(args: PlanArgs) -> ExitCode {
-    not_implemented("plan", &args.config, &args)
+    let config = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let engine = match engine(
+        &config,
+        EngineOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    ) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let rows = rt.block_on(engine.plan(&config.keys, Utc::now()));
+    let all_readable = rows.iter().all(|(_, ok)| *ok);
+    let plans: Vec<_> = rows.into_iter().map(|(p, _)| p).collect();
+    print!("{}", report::plan(&plans, format(args.output)));
+    if all_readable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn once(args: OnceArgs) -> ExitCode {
-    not_implemented("once", &args.config, &args)
+    let config = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    // A dry run changes nothing, so it may run beside a daemon.
+    let _lock = if args.dry_run {
+        None
+    } else {
+        match lock(&config) {
+            Ok(l) => Some(l),
+            Err(code) => return code,
+        }
+    };
+    let engine = match engine(
+        &config,
+        EngineOptions {
+            dry_run: args.dry_run,
+            ..Default::default()
+        },
+    ) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let orphans = engine.orphaned_journal_entries(&config);
+    for o in &orphans {
+        tracing::error!("{o}");
+    }
+    let reports = rt.block_on(engine.pass(&config.keys));
+    print!("{}", report::pass(&reports, format(args.output)));
+    if !args.dry_run {
+        rt.block_on(metrics::export_one_shot(&config.metrics));
+    }
+    let failed = reports.iter().filter(|r| r.result.is_err()).count();
+    if failed > 0 || !orphans.is_empty() {
+        tracing::error!(failed, keys = reports.len(), "pass finished with failures");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn rotate(args: RotateArgs) -> ExitCode {
-    not_implemented("rotate", &args.config, &args)
+    let config = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(policy) = config.key(&args.name).cloned() else {
+        let names: Vec<&str> = config.keys.iter().map(|k| k.name.as_str()).collect();
+        eprintln!(
+            "zenml-rotator: no [[key]] named {:?} in {} (known: {})",
+            args.name,
+            config.source.display(),
+            names.join(", ")
+        );
+        return ExitCode::FAILURE;
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let _lock = match lock(&config) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let engine = match engine(&config, EngineOptions::default()) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let force = if args.force { Force::Yes } else { Force::No };
+    let report = rt.block_on(engine.rotate_now(&policy, force));
+    let ok = report.result.is_ok();
+    print!(
+        "{}",
+        report::pass(std::slice::from_ref(&report), format(args.output))
+    );
+    rt.block_on(metrics::export_one_shot(&config.metrics));
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    not_implemented("run", &args.config, &args)
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(daemon::run(args.config.path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(daemon::DaemonError::Config(e)) => {
+            eprintln!("{e}");
+            ExitCode::from(EX_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("zenml-rotator: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn inventory(args: InventoryArgs) -> ExitCode {
-    not_implemented("inventory", &args.config, &args)
+    tracing::debug!(?args, "inventory");
+    if let Err(code) = load(&args.config) {
+        return code;
+    }
+    eprintln!("zenml-rotator inventory: not implemented yet");
+    ExitCode::FAILURE
 }
 
 #[cfg(test)]

@@ -365,3 +365,101 @@ pub async fn serve(listener: tokio::net::TcpListener, health: std::sync::Arc<Hea
         tracing::error!(error = %e, "the metrics endpoint stopped");
     }
 }
+
+/// `once` and `rotate`: hand the metrics to node-exporter's textfile collector and/or a
+/// Pushgateway, so one-shot runs (CronJob, systemd timer) are as observable as the daemon.
+/// Failures are logged, never fatal: the rotation itself already happened.
+pub async fn export_one_shot(settings: &crate::config::MetricsSettings) {
+    let text = get().render();
+    if let Some(path) = &settings.textfile {
+        match write_textfile(path, &text) {
+            Ok(()) => tracing::debug!(file = %path.display(), "metrics textfile written"),
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "cannot write the metrics textfile")
+            }
+        }
+    }
+    if let Some(url) = &settings.pushgateway {
+        match push(url, &text).await {
+            Ok(()) => tracing::debug!(pushgateway = %url, "metrics pushed"),
+            Err(e) => tracing::error!(pushgateway = %url, error = %e, "cannot push the metrics"),
+        }
+    }
+}
+
+/// Atomic (temp file + rename) so the collector never reads half a file; 0644 so it can read it.
+pub fn write_textfile(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // The collector reads only `*.prom`: the temp name must not end in it.
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The instance label of pushed metrics: this host's name.
+fn instance() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Push-add (POST): replaces only the metric families this run sends, under job `zenml_rotator`
+/// grouped by instance, so a failed run does not erase the last success's series.
+async fn push(base: &str, text: &str) -> Result<(), String> {
+    let instance = instance();
+    let url = format!(
+        "{}/metrics/job/zenml_rotator/instance/{}",
+        base.trim_end_matches('/'),
+        url_segment(&instance)
+    );
+    let client = crate::http::client(Duration::from_secs(15), None).map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let resp = client
+        .post(&url)
+        .header("Content-Type", "text/plain; version=0.0.4")
+        .body(text.to_owned())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    observe_upstream("pushgateway", "push", started.elapsed());
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {}", resp.status()))
+    }
+}
+
+/// Percent-encodes a path segment (host names are tame, but be exact).
+fn url_segment(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -197,6 +197,29 @@ impl Engine {
             .map_err(|e| KeyFailure::new(Stage::Preflight, format!("store {name:?}: {e}")))
     }
 
+    /// Journal entries whose policy is gone from the config: their values cannot be replayed
+    /// without it, and may be the only copy of a working key.
+    pub fn orphaned_journal_entries(&self, config: &Config) -> Vec<String> {
+        match self.journal.entries() {
+            Ok(entries) => entries
+                .into_values()
+                .filter(|e| config.key(&e.policy).is_none())
+                .map(|e| {
+                    format!(
+                        "journal entry for policy {:?} (service account {:?}, key {:?}, started {}) has no [[key]] in the config: \
+                         restore the policy so the next pass can replay it, or inspect {} and remove the entry",
+                        e.policy,
+                        e.service_account,
+                        e.api_key,
+                        e.started_at,
+                        self.journal.dir().display()
+                    )
+                })
+                .collect(),
+            Err(e) => vec![format!("journal: {e}")],
+        }
+    }
+
     /// Every service account by name: one paged listing per pass instead of a lookup per key.
     pub async fn service_accounts(&self) -> Result<BTreeMap<String, ServiceAccount>, ZenmlError> {
         Ok(self
