@@ -78,22 +78,22 @@ impl DueReason {
     pub fn describe(&self) -> String {
         match self {
             DueReason::NotYetDue { at } => {
-                format!("not due for rotation until {}", rfc3339(*at))
+                format!("Not due for rotation until {}.", rfc3339(*at))
             }
             DueReason::RetainWindow { until } => format!(
-                "the previous value stays valid until {}; rotating earlier would cut off consumers still using it",
+                "The previous value stays valid until {}; rotating earlier would cut off consumers still using it.",
                 rfc3339(*until)
             ),
             DueReason::OutsideMaintenanceWindow { opens } => format!(
-                "due, but outside its maintenance window; the next window opens at {}",
+                "Due, but outside its maintenance window; the next window opens at {}.",
                 rfc3339(*opens)
             ),
-            DueReason::Due { since } => format!("due since {}", rfc3339(*since)),
+            DueReason::Due { since } => format!("Due since {}.", rfc3339(*since)),
             DueReason::Unschedulable(Unschedulable::ScheduleNeverFires) => {
-                "never due: its schedule has no fire time after the last rotation".to_owned()
+                "Never due: its schedule has no fire time after the last rotation.".to_owned()
             }
             DueReason::Unschedulable(Unschedulable::WindowNeverOpens) => {
-                "never rotated: its maintenance window never opens".to_owned()
+                "Never rotated: its maintenance window never opens.".to_owned()
             }
         }
     }
@@ -628,26 +628,26 @@ mod tests {
         let t = at("2026-01-02T03:00:00Z");
         assert_eq!(
             DueReason::NotYetDue { at: t }.describe(),
-            "not due for rotation until 2026-01-02T03:00:00Z"
+            "Not due for rotation until 2026-01-02T03:00:00Z."
         );
         assert_eq!(
             DueReason::RetainWindow { until: t }.to_string(),
-            "the previous value stays valid until 2026-01-02T03:00:00Z; rotating earlier would cut off consumers still using it"
+            "The previous value stays valid until 2026-01-02T03:00:00Z; rotating earlier would cut off consumers still using it."
         );
         assert_eq!(
             DueReason::OutsideMaintenanceWindow { opens: t }.describe(),
-            "due, but outside its maintenance window; the next window opens at 2026-01-02T03:00:00Z"
+            "Due, but outside its maintenance window; the next window opens at 2026-01-02T03:00:00Z."
         );
         assert_eq!(
             DueReason::Due { since: t }.describe(),
-            "due since 2026-01-02T03:00:00Z"
+            "Due since 2026-01-02T03:00:00Z."
         );
         for why in [
             Unschedulable::ScheduleNeverFires,
             Unschedulable::WindowNeverOpens,
         ] {
             let s = DueReason::Unschedulable(why).describe();
-            assert!(s.starts_with("never "), "{s}");
+            assert!(s.starts_with("Never "), "{s}");
         }
     }
 
