@@ -745,6 +745,7 @@ impl Engine {
                 "the staged value read back differs from what was written",
             ));
         }
+        fault::point("after_stage");
         retry(|| store.promote(&policy.path, token, snapshot))
             .await
             .map_err(fail)?;
