@@ -776,7 +776,17 @@ impl Engine {
                 "the journal entry holds no value",
             ));
         };
-        let store = self.store(&entry.store).await?;
+        // Where the policy stores the key now: `complete` writes to the policy's path, so the
+        // pre-flight snapshot it checks-and-sets against must come from that same place, even if
+        // the policy file moved the key since the crash.
+        let store = self.store(&policy.store).await?;
+        if (entry.store.as_str(), entry.path.as_str())
+            != (policy.store.as_str(), policy.path.as_str())
+        {
+            tracing::warn!(policy = %policy.name, journaled_store = %entry.store, journaled_path = %entry.path,
+                store = %policy.store, path = %policy.path,
+                "the policy's store or path changed since the rotation started; replaying into the current one");
+        }
         if let KeyCheck::Rejected = self.check_key(value).await? {
             tracing::warn!(policy = %policy.name, fingerprint = entry.fingerprint.as_deref().unwrap_or("?"),
                 "the journaled value is no longer accepted by ZenML (rotated again or deactivated elsewhere); dropping it");
@@ -789,7 +799,7 @@ impl Engine {
         }
         tracing::info!(policy = %policy.name, fingerprint = entry.fingerprint.as_deref().unwrap_or("?"), "replaying a journaled rotation into the store");
         let snapshot = store
-            .preflight(&entry.path)
+            .preflight(&policy.path)
             .await
             .map_err(|e| KeyFailure::new(Stage::Store, e.to_string()))?;
         // A pending version with our own token is ours: staging again with it is idempotent.
@@ -799,7 +809,7 @@ impl Engine {
         };
         if let Some(pending) = &snapshot.pending {
             store
-                .discard_staged(&entry.path, pending)
+                .discard_staged(&policy.path, pending)
                 .await
                 .map_err(|e| KeyFailure::new(Stage::Store, e.to_string()))?;
         }
