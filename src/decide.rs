@@ -234,8 +234,17 @@ pub fn decide(policy: &KeyPolicy, obs: &Observed, now: DateTime<Utc>) -> KeyPlan
                         ),
                     );
                 }
-                // The rotate call never happened: the pass drops the intent and decides afresh.
-                plan.why = Why::StaleIntent;
+                // The rotate call never happened: the pass drops the intent and then does what a
+                // decision without it says. Returned here, so no later rule overwrites the `why`
+                // the engine needs to drop it (a key not due would otherwise keep it forever).
+                let fresh = Observed {
+                    journal: None,
+                    ..obs.clone()
+                };
+                return KeyPlan {
+                    why: Why::StaleIntent,
+                    ..decide(policy, &fresh, now)
+                };
             }
         }
     }
