@@ -831,9 +831,16 @@ impl Engine {
             ));
         };
         let fail = |e: StoreError| KeyFailure::new(Stage::Finalize, e.to_string());
+        // A version written on top that keeps the same key (an operator adding a field with
+        // `vault kv patch`, a re-put of the same JSON) makes the "previous" version hold the
+        // current value: that one is meant to work, and is no retired value to confirm dead.
         let previous = store.read_previous(&policy.path).await.map_err(fail)?;
         let m = metrics::get();
         let detail = match previous {
+            Some(prev) if fingerprint(&prev) == record.fingerprint => format!(
+                "the previous version holds the current value {} (a version was written on top with the same key)",
+                record.fingerprint
+            ),
             Some(prev) => match self.check_key(&prev).await {
                 Ok(KeyCheck::Rejected) => {
                     format!("previous value {} is rejected", fingerprint(&prev))
