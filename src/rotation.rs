@@ -555,6 +555,7 @@ impl Engine {
             started_at: Utc::now(),
             previous_last_rotated: key.last_rotated,
             retain_minutes: retain_minutes(policy),
+            rotated_at: None,
             fingerprint: None,
             value: None,
         }
@@ -619,7 +620,8 @@ impl Engine {
             }
         };
         // The value exists only in memory: journal it before anything else happens.
-        let entry = entry.with_value(&new.value);
+        let mut entry = entry.with_value(&new.value);
+        entry.rotated_at = new.key.last_rotated;
         if let Err(e) = self.journal.record(&entry) {
             // Keep going: storing the value is now the only way to keep it.
             tracing::error!(policy = %policy.name, error = %e, "could not journal the new value; storing it directly");
@@ -682,13 +684,19 @@ impl Engine {
                 ));
             }
         }
-        // ZenML's own timestamp, so later passes can tell our rotation from someone else's.
+        // ZenML's own timestamp, so later passes can tell our rotation from someone else's. The
+        // journaled one first: if the key was rotated again between a crash and this replay, the
+        // key's timestamp is that other rotation's, and recording it would hide that the value
+        // stored here is now the previous generation, alive only until that window ends.
         let key_now = self
             .zenml
             .get_api_key(sa_id, &entry.key_id)
             .await
             .map_err(|e| KeyFailure::new(Stage::Verify, e.to_string()))?;
-        let rotated_at = key_now.last_rotated.unwrap_or_else(Utc::now);
+        let rotated_at = entry
+            .rotated_at
+            .or(key_now.last_rotated)
+            .unwrap_or_else(Utc::now);
         let retain = ChronoDuration::minutes(i64::from(entry.retain_minutes));
         let record = RotationRecord {
             policy: policy.name.clone(),
