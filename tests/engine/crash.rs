@@ -312,3 +312,63 @@ async fn an_aws_replay_resumes_with_the_same_client_request_token() {
     let (_, stored) = payload_of(&aws_value(&client, &name, "AWSCURRENT").await.unwrap());
     assert_eq!(stored, value);
 }
+
+/// A journaled value whose policy is gone from the policy file cannot be replayed, and may be the
+/// only working copy of the key: the pass keeps it, fails, and says where it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_journaled_value_without_its_policy_is_kept_and_reported() {
+    let admin = zenml_admin();
+    let (sa, _) = new_service_account_with_key(&admin, "eng-crash-orphan").await;
+    let (other, _) = new_service_account_with_key(&admin, "eng-crash-orphan").await;
+    let mut rig = Rig::new();
+    rig.file_store("local")
+        .key("k", &sa.name, "local", "k.env", "");
+    rig.write();
+    crash_at(&rig, "after_rotate", &["once"]);
+    let value = journaled_value(&rig).await;
+
+    rig.clear_keys()
+        .key("other", &other.name, "local", "other.env", "");
+    rig.write();
+    let ran = rig.expect(&["once", "--dry-run"], 1);
+    assert!(
+        ran.stderr.contains("\"k\"") && ran.stderr.contains("has no [[key]]"),
+        "{}",
+        ran.describe()
+    );
+    assert!(
+        ran.stderr
+            .contains(&rig.journal_dir().display().to_string())
+    );
+    assert_eq!(journaled_value(&rig).await, value, "kept");
+}
+
+/// Someone rotated the key again between the crash and the replay: the journaled value is now the
+/// previous generation, alive only until that rotation's window ends. The replay still stores it
+/// (the store holds nothing better), and the next plan must say the key was rotated out of band
+/// instead of reporting a healthy rotation that will silently die.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_after_an_out_of_band_rotation_is_flagged() {
+    let admin = zenml_admin();
+    let (sa, _) = new_service_account_with_key(&admin, "eng-crash-oob").await;
+    let mut rig = Rig::new();
+    rig.file_store("local")
+        .key("k", &sa.name, "local", "k.env", "");
+    rig.write();
+    crash_at(&rig, "after_rotate", &["once"]);
+    let value = journaled_value(&rig).await;
+    let ours = key_now(&admin, sa.id).await.last_rotated.unwrap();
+    // Whole seconds apart, so no tolerance for timestamps in the store can merge the two.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    admin.rotate_api_key(sa.id, "default", 60).await.unwrap();
+    assert!(key_now(&admin, sa.id).await.last_rotated.unwrap() > ours);
+
+    replay(&rig);
+    let env = env_file(&std::fs::read_to_string(rig.keys_dir().join("k.env")).unwrap());
+    assert_eq!(env["ZENML_STORE_API_KEY"], value);
+    let plan = rig.expect(&["plan", "--output", "json"], 0);
+    let rows: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert_eq!(rows[0]["action"], "blocked", "{}", plan.stdout);
+    let reason = rows[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("outside zenml-rotator"), "{reason}");
+}
