@@ -234,8 +234,17 @@ pub fn decide(policy: &KeyPolicy, obs: &Observed, now: DateTime<Utc>) -> KeyPlan
                         ),
                     );
                 }
-                // The rotate call never happened: the pass drops the intent and decides afresh.
-                plan.why = Why::StaleIntent;
+                // The rotate call never happened: the pass drops the intent and then does what a
+                // decision without it says. Returned here, so no later rule overwrites the `why`
+                // the engine needs to drop it (a key not due would otherwise keep it forever).
+                let fresh = Observed {
+                    journal: None,
+                    ..obs.clone()
+                };
+                return KeyPlan {
+                    why: Why::StaleIntent,
+                    ..decide(policy, &fresh, now)
+                };
             }
         }
     }
@@ -306,7 +315,10 @@ pub fn decide(policy: &KeyPolicy, obs: &Observed, now: DateTime<Utc>) -> KeyPlan
         }
     }
 
-    let store_empty = !snapshot.exists
+    // No current version is no value, even where the path itself exists (an AWS secret created
+    // without a value, as infrastructure-as-code tools do, waiting for the rotator to fill it).
+    let no_value = snapshot.version.is_none();
+    let store_empty = no_value
         || snapshot
             .record
             .as_ref()
@@ -325,10 +337,10 @@ pub fn decide(policy: &KeyPolicy, obs: &Observed, now: DateTime<Utc>) -> KeyPlan
         plan.action = Action::Rotate;
         plan.why = Why::StoreEmpty;
         plan.next_due = Some(now);
-        plan.reason = if snapshot.exists {
-            "The store holds the value of another API key: rotate to store a working one.".into()
-        } else {
+        plan.reason = if no_value {
             "The store holds no value for this key yet.".into()
+        } else {
+            "The store holds the value of another API key: rotate to store a working one.".into()
         };
         return plan;
     }

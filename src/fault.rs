@@ -1,5 +1,7 @@
 //! Test-only fault points for crash tests (invariant 3). Compiled in only with the cargo feature
 //! `fault-injection`; in every other build `point` is an empty inline function.
+//! Points, in the order a rotation meets them: before_rotate, after_rotate, before_store,
+//! after_stage (written, not yet promoted: AWS `AWSPENDING`), after_store.
 //! `ZR_FAULT=<point>` makes the process die at that point as a crash would (no destructors, no
 //! flush); `ZR_FAULT_EXEC=<point>:<shell command>` runs a command there instead (e.g. seal Vault).
 

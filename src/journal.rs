@@ -68,6 +68,10 @@ pub struct Entry {
     /// journaled, ZenML rotated but the answer was lost.
     pub previous_last_rotated: Option<DateTime<Utc>>,
     pub retain_minutes: u32,
+    /// ZenML's `last_rotated` right after this rotation (phase `Rotated`). A later rotation by
+    /// anyone else moves the key's `last_rotated`; the replay records this one, so it shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
     #[serde(
@@ -314,6 +318,7 @@ mod tests {
             started_at: Utc::now(),
             previous_last_rotated: None,
             retain_minutes: 60,
+            rotated_at: None,
             fingerprint: None,
             value: None,
         }

@@ -555,6 +555,7 @@ impl Engine {
             started_at: Utc::now(),
             previous_last_rotated: key.last_rotated,
             retain_minutes: retain_minutes(policy),
+            rotated_at: None,
             fingerprint: None,
             value: None,
         }
@@ -619,7 +620,8 @@ impl Engine {
             }
         };
         // The value exists only in memory: journal it before anything else happens.
-        let entry = entry.with_value(&new.value);
+        let mut entry = entry.with_value(&new.value);
+        entry.rotated_at = new.key.last_rotated;
         if let Err(e) = self.journal.record(&entry) {
             // Keep going: storing the value is now the only way to keep it.
             tracing::error!(policy = %policy.name, error = %e, "could not journal the new value; storing it directly");
@@ -682,13 +684,19 @@ impl Engine {
                 ));
             }
         }
-        // ZenML's own timestamp, so later passes can tell our rotation from someone else's.
+        // ZenML's own timestamp, so later passes can tell our rotation from someone else's. The
+        // journaled one first: if the key was rotated again between a crash and this replay, the
+        // key's timestamp is that other rotation's, and recording it would hide that the value
+        // stored here is now the previous generation, alive only until that window ends.
         let key_now = self
             .zenml
             .get_api_key(sa_id, &entry.key_id)
             .await
             .map_err(|e| KeyFailure::new(Stage::Verify, e.to_string()))?;
-        let rotated_at = key_now.last_rotated.unwrap_or_else(Utc::now);
+        let rotated_at = entry
+            .rotated_at
+            .or(key_now.last_rotated)
+            .unwrap_or_else(Utc::now);
         let retain = ChronoDuration::minutes(i64::from(entry.retain_minutes));
         let record = RotationRecord {
             policy: policy.name.clone(),
@@ -745,6 +753,7 @@ impl Engine {
                 "the staged value read back differs from what was written",
             ));
         }
+        fault::point("after_stage");
         retry(|| store.promote(&policy.path, token, snapshot))
             .await
             .map_err(fail)?;
@@ -775,7 +784,17 @@ impl Engine {
                 "the journal entry holds no value",
             ));
         };
-        let store = self.store(&entry.store).await?;
+        // Where the policy stores the key now: `complete` writes to the policy's path, so the
+        // pre-flight snapshot it checks-and-sets against must come from that same place, even if
+        // the policy file moved the key since the crash.
+        let store = self.store(&policy.store).await?;
+        if (entry.store.as_str(), entry.path.as_str())
+            != (policy.store.as_str(), policy.path.as_str())
+        {
+            tracing::warn!(policy = %policy.name, journaled_store = %entry.store, journaled_path = %entry.path,
+                store = %policy.store, path = %policy.path,
+                "the policy's store or path changed since the rotation started; replaying into the current one");
+        }
         if let KeyCheck::Rejected = self.check_key(value).await? {
             tracing::warn!(policy = %policy.name, fingerprint = entry.fingerprint.as_deref().unwrap_or("?"),
                 "the journaled value is no longer accepted by ZenML (rotated again or deactivated elsewhere); dropping it");
@@ -788,7 +807,7 @@ impl Engine {
         }
         tracing::info!(policy = %policy.name, fingerprint = entry.fingerprint.as_deref().unwrap_or("?"), "replaying a journaled rotation into the store");
         let snapshot = store
-            .preflight(&entry.path)
+            .preflight(&policy.path)
             .await
             .map_err(|e| KeyFailure::new(Stage::Store, e.to_string()))?;
         // A pending version with our own token is ours: staging again with it is idempotent.
@@ -798,7 +817,7 @@ impl Engine {
         };
         if let Some(pending) = &snapshot.pending {
             store
-                .discard_staged(&entry.path, pending)
+                .discard_staged(&policy.path, pending)
                 .await
                 .map_err(|e| KeyFailure::new(Stage::Store, e.to_string()))?;
         }
@@ -820,9 +839,16 @@ impl Engine {
             ));
         };
         let fail = |e: StoreError| KeyFailure::new(Stage::Finalize, e.to_string());
+        // A version written on top that keeps the same key (an operator adding a field with
+        // `vault kv patch`, a re-put of the same JSON) makes the "previous" version hold the
+        // current value: that one is meant to work, and is no retired value to confirm dead.
         let previous = store.read_previous(&policy.path).await.map_err(fail)?;
         let m = metrics::get();
         let detail = match previous {
+            Some(prev) if fingerprint(&prev) == record.fingerprint => format!(
+                "the previous version holds the current value {} (a version was written on top with the same key)",
+                record.fingerprint
+            ),
             Some(prev) => match self.check_key(&prev).await {
                 Ok(KeyCheck::Rejected) => {
                     format!("previous value {} is rejected", fingerprint(&prev))

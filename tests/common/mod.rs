@@ -3,6 +3,9 @@
 //! A test that needs a server fails loudly when it is absent: it is never skipped.
 #![allow(dead_code)]
 
+pub mod private_bao;
+pub mod rig;
+pub mod stores;
 pub mod stub_http;
 
 use std::path::Path;

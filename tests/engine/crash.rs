@@ -1,0 +1,374 @@
+//! Invariant 3: a crash between ZenML's rotate and the store write (fault points of the
+//! `fault-injection` build) leaves the new value in the journal; the next `once` stores it,
+//! checks it logs in and empties the journal, without rotating again. The same when the store
+//! itself fails at the write, and when the crash came before the rotate call (intent only).
+
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::json;
+use zenml_rotator::secret::ExposeSecret;
+use zenml_rotator::zenml::KeyCheck;
+
+use crate::common::private_bao::PrivateBao;
+use crate::common::rig::{Ran, Rig};
+use crate::common::stores::{
+    VaultAdmin, aws, aws_value, aws_versions, check, env_file, payload_of,
+};
+use crate::common::{aws_endpoint, new_service_account_with_key, unique, zenml, zenml_admin};
+use crate::key_now;
+use crate::preflight::failed_at;
+
+/// The exit code of a fault point's simulated crash (src/fault.rs).
+const CRASHED: i32 = 86;
+
+/// Runs `args` with `ZR_FAULT=<point>` and expects the simulated crash.
+fn crash_at(rig: &Rig, point: &str, args: &[&str]) -> Ran {
+    let mut cmd = rig.cmd(args);
+    cmd.env("ZR_FAULT", point);
+    let out = crate::common::run(&mut cmd);
+    let ran = Ran::new(&cmd, out);
+    assert_eq!(
+        ran.output.status.code(),
+        Some(CRASHED),
+        "{}",
+        ran.describe()
+    );
+    assert!(
+        ran.stderr.contains(&format!("crashing at {point}")),
+        "{}",
+        ran.describe()
+    );
+    ran
+}
+
+/// The journaled value of policy `k` after a crash past the rotate call: phase `rotated`, the
+/// file 0600, and a value ZenML accepts.
+async fn journaled_value(rig: &Rig) -> String {
+    let entry = rig.journal_entry("k").expect("a journal entry for k");
+    assert_eq!(entry["phase"], "rotated", "{}", entry["phase"]);
+    let file = rig.journal_dir().join("k.json");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let value = entry["value"].as_str().expect("the value").to_owned();
+    assert_eq!(check(&zenml_admin(), &value).await, KeyCheck::Accepted);
+    value
+}
+
+/// `once` after the crash: exit 0, `k` rotated (by the replay), journal empty.
+fn replay(rig: &Rig) -> Ran {
+    let ran = rig.expect(&["once", "--output", "json"], 0);
+    assert_eq!(ran.results_of("k"), ["rotated"], "{}", ran.describe());
+    assert!(rig.journal_files().is_empty(), "{:?}", rig.journal_names());
+    ran
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_after_the_rotate_call_is_replayed_into_vault() {
+    let admin = zenml_admin();
+    let (sa, old) = new_service_account_with_key(&admin, "eng-crash-ar").await;
+    let root = VaultAdmin::shared();
+    let prefix = unique("eng-crash");
+    let path = format!("{prefix}/k");
+    let token = root.rotator_token(&prefix).await;
+    let mut rig = Rig::new();
+    rig.vault_store("vault", &root.addr, &token)
+        .key("k", &sa.name, "vault", &path, "");
+    rig.write();
+
+    crash_at(&rig, "after_rotate", &["once"]);
+    let rotated = key_now(&admin, sa.id).await.last_rotated;
+    assert!(rotated.is_some(), "ZenML rotated before the crash");
+    assert_eq!(
+        root.metadata(&path).await,
+        serde_json::Value::Null,
+        "nothing stored yet"
+    );
+    let value = journaled_value(&rig).await;
+
+    replay(&rig);
+    let (_, stored) = payload_of(&root.data(&path, None).await.to_string());
+    assert_eq!(stored, value, "the journaled value is what landed");
+    assert_eq!(
+        key_now(&admin, sa.id).await.last_rotated,
+        rotated,
+        "no second rotation"
+    );
+    assert_eq!(
+        check(&admin, old.value.expose_secret()).await,
+        KeyCheck::Accepted
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_before_the_store_write_is_replayed_into_the_file() {
+    let admin = zenml_admin();
+    let (sa, old) = new_service_account_with_key(&admin, "eng-crash-bs").await;
+    let mut rig = Rig::new();
+    rig.file_store("local")
+        .key("k", &sa.name, "local", "k.env", "");
+    rig.write();
+
+    crash_at(&rig, "before_store", &["once"]);
+    let rotated = key_now(&admin, sa.id).await.last_rotated;
+    assert!(rotated.is_some());
+    assert!(!rig.keys_dir().join("k.env").exists());
+    let value = journaled_value(&rig).await;
+
+    replay(&rig);
+    let env = env_file(&std::fs::read_to_string(rig.keys_dir().join("k.env")).unwrap());
+    assert_eq!(env["ZENML_STORE_API_KEY"], value);
+    assert_eq!(
+        key_now(&admin, sa.id).await.last_rotated,
+        rotated,
+        "no second rotation"
+    );
+    assert_eq!(
+        check(&admin, old.value.expose_secret()).await,
+        KeyCheck::Accepted
+    );
+}
+
+/// The store fails at the write itself: a private OpenBao sealed at the fault point. The run fails
+/// at stage `store` with the value journaled; once the server is unsealed, `once` completes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_sealed_at_the_write_keeps_the_value_in_the_journal_until_it_is_back() {
+    let admin = zenml_admin();
+    let (sa, _old) = new_service_account_with_key(&admin, "eng-crash-seal").await;
+    let bao = PrivateBao::start();
+    let mut rig = Rig::new();
+    rig.vault_store("vault", &bao.addr, "root")
+        .key("k", &sa.name, "vault", "zr/k", "");
+    rig.write();
+
+    let mut cmd = rig.cmd(&["once", "--output", "json"]);
+    cmd.env(
+        "ZR_FAULT_EXEC",
+        format!("before_store:{}", bao.root().seal_command()),
+    );
+    let out = crate::common::run(&mut cmd);
+    let ran = Ran::new(&cmd, out);
+    assert_eq!(ran.output.status.code(), Some(1), "{}", ran.describe());
+    let detail = failed_at(&ran, "k", "store");
+    assert!(detail.contains("sealed"), "{detail}");
+    let rotated = key_now(&admin, sa.id).await.last_rotated;
+    assert!(rotated.is_some());
+    let value = journaled_value(&rig).await;
+
+    // Still sealed: the next pass cannot store either, and keeps the value.
+    let ran = rig.expect(&["once", "--output", "json"], 1);
+    failed_at(&ran, "k", "preflight");
+    assert_eq!(journaled_value(&rig).await, value);
+
+    bao.unseal().await;
+    replay(&rig);
+    let (_, stored) = payload_of(&bao.root().data("zr/k", None).await.to_string());
+    assert_eq!(stored, value);
+    assert_eq!(
+        key_now(&admin, sa.id).await.last_rotated,
+        rotated,
+        "no second rotation"
+    );
+}
+
+/// A crash before the rotate call leaves only the intent: the next pass drops it and rotates once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_before_the_rotate_call_leaves_an_intent_the_next_pass_clears() {
+    let admin = zenml_admin();
+    let (sa, old) = new_service_account_with_key(&admin, "eng-crash-br").await;
+    let mut rig = Rig::new();
+    rig.file_store("local")
+        .key("k", &sa.name, "local", "k.env", "");
+    rig.write();
+
+    crash_at(&rig, "before_rotate", &["once"]);
+    let entry = rig.journal_entry("k").expect("the intent");
+    assert_eq!(entry["phase"], "intent");
+    assert!(
+        entry.get("value").is_none(),
+        "no value before the rotate call"
+    );
+    assert!(
+        key_now(&admin, sa.id).await.last_rotated.is_none(),
+        "nothing rotated"
+    );
+
+    // Read-only commands see the intent and leave it.
+    let plan = rig.expect(&["plan", "--output", "json"], 0);
+    let rows: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert_eq!(rows[0]["action"], "rotate", "{}", plan.describe());
+    assert!(rig.journal_entry("k").is_some());
+
+    let ran = rig.expect(&["once", "--output", "json"], 0);
+    assert_eq!(ran.results_of("k"), ["rotated"], "{}", ran.describe());
+    assert!(rig.journal_files().is_empty());
+    assert!(key_now(&admin, sa.id).await.last_rotated.is_some());
+    let env = env_file(&std::fs::read_to_string(rig.keys_dir().join("k.env")).unwrap());
+    assert_eq!(
+        check(&admin, &env["ZENML_STORE_API_KEY"]).await,
+        KeyCheck::Accepted
+    );
+    // One rotation, not two: the original value is still inside its window.
+    assert_eq!(
+        check(&admin, old.value.expose_secret()).await,
+        KeyCheck::Accepted
+    );
+
+    // The same crash when the key is not due (a forced rotation that never reached ZenML): the
+    // next pass has nothing to rotate, and still drops the intent.
+    let rotated = key_now(&admin, sa.id).await.last_rotated;
+    crash_at(&rig, "before_rotate", &["rotate", "k", "--force"]);
+    assert_eq!(rig.journal_entry("k").unwrap()["phase"], "intent");
+    let ran = rig.expect(&["once", "--output", "json"], 0);
+    assert_eq!(ran.results_of("k"), ["wait"], "{}", ran.describe());
+    assert!(
+        rig.journal_files().is_empty(),
+        "a stale intent stays behind: {:?}",
+        rig.journal_names()
+    );
+    assert_eq!(
+        key_now(&admin, sa.id).await.last_rotated,
+        rotated,
+        "nothing rotated"
+    );
+}
+
+/// The policy's path changed between the crash and the replay: the journaled value goes where
+/// the policy now points, checked-and-set against what is there (not against the old path).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_after_the_path_changed_writes_to_the_new_path() {
+    let admin = zenml_admin();
+    let (sa, old) = new_service_account_with_key(&admin, "eng-crash-moved").await;
+    let old = old.value.expose_secret().to_owned();
+    let root = VaultAdmin::shared();
+    let prefix = unique("eng-moved");
+    let (before, after) = (format!("{prefix}/before"), format!("{prefix}/after"));
+    let token = root.rotator_token(&prefix).await;
+    // The new path already holds the workload's value, written by hand.
+    root.write(
+        &after,
+        json!({ "ZENML_STORE_URL": zenml().url, "ZENML_STORE_API_KEY": old }),
+    )
+    .await;
+    let mut rig = Rig::new();
+    rig.vault_store("vault", &root.addr, &token)
+        .key("k", &sa.name, "vault", &before, "");
+    rig.write();
+    crash_at(&rig, "after_rotate", &["once"]);
+    let value = journaled_value(&rig).await;
+
+    rig.clear_keys().key("k", &sa.name, "vault", &after, "");
+    rig.write();
+    replay(&rig);
+    let (_, stored) = payload_of(&root.data(&after, None).await.to_string());
+    assert_eq!(stored, value);
+    assert_eq!(root.metadata(&after).await["current_version"], 2);
+    assert_eq!(root.metadata(&before).await, serde_json::Value::Null);
+}
+
+/// A crash after the new version was staged (`AWSPENDING`) but before it was promoted: the replay
+/// reuses the journaled ClientRequestToken, so AWS ends with that version current and no other.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aws_replay_resumes_with_the_same_client_request_token() {
+    let admin = zenml_admin();
+    let (sa, old) = new_service_account_with_key(&admin, "eng-crash-aws").await;
+    let old = old.value.expose_secret().to_owned();
+    let client = aws().await;
+    let name = unique("eng-crash-aws");
+    let first = client
+        .create_secret()
+        .name(&name)
+        .secret_string(
+            json!({ "ZENML_STORE_URL": zenml().url, "ZENML_STORE_API_KEY": old }).to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .version_id
+        .unwrap();
+    let mut rig = Rig::new();
+    rig.aws_store("aws", &aws_endpoint())
+        .key("k", &sa.name, "aws", &name, "");
+    rig.write();
+
+    crash_at(&rig, "after_stage", &["rotate", "k"]);
+    let token = rig.journal_entry("k").unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let value = journaled_value(&rig).await;
+    let versions = aws_versions(&client, &name).await;
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert_eq!(
+        versions[&token],
+        ["AWSPENDING"],
+        "staged under the token: {versions:?}"
+    );
+
+    replay(&rig);
+    let versions = aws_versions(&client, &name).await;
+    assert_eq!(versions.len(), 2, "no second version: {versions:?}");
+    assert_eq!(versions[&token], ["AWSCURRENT"], "{versions:?}");
+    assert_eq!(versions[&first], ["AWSPREVIOUS"], "{versions:?}");
+    let (_, stored) = payload_of(&aws_value(&client, &name, "AWSCURRENT").await.unwrap());
+    assert_eq!(stored, value);
+}
+
+/// A journaled value whose policy is gone from the policy file cannot be replayed, and may be the
+/// only working copy of the key: the pass keeps it, fails, and says where it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_journaled_value_without_its_policy_is_kept_and_reported() {
+    let admin = zenml_admin();
+    let (sa, _) = new_service_account_with_key(&admin, "eng-crash-orphan").await;
+    let (other, _) = new_service_account_with_key(&admin, "eng-crash-orphan").await;
+    let mut rig = Rig::new();
+    rig.file_store("local")
+        .key("k", &sa.name, "local", "k.env", "");
+    rig.write();
+    crash_at(&rig, "after_rotate", &["once"]);
+    let value = journaled_value(&rig).await;
+
+    rig.clear_keys()
+        .key("other", &other.name, "local", "other.env", "");
+    rig.write();
+    let ran = rig.expect(&["once", "--dry-run"], 1);
+    assert!(
+        ran.stderr.contains("\"k\"") && ran.stderr.contains("has no [[key]]"),
+        "{}",
+        ran.describe()
+    );
+    assert!(
+        ran.stderr
+            .contains(&rig.journal_dir().display().to_string())
+    );
+    assert_eq!(journaled_value(&rig).await, value, "kept");
+}
+
+/// Someone rotated the key again between the crash and the replay: the journaled value is now the
+/// previous generation, alive only until that rotation's window ends. The replay still stores it
+/// (the store holds nothing better), and the next plan must say the key was rotated out of band
+/// instead of reporting a healthy rotation that will silently die.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_after_an_out_of_band_rotation_is_flagged() {
+    let admin = zenml_admin();
+    let (sa, _) = new_service_account_with_key(&admin, "eng-crash-oob").await;
+    let mut rig = Rig::new();
+    rig.file_store("local")
+        .key("k", &sa.name, "local", "k.env", "");
+    rig.write();
+    crash_at(&rig, "after_rotate", &["once"]);
+    let value = journaled_value(&rig).await;
+    let ours = key_now(&admin, sa.id).await.last_rotated.unwrap();
+    // Whole seconds apart, so no tolerance for timestamps in the store can merge the two.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    admin.rotate_api_key(sa.id, "default", 60).await.unwrap();
+    assert!(key_now(&admin, sa.id).await.last_rotated.unwrap() > ours);
+
+    replay(&rig);
+    let env = env_file(&std::fs::read_to_string(rig.keys_dir().join("k.env")).unwrap());
+    assert_eq!(env["ZENML_STORE_API_KEY"], value);
+    let plan = rig.expect(&["plan", "--output", "json"], 0);
+    let rows: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert_eq!(rows[0]["action"], "blocked", "{}", plan.stdout);
+    let reason = rows[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("outside zenml-rotator"), "{reason}");
+}
