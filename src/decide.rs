@@ -179,6 +179,13 @@ pub fn decide(policy: &KeyPolicy, obs: &Observed, now: DateTime<Utc>) -> KeyPlan
     let Some(snapshot) = &obs.snapshot else {
         return blocked(plan, Why::Unreadable, "The store could not be read.".into());
     };
+    if let Some(why) = &snapshot.unwritable {
+        return blocked(
+            plan,
+            Why::Unusable,
+            format!("The store refuses writes to {:?}: {why}.", policy.path),
+        );
+    }
 
     let retain_until = match policy.strategy {
         Strategy::Rotate => zenml_retain_until(key),
@@ -317,7 +324,7 @@ pub fn decide(policy: &KeyPolicy, obs: &Observed, now: DateTime<Utc>) -> KeyPlan
 
     // No current version is no value, even where the path itself exists (an AWS secret created
     // without a value, as infrastructure-as-code tools do, waiting for the rotator to fill it).
-    let no_value = snapshot.version.is_none();
+    let no_value = snapshot.version.is_none() || snapshot.current_deleted;
     let store_empty = no_value
         || snapshot
             .record

@@ -497,6 +497,14 @@ impl SecretState {
             version: self.holder(AWSCURRENT).map(str::to_owned),
             record: RotationRecord::from_map(&record_map(&self.tags)),
             pending: self.pending(),
+            current_deleted: false,
+            unwritable: self
+                .refuse_unwritable("inspect", "")
+                .err()
+                .map(|e| match e {
+                    StoreError::NotWritable { message, .. } => message,
+                    other => other.to_string(),
+                }),
         }
     }
 

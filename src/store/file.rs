@@ -222,7 +222,7 @@ impl FileStore {
             exists: current.is_some(),
             version: current.as_deref().map(|b| version_of(b)),
             record: self.read_record(file, op, path)?,
-            pending: None,
+            ..StoreSnapshot::default()
         })
     }
 

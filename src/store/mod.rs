@@ -145,6 +145,11 @@ pub struct StoreSnapshot {
     pub record: Option<RotationRecord>,
     /// A staged value waiting for promotion (AWS `AWSPENDING` on another version): its token.
     pub pending: Option<String>,
+    /// A current version exists but holds no readable value (KV v2: soft-deleted or destroyed).
+    pub current_deleted: bool,
+    /// Why a write to this path would be refused whatever the credentials (AWS: scheduled for
+    /// deletion, owned by another service, under AWS-driven rotation), as far as `inspect` sees.
+    pub unwritable: Option<String>,
 }
 
 /// One store error: which operation, and whether retrying later may help.

@@ -1028,11 +1028,17 @@ fn snapshot(meta: Option<&ReadSecretMetadataResponse>) -> StoreSnapshot {
         let map: BTreeMap<String, String> = c.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         RotationRecord::from_map(&map)
     });
+    let current_deleted = meta
+        .versions
+        .get(&meta.current_version.to_string())
+        .is_some_and(|v| v.destroyed || !v.deletion_time.is_empty());
     StoreSnapshot {
         exists: meta.current_version > 0,
         version: (meta.current_version > 0).then(|| meta.current_version.to_string()),
         record,
         pending: None,
+        current_deleted,
+        unwritable: None,
     }
 }
 
