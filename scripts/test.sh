@@ -8,6 +8,9 @@ cd "$ROOT"
 say() { printf '\n== %s\n' "$*" >&2; }
 start=$(date +%s)
 
+say "checking deploy/ (systemd units, Kubernetes manifests, Prometheus rules, Dockerfile)"
+scripts/check-deploy.sh
+
 say "installing the real servers (cached under .peers/)"
 scripts/peers.sh install
 
