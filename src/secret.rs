@@ -60,7 +60,7 @@ impl SecretSource {
                     Err(SecretSourceError::EnvNotUnicode(name.clone()))
                 }
             },
-            SecretSource::File(path) => read_secret_file(path),
+            SecretSource::File(path) => read_secret_file(&resolve_credential(path)),
         }
     }
 
@@ -70,6 +70,24 @@ impl SecretSource {
             SecretSource::Env(name) => format!("env {name}"),
             SecretSource::File(path) => format!("file {}", path.display()),
         }
+    }
+}
+
+/// A bare file name (`zenml-password`) names a systemd credential when the service has any
+/// (`LoadCredential=` sets `$CREDENTIALS_DIRECTORY`), so one policy serves every unit that loads
+/// the same credential ids. Any other path is used as written.
+pub fn resolve_credential(path: &Path) -> PathBuf {
+    resolve_credential_in(
+        path,
+        std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+    )
+}
+
+fn resolve_credential_in(path: &Path, credentials_dir: Option<PathBuf>) -> PathBuf {
+    let bare = path.components().count() == 1 && path.is_relative();
+    match credentials_dir {
+        Some(dir) if bare && !dir.as_os_str().is_empty() => dir.join(path),
+        _ => path.to_path_buf(),
     }
 }
 
@@ -108,6 +126,27 @@ mod tests {
         assert!(secrets_equal(&a, &SecretString::from("x1")));
         assert!(!secrets_equal(&a, &SecretString::from("x2")));
         assert!(!secrets_equal(&a, &SecretString::from("x11")));
+    }
+
+    #[test]
+    fn bare_names_are_systemd_credentials_when_the_unit_has_them() {
+        let dir = Some(PathBuf::from("/run/credentials/x.service"));
+        assert_eq!(
+            resolve_credential_in(Path::new("zenml-password"), dir.clone()),
+            Path::new("/run/credentials/x.service/zenml-password")
+        );
+        assert_eq!(
+            resolve_credential_in(Path::new("/etc/pw"), dir.clone()),
+            Path::new("/etc/pw")
+        );
+        assert_eq!(
+            resolve_credential_in(Path::new("conf/pw"), dir),
+            Path::new("conf/pw")
+        );
+        assert_eq!(
+            resolve_credential_in(Path::new("zenml-password"), None),
+            Path::new("zenml-password")
+        );
     }
 
     #[test]
