@@ -174,6 +174,8 @@ pub struct AwsSettings {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
     pub kms_key_id: Option<String>,
+    /// Budget of one operation, retries included (default 30s).
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

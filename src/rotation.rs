@@ -465,12 +465,22 @@ impl Engine {
                 if plan.action == Action::Blocked {
                     return Err(KeyFailure::new(Stage::Preflight, plan.reason));
                 }
+                let action = if force.is_some() {
+                    Action::Rotate
+                } else {
+                    plan.action
+                };
+                // A rotation would start with the store's pre-flight: run it (it writes nothing),
+                // so a dry run does not promise what the store would refuse.
+                if action == Action::Rotate {
+                    let store = self.store(&policy.store).await?;
+                    store
+                        .preflight(&policy.path)
+                        .await
+                        .map_err(|e| KeyFailure::new(Stage::Preflight, e.to_string()))?;
+                }
                 outcomes.push(Outcome::WouldDo {
-                    action: if force.is_some() {
-                        Action::Rotate
-                    } else {
-                        plan.action
-                    },
+                    action,
                     reason: plan.reason,
                 });
                 return Ok(outcomes);
@@ -504,6 +514,17 @@ impl Engine {
                     }
                     continue;
                 }
+                Why::FinalizeDue if forced => match self.finalize(policy, &obs).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        // The operator asked for a rotation whatever the state: a finalize that
+                        // cannot complete (the old value still accepted) must not stand in its way.
+                        tracing::warn!(policy = %policy.name, error = %e, "--force: rotating although the last rotation could not be finalized");
+                        let o = self.rotate(policy, &obs, Force::Yes).await?;
+                        outcomes.push(o);
+                        return Ok(outcomes);
+                    }
+                },
                 Why::FinalizeDue => self.finalize(policy, &obs).await?,
                 Why::RetireDue => self.retire(policy, &obs).await?,
                 Why::StoreEmpty | Why::Due => {

@@ -25,6 +25,7 @@ fn settings(endpoint: &str) -> AwsSettings {
         region: Some("us-east-1".into()),
         endpoint_url: Some(endpoint.into()),
         kms_key_id: None,
+        timeout: std::time::Duration::from_secs(30),
     }
 }
 

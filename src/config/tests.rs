@@ -359,6 +359,7 @@ kms_key_id = "alias/zr"
             region: Some("eu-west-1".into()),
             endpoint_url: Some("http://127.0.0.1:5000".into()),
             kms_key_id: Some("alias/zr".into()),
+            timeout: Duration::from_secs(30),
         }))
     );
     // Stores defined: no implicit one.

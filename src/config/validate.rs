@@ -764,7 +764,6 @@ impl Validator<'_> {
             ("mount", raw.mount.is_some()),
             ("namespace", raw.namespace.is_some()),
             ("ca_file", raw.ca_file.is_some()),
-            ("timeout", raw.timeout.is_some()),
             ("auth", raw.auth.is_some()),
         ];
         let aws_fields = [
@@ -787,16 +786,20 @@ impl Validator<'_> {
                 let region = self.text(raw.region.as_deref(), &at.key("region"));
                 let endpoint_url = self.url(raw.endpoint_url.as_deref(), &at.key("endpoint_url"));
                 let kms_key_id = self.text(raw.kms_key_id.as_deref(), &at.key("kms_key_id"));
+                let timeout =
+                    self.duration_or(raw.timeout.as_deref(), &at.key("timeout"), DEFAULT_TIMEOUT)?;
                 Some(StoreSettings::Aws(AwsSettings {
                     region,
                     endpoint_url,
                     kms_key_id,
+                    timeout,
                 }))
             }
             "file" => {
                 let owner = "a store of kind \"file\"";
                 self.not_applicable(at, &vault_fields, owner);
                 self.not_applicable(at, &aws_fields, owner);
+                self.not_applicable(at, &[("timeout", raw.timeout.is_some())], owner);
                 let dir_at = at.key("dir");
                 if raw.dir.is_none() {
                     self.err(

@@ -173,6 +173,19 @@ pub(crate) fn write_atomic(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// access(2) with W_OK|X_OK: permissions and read-only mounts, without writing anything.
+fn writable_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid NUL-terminated path that lives across the call.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
@@ -261,7 +274,6 @@ impl SecretStore for FileStore {
         const OP: &str = "preflight";
         let file = self.file(path, OP)?;
         timed(OP, || {
-            self.ensure_dir(&file, OP, path)?;
             if let Ok(md) = std::fs::symlink_metadata(&file)
                 && !md.file_type().is_file()
             {
@@ -272,11 +284,21 @@ impl SecretStore for FileStore {
                     message: "exists but is not a regular file".into(),
                 });
             }
-            // Prove the directory takes a new file right now (permissions, read-only mount, full disk).
+            // Prove the directory takes a new file right now (permissions, read-only mount, full
+            // disk). A directory that does not exist yet is created by the write; until then its
+            // nearest existing ancestor must be writable. Pre-flight leaves nothing behind.
             let dir = file.parent().unwrap_or(&self.dir);
-            let probe = dir.join(format!(".zenml-rotator-preflight-{}", std::process::id()));
-            write_atomic(&probe, b"").map_err(|e| io_error(OP, path, &e))?;
-            let _ = std::fs::remove_file(&probe);
+            if dir.is_dir() {
+                let probe = dir.join(format!(".zenml-rotator-preflight-{}", std::process::id()));
+                write_atomic(&probe, b"").map_err(|e| io_error(OP, path, &e))?;
+                let _ = std::fs::remove_file(&probe);
+            } else {
+                let ancestor = dir
+                    .ancestors()
+                    .find(|a| a.is_dir())
+                    .unwrap_or(Path::new("/"));
+                writable_dir(ancestor).map_err(|e| io_error(OP, path, &e))?;
+            }
             self.snapshot(&file, OP, path)
         })
     }

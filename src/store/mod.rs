@@ -257,15 +257,12 @@ pub trait SecretStore: Send + Sync {
     async fn retire_previous(&self, path: &str) -> Result<(), StoreError>;
 }
 
-/// Per-operation budget for AWS calls, retries included.
-const AWS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Connects the store a `[stores.NAME]` section describes. The one place that picks a backend.
 pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn SecretStore>, StoreError> {
     Ok(match settings {
         StoreSettings::File(s) => Arc::new(file::FileStore::new(s)),
         StoreSettings::Vault(s) => Arc::new(vault::VaultStore::connect(s).await?),
-        StoreSettings::Aws(s) => Arc::new(aws::AwsStore::connect(s, AWS_TIMEOUT).await?),
+        StoreSettings::Aws(s) => Arc::new(aws::AwsStore::connect(s, s.timeout).await?),
     })
 }
 
