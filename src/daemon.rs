@@ -202,6 +202,9 @@ fn reload(state: &mut State, path: &Path) {
         state.next_due.remove(changed);
         state.backoff.remove(changed);
     }
+    for added in &change.added {
+        metrics::get().init_policy(added);
+    }
     tracing::info!(
         added = ?change.added, removed = ?change.removed, changed = ?change.changed,
         "policy reloaded"
@@ -222,6 +225,9 @@ pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
     let config = load(&config_path)?;
     let _lock = StateLock::acquire(&config.state.dir)?;
     let engine = Arc::new(Engine::new(&config, EngineOptions::default())?);
+    for key in &config.keys {
+        metrics::get().init_policy(&key.name);
+    }
     let health = Arc::new(Health::default());
     health.policy_loaded.store(true, Ordering::Relaxed);
     let listener = tokio::net::TcpListener::bind(config.metrics.listen)

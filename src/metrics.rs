@@ -22,6 +22,14 @@ pub enum Stage {
 }
 
 impl Stage {
+    pub const ALL: [Stage; 5] = [
+        Stage::Preflight,
+        Stage::Rotate,
+        Stage::Verify,
+        Stage::Store,
+        Stage::Finalize,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Preflight => "preflight",
@@ -222,6 +230,19 @@ impl Metrics {
             .inc();
     }
 
+    /// Creates a policy's counters at zero for every result and stage, so they exist from the
+    /// start: `increase()` over the first error then sees it, and "absent" never stands for "no
+    /// error yet".
+    pub fn init_policy(&self, policy: &str) {
+        for result in ["success", "failure", "refused"] {
+            self.rotations_total.with_label_values(&[policy, result]);
+        }
+        for stage in Stage::ALL {
+            self.errors_total
+                .with_label_values(&[policy, stage.as_str()]);
+        }
+    }
+
     /// Drops every series of a policy that is no longer in the config (after a reload): the
     /// gauges and the counters too, whatever their other labels, so a removed policy leaves no
     /// stale series for alerts to fire on.
@@ -396,6 +417,14 @@ pub async fn serve(listener: tokio::net::TcpListener, health: std::sync::Arc<Hea
 /// Failures are logged, never fatal: the rotation itself already happened.
 pub async fn export_one_shot(settings: &crate::config::MetricsSettings) {
     let m = get();
+    // A one-shot run exports only after its policy file loaded: without this the gauge would
+    // read 0 and every "config reload failed" alert would fire on every CronJob run.
+    m.config_last_reload_successful.set(1);
+    m.config_last_reload_success_timestamp_seconds
+        .set(chrono::Utc::now().timestamp() as f64);
+    for policy in policies_seen(&m.policy_healthy) {
+        m.init_policy(&policy);
+    }
     if let Some(path) = &settings.textfile {
         // The file is replaced whole: a policy that failed this run would lose the time of its
         // last success, the very series a "no success for too long" alert watches.
@@ -442,6 +471,24 @@ impl Metrics {
             }
         }
     }
+}
+
+/// The policies `vec` has series for.
+fn policies_seen<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+) -> Vec<String> {
+    use prometheus::core::Collector;
+    let mut seen: Vec<String> = vec
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric().iter())
+        .flat_map(|m| m.get_label().iter())
+        .filter(|l| l.name() == "policy")
+        .map(|l| l.value().to_owned())
+        .collect();
+    seen.sort();
+    seen.dedup();
+    seen
 }
 
 /// Whether `vec` already has a series for `policy` (without creating one).
