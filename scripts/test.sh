@@ -10,6 +10,7 @@ start=$(date +%s)
 
 say "installing the real servers (cached under .peers/)"
 scripts/peers.sh install
+scripts/install-prometheus.sh
 
 say "format and lint"
 cargo fmt --check
