@@ -13,6 +13,7 @@ scripts/check-deploy.sh
 
 say "installing the real servers (cached under .peers/)"
 scripts/peers.sh install
+scripts/install-prometheus.sh
 
 say "format and lint"
 cargo fmt --check

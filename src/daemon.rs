@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
-use tokio_cron_scheduler::{Job, JobScheduler};
-use uuid::Uuid;
+use tokio::time::Instant;
 
 use crate::backoff::{BackoffPolicy, KeyBackoff};
 use crate::config::{Config, KeyPolicy};
@@ -36,18 +34,23 @@ pub enum DaemonError {
     },
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
-    #[error("scheduler: {0}")]
-    Scheduler(String),
+    #[error(
+        "rotations were still in flight after the shutdown timeout ({}); the journal holds them and \
+         the next start (run or once) replays them into the store",
+        humantime::format_duration(*.0)
+    )]
+    ShutdownTimeout(Duration),
 }
 
-/// Why the main loop woke up.
-#[derive(Debug, Clone, Copy)]
-enum Wake {
-    /// A key's next due time (or a backoff expiry) arrived.
-    Due,
-    /// The periodic safety pass, for state changed behind the rotator's back.
-    Safety,
-}
+/// The shortest gap between two passes when a key stays due after a pass (a rotation just
+/// happened and the key must be looked at again, or a decision that cannot act yet): a pass
+/// never follows another at once, so nothing can spin.
+const MIN_GAP: Duration = Duration::from_secs(1);
+
+/// The timer fires this much after a due time, never before: the monotonic clock the timer
+/// uses and the wall clock `ready` compares against may disagree by a hair, and a wake that
+/// comes a microsecond early would find nothing ready and cost a second pass.
+const LATE_BY: Duration = Duration::from_millis(20);
 
 /// Tells systemd about our state when it started us with `Type=notify`.
 fn sd_notify(state: &str) {
@@ -75,78 +78,6 @@ fn sd_notify(state: &str) {
     }
 }
 
-struct Scheduler {
-    inner: JobScheduler,
-    tx: mpsc::Sender<Wake>,
-    due_job: Option<Uuid>,
-    safety_job: Option<Uuid>,
-}
-
-impl Scheduler {
-    async fn new(tx: mpsc::Sender<Wake>) -> Result<Scheduler, DaemonError> {
-        let inner = JobScheduler::new()
-            .await
-            .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
-        inner
-            .start()
-            .await
-            .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
-        Ok(Scheduler {
-            inner,
-            tx,
-            due_job: None,
-            safety_job: None,
-        })
-    }
-
-    async fn set_safety(&mut self, every: Duration) -> Result<(), DaemonError> {
-        if let Some(id) = self.safety_job.take() {
-            let _ = self.inner.remove(&id).await;
-        }
-        let tx = self.tx.clone();
-        let job = Job::new_repeated_async(every.max(Duration::from_secs(1)), move |_, _| {
-            let tx = tx.clone();
-            Box::pin(async move {
-                let _ = tx.try_send(Wake::Safety);
-            })
-        })
-        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
-        self.safety_job = Some(
-            self.inner
-                .add(job)
-                .await
-                .map_err(|e| DaemonError::Scheduler(e.to_string()))?,
-        );
-        Ok(())
-    }
-
-    /// One one-shot job at the earliest time anything is due; replaces the previous one.
-    async fn wake_at(&mut self, at: DateTime<Utc>) -> Result<(), DaemonError> {
-        if let Some(id) = self.due_job.take() {
-            let _ = self.inner.remove(&id).await;
-        }
-        let delay = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        // The scheduler's one-shot needs a non-zero delay; it fires within its tick after.
-        let delay = delay.max(Duration::from_millis(100));
-        let tx = self.tx.clone();
-        let job = Job::new_one_shot_async(delay, move |_, _| {
-            let tx = tx.clone();
-            Box::pin(async move {
-                let _ = tx.try_send(Wake::Due);
-            })
-        })
-        .map_err(|e| DaemonError::Scheduler(e.to_string()))?;
-        self.due_job = Some(
-            self.inner
-                .add(job)
-                .await
-                .map_err(|e| DaemonError::Scheduler(e.to_string()))?,
-        );
-        tracing::debug!(at = %at, "next pass scheduled");
-        Ok(())
-    }
-}
-
 /// The daemon's mutable state between passes.
 struct State {
     config: Config,
@@ -157,10 +88,7 @@ struct State {
 
 impl State {
     fn backoff_policy(&self) -> BackoffPolicy {
-        BackoffPolicy {
-            initial: self.config.daemon.backoff_initial,
-            max: self.config.daemon.backoff_max,
-        }
+        BackoffPolicy::from_settings(&self.config.daemon)
     }
 
     /// Keys whose backoff allows an attempt now: a failing key waits out its delay even when the
@@ -192,9 +120,10 @@ impl State {
                     );
                 }
             }
-            if let Some(t) = r.next_due {
-                self.next_due.insert(r.policy.clone(), t);
-            }
+            match r.next_due {
+                Some(t) => self.next_due.insert(r.policy.clone(), t),
+                None => self.next_due.remove(&r.policy),
+            };
         }
     }
 
@@ -203,14 +132,20 @@ impl State {
         self.config
             .keys
             .iter()
-            .filter_map(|k| {
-                let b = self.backoff.get(&k.name);
-                match b.and_then(|b| b.next_attempt()) {
-                    Some(retry) if b.is_some_and(|b| b.failures() > 0) => Some(retry),
-                    _ => self.next_due.get(&k.name).copied(),
-                }
+            .filter_map(|k| match self.backoff.get(&k.name) {
+                Some(b) if b.failures() > 0 => b.next_attempt(),
+                _ => self.next_due.get(&k.name).copied(),
             })
             .min()
+    }
+}
+
+/// When a wall-clock time falls on the monotonic clock the timer sleeps on. A time already past
+/// (the key is still due after the pass that just ran) waits `MIN_GAP`.
+fn timer_deadline(at: DateTime<Utc>, now: DateTime<Utc>) -> Instant {
+    match (at - now).to_std() {
+        Ok(ahead) if !ahead.is_zero() => Instant::now() + ahead + LATE_BY,
+        _ => Instant::now() + MIN_GAP,
     }
 }
 
@@ -267,6 +202,9 @@ fn reload(state: &mut State, path: &Path) {
         state.next_due.remove(changed);
         state.backoff.remove(changed);
     }
+    for added in &change.added {
+        metrics::get().init_policy(added);
+    }
     tracing::info!(
         added = ?change.added, removed = ?change.removed, changed = ?change.changed,
         "policy reloaded"
@@ -275,10 +213,21 @@ fn reload(state: &mut State, path: &Path) {
     state.engine = engine;
 }
 
+/// What woke the main loop.
+enum Wake {
+    /// The timer: a key is due, a backoff expired, or the safety pass is up.
+    Timer,
+    Reload,
+    Stop(&'static str),
+}
+
 pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
     let config = load(&config_path)?;
     let _lock = StateLock::acquire(&config.state.dir)?;
     let engine = Arc::new(Engine::new(&config, EngineOptions::default())?);
+    for key in &config.keys {
+        metrics::get().init_policy(&key.name);
+    }
     let health = Arc::new(Health::default());
     health.policy_loaded.store(true, Ordering::Relaxed);
     let listener = tokio::net::TcpListener::bind(config.metrics.listen)
@@ -295,10 +244,6 @@ pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
-    let (tx, mut rx) = mpsc::channel::<Wake>(8);
-    let mut sched = Scheduler::new(tx.clone()).await?;
-    sched.set_safety(config.daemon.safety_pass).await?;
-
     let mut state = State {
         config,
         engine,
@@ -306,56 +251,84 @@ pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
         next_due: HashMap::new(),
     };
     sd_notify("READY=1\nSTATUS=first pass");
-    // The first pass runs at once: replay the journal, catch up on anything missed while down.
-    let _ = tx.try_send(Wake::Due);
 
+    // One timer, set to the earliest of: a key's due time or backoff expiry, and the safety
+    // pass. Between passes the process sleeps in the kernel: no ticker, no polling. The first
+    // pass runs at once: replay the journal, catch up on anything missed while down.
+    let mut due_at = Some(Instant::now());
+    let mut last_pass = Instant::now();
     loop {
+        let safety_at = last_pass + state.config.daemon.safety_pass;
+        let deadline = due_at.map_or(safety_at, |d| d.min(safety_at));
         let wake = tokio::select! {
-            w = rx.recv() => w,
-            _ = hup.recv() => {
+            _ = tokio::time::sleep_until(deadline) => Wake::Timer,
+            _ = hup.recv() => Wake::Reload,
+            _ = term.recv() => Wake::Stop("SIGTERM"),
+            _ = int.recv() => Wake::Stop("SIGINT"),
+        };
+        match wake {
+            Wake::Timer => {}
+            Wake::Reload => {
                 sd_notify("RELOADING=1");
-                let safety = state.config.daemon.safety_pass;
                 reload(&mut state, &config_path);
-                if state.config.daemon.safety_pass != safety {
-                    sched.set_safety(state.config.daemon.safety_pass).await?;
-                }
-                // A reload may have added keys or changed schedules: look now.
-                let _ = tx.try_send(Wake::Due);
                 sd_notify("READY=1");
+                // A reload may have added keys or changed schedules: look now.
+                due_at = Some(Instant::now());
                 continue;
             }
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-        };
-        let Some(wake) = wake else { break };
-        tracing::debug!(?wake, "pass starting");
-        let keys = state.ready_keys(Utc::now());
-        let engine = state.engine.clone();
-        let mut pass = tokio::spawn(async move { engine.pass(&keys).await });
-        // Signals keep working while a pass runs: TERM stops new rotations and waits for the
-        // ones in flight; HUP is applied once the pass is over.
-        let mut reload_after = false;
-        let reports = loop {
-            tokio::select! {
-                r = &mut pass => break r.ok(),
-                _ = hup.recv() => { reload_after = true; }
-                _ = term.recv() => { return shutdown(&state, pass).await; }
-                _ = int.recv() => { return shutdown(&state, pass).await; }
+            Wake::Stop(signal) => {
+                tracing::info!("{signal}: shutting down");
+                break;
             }
-        };
-        let reports = reports.unwrap_or_default();
-        health
-            .zenml_reachable
-            .store(reports.iter().any(|r| r.zenml_reached), Ordering::Relaxed);
-        health.passes.fetch_add(1, Ordering::Relaxed);
-        state.absorb(&reports);
-        if reload_after {
-            reload(&mut state, &config_path);
         }
+
+        let keys = state.ready_keys(Utc::now());
+        last_pass = Instant::now();
+        if keys.is_empty() {
+            // Every key is backing off: nothing to ask ZenML or the stores, and nothing learnt
+            // about ZenML's reachability either.
+            tracing::debug!("no key ready; pass skipped");
+        } else {
+            tracing::debug!(keys = keys.len(), "pass starting");
+            let engine = state.engine.clone();
+            let mut pass = tokio::spawn(async move { engine.pass(&keys).await });
+            // Signals keep working while a pass runs: TERM stops new rotations and waits for
+            // the ones in flight; HUP is applied once the pass is over.
+            let mut reload_after = false;
+            let reports = loop {
+                tokio::select! {
+                    r = &mut pass => break r,
+                    _ = hup.recv() => { reload_after = true; }
+                    _ = term.recv() => { return shutdown(&state, pass, "SIGTERM").await; }
+                    _ = int.recv() => { return shutdown(&state, pass, "SIGINT").await; }
+                }
+            };
+            let reports = match reports {
+                Ok(r) => r,
+                Err(e) => {
+                    // A panic inside the engine is a bug; the daemon keeps running and the next
+                    // pass looks again.
+                    tracing::error!(error = %e, "a pass ended abnormally");
+                    Vec::new()
+                }
+            };
+            if !reports.is_empty() {
+                health
+                    .zenml_reachable
+                    .store(reports.iter().any(|r| r.zenml_reached), Ordering::Relaxed);
+                health.passes.fetch_add(1, Ordering::Relaxed);
+            }
+            state.absorb(&reports);
+            if reload_after {
+                reload(&mut state, &config_path);
+            }
+            sd_notify(&format!("STATUS=last pass {}", Utc::now().to_rfc3339()));
+        }
+        let now = Utc::now();
+        due_at = state.next_wake().map(|at| timer_deadline(at, now));
         if let Some(at) = state.next_wake() {
-            sched.wake_at(at).await?;
+            tracing::debug!(at = %at, "next pass scheduled");
         }
-        sd_notify(&format!("STATUS=last pass {}", Utc::now().to_rfc3339()));
     }
     sd_notify("STOPPING=1");
     Ok(())
@@ -365,16 +338,35 @@ pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
 async fn shutdown(
     state: &State,
     pass: tokio::task::JoinHandle<Vec<KeyReport>>,
+    signal: &str,
 ) -> Result<(), DaemonError> {
     sd_notify("STOPPING=1");
     state.engine.stop();
     let limit = state.config.daemon.shutdown_timeout;
-    tracing::info!(timeout = ?limit, "waiting for the rotations in flight to finish");
+    tracing::info!(timeout = ?limit, "{signal}: waiting for the rotations in flight to finish");
     match tokio::time::timeout(limit, pass).await {
-        Ok(_) => tracing::info!("rotations in flight finished; exiting"),
-        Err(_) => tracing::error!(
-            "rotations still in flight after the shutdown timeout; exiting anyway (the journal replays them at the next start)"
-        ),
+        Ok(_) => {
+            tracing::info!("rotations in flight finished; exiting");
+            Ok(())
+        }
+        Err(_) => Err(DaemonError::ShutdownTimeout(limit)),
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timer_never_fires_before_a_due_time_and_never_spins_on_a_past_one() {
+        let now = Utc::now();
+        let before = Instant::now();
+        let ahead = timer_deadline(now + chrono::TimeDelta::seconds(10), now);
+        assert!(ahead >= before + Duration::from_secs(10) + LATE_BY);
+        assert!(ahead <= Instant::now() + Duration::from_secs(10) + LATE_BY);
+        for past in [now, now - chrono::TimeDelta::days(3)] {
+            let at = timer_deadline(past, now);
+            assert!(at >= before + MIN_GAP, "a past due time must wait MIN_GAP");
+        }
+    }
 }

@@ -22,6 +22,14 @@ pub enum Stage {
 }
 
 impl Stage {
+    pub const ALL: [Stage; 5] = [
+        Stage::Preflight,
+        Stage::Rotate,
+        Stage::Verify,
+        Stage::Store,
+        Stage::Finalize,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Preflight => "preflight",
@@ -222,7 +230,22 @@ impl Metrics {
             .inc();
     }
 
-    /// Drops every series of a policy that is no longer in the config (after a reload).
+    /// Creates a policy's counters at zero for every result and stage, so they exist from the
+    /// start: `increase()` over the first error then sees it, and "absent" never stands for "no
+    /// error yet".
+    pub fn init_policy(&self, policy: &str) {
+        for result in ["success", "failure", "refused"] {
+            self.rotations_total.with_label_values(&[policy, result]);
+        }
+        for stage in Stage::ALL {
+            self.errors_total
+                .with_label_values(&[policy, stage.as_str()]);
+        }
+    }
+
+    /// Drops every series of a policy that is no longer in the config (after a reload): the
+    /// gauges and the counters too, whatever their other labels, so a removed policy leaves no
+    /// stale series for alerts to fire on.
     pub fn forget_policy(&self, policy: &str) {
         for g in [
             &self.last_rotation_timestamp_seconds,
@@ -231,10 +254,33 @@ impl Metrics {
             &self.retain_until_timestamp_seconds,
             &self.deactivation_due_timestamp_seconds,
         ] {
-            let _ = g.remove_label_values(&[policy]);
+            remove_policy(g, policy);
         }
-        let _ = self.policy_healthy.remove_label_values(&[policy]);
-        let _ = self.previous_key_accepted.remove_label_values(&[policy]);
+        remove_policy(&self.policy_healthy, policy);
+        remove_policy(&self.previous_key_accepted, policy);
+        remove_policy(&self.rotations_total, policy);
+        remove_policy(&self.errors_total, policy);
+        remove_policy(&self.keys_deactivated_total, policy);
+    }
+}
+
+/// Removes every child of `vec` whose `policy` label is `policy`.
+fn remove_policy<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    policy: &str,
+) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get("policy") == Some(&policy) {
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }
 
@@ -370,9 +416,22 @@ pub async fn serve(listener: tokio::net::TcpListener, health: std::sync::Arc<Hea
 /// Pushgateway, so one-shot runs (CronJob, systemd timer) are as observable as the daemon.
 /// Failures are logged, never fatal: the rotation itself already happened.
 pub async fn export_one_shot(settings: &crate::config::MetricsSettings) {
-    let text = get().render();
+    let m = get();
+    // A one-shot run exports only after its policy file loaded: without this the gauge would
+    // read 0 and every "config reload failed" alert would fire on every CronJob run.
+    m.config_last_reload_successful.set(1);
+    m.config_last_reload_success_timestamp_seconds
+        .set(chrono::Utc::now().timestamp() as f64);
+    for policy in policies_seen(&m.policy_healthy) {
+        m.init_policy(&policy);
+    }
     if let Some(path) = &settings.textfile {
-        match write_textfile(path, &text) {
+        // The file is replaced whole: a policy that failed this run would lose the time of its
+        // last success, the very series a "no success for too long" alert watches.
+        if let Ok(previous) = std::fs::read_to_string(path) {
+            m.carry_over_last_success(&previous);
+        }
+        match write_textfile(path, &m.render()) {
             Ok(()) => tracing::debug!(file = %path.display(), "metrics textfile written"),
             Err(e) => {
                 tracing::error!(file = %path.display(), error = %e, "cannot write the metrics textfile")
@@ -380,11 +439,71 @@ pub async fn export_one_shot(settings: &crate::config::MetricsSettings) {
         }
     }
     if let Some(url) = &settings.pushgateway {
-        match push(url, &text).await {
+        match push(url, m.registry.gather()).await {
             Ok(()) => tracing::debug!(pushgateway = %url, "metrics pushed"),
             Err(e) => tracing::error!(pushgateway = %url, error = %e, "cannot push the metrics"),
         }
     }
+}
+
+impl Metrics {
+    /// Sets `last_success_timestamp_seconds` of each policy this run accounted for but that has
+    /// no success of its own yet, from an earlier exposition (the previous textfile).
+    pub fn carry_over_last_success(&self, previous: &str) {
+        let prefix = format!("{NAMESPACE}_last_success_timestamp_seconds{{policy=\"");
+        for line in previous.lines() {
+            let Some(rest) = line.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((policy, value)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            let Ok(value) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            // Only policies this run looked at: a policy gone from the config stays gone.
+            if has_child(&self.policy_healthy, policy)
+                && !has_child(&self.last_success_timestamp_seconds, policy)
+            {
+                self.last_success_timestamp_seconds
+                    .with_label_values(&[policy])
+                    .set(value);
+            }
+        }
+    }
+}
+
+/// The policies `vec` has series for.
+fn policies_seen<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+) -> Vec<String> {
+    use prometheus::core::Collector;
+    let mut seen: Vec<String> = vec
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric().iter())
+        .flat_map(|m| m.get_label().iter())
+        .filter(|l| l.name() == "policy")
+        .map(|l| l.value().to_owned())
+        .collect();
+    seen.sort();
+    seen.dedup();
+    seen
+}
+
+/// Whether `vec` already has a series for `policy` (without creating one).
+fn has_child<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    policy: &str,
+) -> bool {
+    use prometheus::core::Collector;
+    vec.collect().iter().any(|f| {
+        f.get_metric().iter().any(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "policy" && l.value() == policy)
+        })
+    })
 }
 
 /// Atomic (temp file + rename) so the collector never reads half a file; 0644 so it can read it.
@@ -403,7 +522,9 @@ pub fn write_textfile(path: &std::path::Path, text: &str) -> std::io::Result<()>
         f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        // The rename is durable only once the directory is synced.
+        std::fs::File::open(dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -425,41 +546,186 @@ fn instance() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Push-add (POST): replaces only the metric families this run sends, under job `zenml_rotator`
-/// grouped by instance, so a failed run does not erase the last success's series.
-async fn push(base: &str, text: &str) -> Result<(), String> {
-    let instance = instance();
-    let url = format!(
-        "{}/metrics/job/zenml_rotator/instance/{}",
+/// The metric families split by their `policy` label: `None` holds the series without one
+/// (build info, histograms, config state), each `Some(policy)` that policy's series.
+pub fn group_by_policy(
+    families: Vec<prometheus::proto::MetricFamily>,
+) -> std::collections::BTreeMap<Option<String>, Vec<prometheus::proto::MetricFamily>> {
+    let mut groups: std::collections::BTreeMap<Option<String>, Vec<_>> = Default::default();
+    for mut family in families {
+        let mut by_policy: std::collections::BTreeMap<Option<String>, Vec<_>> = Default::default();
+        for metric in family.take_metric() {
+            let policy = metric
+                .get_label()
+                .iter()
+                .find(|l| l.name() == "policy")
+                .map(|l| l.value().to_owned());
+            by_policy.entry(policy).or_default().push(metric);
+        }
+        for (policy, metrics) in by_policy {
+            let mut part = family.clone();
+            part.set_metric(metrics);
+            groups.entry(policy).or_default().push(part);
+        }
+    }
+    groups
+}
+
+/// Push-add (POST) under job `zenml_rotator`, grouped by instance and, for per-policy series, by
+/// policy too. The Pushgateway replaces whole metric families within a group, so with one group
+/// a run where policy A failed and B succeeded would replace `last_success_timestamp_seconds`
+/// with B's series alone and erase A's last success; one group per policy keeps it, since a
+/// failed policy sends no `last_success_timestamp_seconds` at all.
+async fn push(base: &str, families: Vec<prometheus::proto::MetricFamily>) -> Result<(), String> {
+    let instance_url = format!(
+        "{}/metrics/job/zenml_rotator/{}",
         base.trim_end_matches('/'),
-        url_segment(&instance)
+        group_segment("instance", &instance())
     );
     let client = crate::http::client(Duration::from_secs(15), None).map_err(|e| e.to_string())?;
-    let started = std::time::Instant::now();
-    let resp = client
-        .post(&url)
-        .header("Content-Type", "text/plain; version=0.0.4")
-        .body(text.to_owned())
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    observe_upstream("pushgateway", "push", started.elapsed());
-    if resp.status().is_success() {
+    let mut failures = Vec::new();
+    for (policy, families) in group_by_policy(families) {
+        let url = match &policy {
+            None => instance_url.clone(),
+            Some(p) => format!("{instance_url}/{}", group_segment("policy", p)),
+        };
+        let mut body = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut body) {
+            failures.push(format!("{url}: {e}"));
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let resp = client
+            .post(&url)
+            .header("Content-Type", "text/plain; version=0.0.4")
+            .body(body)
+            .send()
+            .await;
+        observe_upstream("pushgateway", "push", started.elapsed());
+        match resp {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => failures.push(format!("{url}: HTTP {}", r.status())),
+            Err(e) => failures.push(format!("{url}: {e}")),
+        }
+    }
+    if failures.is_empty() {
         Ok(())
     } else {
-        Err(format!("HTTP {}", resp.status()))
+        Err(failures.join("; "))
     }
 }
 
-/// Percent-encodes a path segment (host names are tame, but be exact).
-fn url_segment(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// One `label/value` pair of a Pushgateway grouping key: plain when the value is tame, else in
+/// the `label@base64/<base64url>` form the Pushgateway decodes (slashes, spaces, anything).
+fn group_segment(label: &str, value: &str) -> String {
+    use base64::Engine as _;
+    let tame = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if tame {
+        format!("{label}/{value}")
+    } else if value.is_empty() {
+        // The Pushgateway's spelling of an empty value.
+        format!("{label}@base64/=")
+    } else {
+        format!(
+            "{label}@base64/{}",
+            base64::engine::general_purpose::URL_SAFE.encode(value)
+        )
     }
-    out
+}
+
+#[cfg(test)]
+mod export_tests {
+    use super::*;
+
+    fn text(m: &Metrics) -> String {
+        m.render()
+    }
+
+    #[test]
+    fn a_removed_policy_loses_every_series_counters_included() {
+        let m = Metrics::new().unwrap();
+        for p in ["gone", "kept"] {
+            m.rotations_total.with_label_values(&[p, "success"]).inc();
+            m.rotations_total.with_label_values(&[p, "failure"]).inc();
+            m.error(p, Stage::Store);
+            m.error(p, Stage::Verify);
+            m.policy_healthy.with_label_values(&[p]).set(1);
+            m.last_success_timestamp_seconds
+                .with_label_values(&[p])
+                .set(1.0);
+            m.keys_deactivated_total
+                .with_label_values(&[p, "retain_expired"])
+                .inc();
+        }
+        m.forget_policy("gone");
+        let t = text(&m);
+        assert!(
+            !t.contains("\"gone\""),
+            "series of a removed policy remain:\n{t}"
+        );
+        assert_eq!(t.matches("policy=\"kept\"").count(), 7, "{t}");
+    }
+
+    #[test]
+    fn families_split_into_one_group_per_policy_and_one_without() {
+        let m = Metrics::new().unwrap();
+        m.last_success_timestamp_seconds
+            .with_label_values(&["a"])
+            .set(5.0);
+        m.policy_healthy.with_label_values(&["a"]).set(1);
+        m.policy_healthy.with_label_values(&["b"]).set(0);
+        m.rotation_duration_seconds.observe(1.0);
+        let groups = group_by_policy(m.registry.gather());
+        let names = |k: Option<&str>| -> Vec<String> {
+            groups[&k.map(str::to_owned)]
+                .iter()
+                .map(|f| f.name().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(Some("a")),
+            [
+                "zenml_rotator_last_success_timestamp_seconds",
+                "zenml_rotator_policy_healthy"
+            ]
+        );
+        // A policy without a success sends no last_success family: a push-add keeps the old one.
+        assert_eq!(names(Some("b")), ["zenml_rotator_policy_healthy"]);
+        let global = names(None);
+        assert!(global.contains(&"zenml_rotator_build_info".to_owned()));
+        assert!(global.contains(&"zenml_rotator_rotation_duration_seconds".to_owned()));
+        assert!(!global.iter().any(|n| n.contains("policy_healthy")));
+    }
+
+    #[test]
+    fn the_last_success_of_a_policy_that_failed_this_run_is_carried_over() {
+        let m = Metrics::new().unwrap();
+        m.policy_healthy.with_label_values(&["failed"]).set(0);
+        m.policy_healthy.with_label_values(&["ok"]).set(1);
+        m.last_success_timestamp_seconds
+            .with_label_values(&["ok"])
+            .set(2000.0);
+        let previous = "# TYPE zenml_rotator_last_success_timestamp_seconds gauge\n\
+            zenml_rotator_last_success_timestamp_seconds{policy=\"failed\"} 1000\n\
+            zenml_rotator_last_success_timestamp_seconds{policy=\"ok\"} 1500\n\
+            zenml_rotator_last_success_timestamp_seconds{policy=\"removed\"} 900\n";
+        m.carry_over_last_success(previous);
+        let t = text(&m);
+        assert!(t.contains("zenml_rotator_last_success_timestamp_seconds{policy=\"failed\"} 1000"));
+        assert!(t.contains("zenml_rotator_last_success_timestamp_seconds{policy=\"ok\"} 2000"));
+        assert!(!t.contains("removed"), "{t}");
+    }
+
+    #[test]
+    fn grouping_key_segments_are_plain_or_base64() {
+        assert_eq!(
+            group_segment("policy", "training-1.x"),
+            "policy/training-1.x"
+        );
+        assert_eq!(group_segment("policy", "a/b c"), "policy@base64/YS9iIGM=");
+        assert_eq!(group_segment("instance", ""), "instance@base64/=");
+    }
 }

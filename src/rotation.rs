@@ -356,6 +356,8 @@ impl Engine {
                     let r = self
                         .reconcile(&policy, &accounts, None, &mut next_due)
                         .await;
+                    self.refresh_after_rotation(&policy, &accounts, &r, &mut next_due)
+                        .await;
                     self.account(&policy, &r);
                     r
                 };
@@ -374,11 +376,14 @@ impl Engine {
     pub async fn rotate_now(&self, policy: &KeyPolicy, force: Force) -> KeyReport {
         let mut next_due = None;
         let (result, zenml_reached) = match self.service_accounts().await {
-            Ok(accounts) => (
-                self.reconcile(policy, &accounts, Some(force), &mut next_due)
-                    .await,
-                true,
-            ),
+            Ok(accounts) => {
+                let r = self
+                    .reconcile(policy, &accounts, Some(force), &mut next_due)
+                    .await;
+                self.refresh_after_rotation(policy, &accounts, &r, &mut next_due)
+                    .await;
+                (r, true)
+            }
             Err(e) => (
                 Err(KeyFailure::new(Stage::Preflight, format!("ZenML: {e}"))),
                 false,
@@ -390,6 +395,30 @@ impl Engine {
             result,
             next_due,
             zenml_reached,
+        }
+    }
+
+    /// The decision that led to a rotation was published before it: last rotation, next due and
+    /// retain-until still describe the old value. Look once more so the metrics a one-shot run
+    /// exports, and the daemon's next wake, describe the new one.
+    async fn refresh_after_rotation(
+        &self,
+        policy: &KeyPolicy,
+        accounts: &BTreeMap<String, ServiceAccount>,
+        result: &Result<Vec<Outcome>, KeyFailure>,
+        next_due: &mut Option<DateTime<Utc>>,
+    ) {
+        let rotated = result
+            .as_ref()
+            .is_ok_and(|o| o.iter().any(|o| matches!(o, Outcome::Rotated { .. })));
+        if !rotated || self.dry_run {
+            return;
+        }
+        let obs = self.observe(policy, accounts).await;
+        if obs.read_error.is_none() {
+            let plan = decide::decide(policy, &obs, Utc::now());
+            self.publish(&plan, &obs);
+            *next_due = plan.next_due;
         }
     }
 
