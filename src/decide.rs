@@ -89,6 +89,10 @@ pub struct KeyPlan {
     /// Also due for rotation right after a finalize.
     #[serde(skip)]
     pub then_rotate: bool,
+    /// When this key next needs a look: the earlier of `next_due` and a pending finalize or
+    /// deactivation. The daemon sleeps until the earliest of these over all keys.
+    #[serde(skip)]
+    pub wake_at: Option<DateTime<Utc>>,
 }
 
 fn fmt_time(t: DateTime<Utc>) -> String {
@@ -108,6 +112,35 @@ fn same_instant(a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
 }
 
 pub fn decide(policy: &KeyPolicy, obs: &Observed, now: DateTime<Utc>) -> KeyPlan {
+    let mut plan = decide_action(policy, obs, now);
+    plan.wake_at = wake_at(policy, &plan, obs, now);
+    plan
+}
+
+/// A waiting key may still have work before its next rotation: the end of the retain window
+/// (finalize) or of the retiring key's window (deactivate).
+fn wake_at(
+    policy: &KeyPolicy,
+    plan: &KeyPlan,
+    obs: &Observed,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    if plan.action != Action::Wait {
+        return plan.next_due;
+    }
+    let record = obs.snapshot.as_ref().and_then(|s| s.record.as_ref());
+    let pending = record.and_then(|r| match policy.strategy {
+        Strategy::Rotate if r.finalized_at.is_none() && r.rotated_at.is_some() => plan.retain_until,
+        Strategy::Rotate => None,
+        Strategy::Replace => r.retiring_key_id.as_ref().and(r.retire_at),
+    });
+    [plan.next_due, pending.filter(|t| *t > now)]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
+fn decide_action(policy: &KeyPolicy, obs: &Observed, now: DateTime<Utc>) -> KeyPlan {
     let mut plan = KeyPlan {
         policy: policy.name.clone(),
         service_account: policy.service_account.clone(),
@@ -125,6 +158,7 @@ pub fn decide(policy: &KeyPolicy, obs: &Observed, now: DateTime<Utc>) -> KeyPlan
         why: Why::Unreadable,
         retain_until: None,
         then_rotate: false,
+        wake_at: None,
     };
     let blocked = |mut plan: KeyPlan, why: Why, reason: String| {
         plan.action = Action::Blocked;
@@ -361,4 +395,237 @@ pub fn decide(policy: &KeyPolicy, obs: &Observed, now: DateTime<Utc>) -> KeyPlan
     }
     plan.reason = due.reason.describe();
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::config::Cadence;
+    use crate::store::RotationRecord;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn policy() -> KeyPolicy {
+        KeyPolicy {
+            name: "p".into(),
+            service_account: "sa".into(),
+            api_key: "default".into(),
+            store: "file".into(),
+            path: "p.env".into(),
+            strategy: Strategy::Rotate,
+            cadence: Cadence::Every(Duration::from_secs(30 * 86400)),
+            window: None,
+            jitter: None,
+            retain: Duration::from_secs(3600),
+            retire_previous: false,
+            delete_after: None,
+        }
+    }
+
+    const KEY: &str = "6f1c1d2e-0000-4000-8000-000000000001";
+
+    fn observed(last_rotated: Option<&str>, record: Option<RotationRecord>) -> Observed {
+        let key = ApiKey {
+            id: Uuid::parse_str(KEY).unwrap(),
+            name: "default".into(),
+            description: String::new(),
+            active: true,
+            created: at("2026-01-01T00:00:00Z"),
+            updated: at("2026-01-01T00:00:00Z"),
+            service_account_id: Uuid::nil(),
+            service_account_name: "sa".into(),
+            retain_period_minutes: Some(60),
+            last_login: None,
+            last_rotated: last_rotated.map(at),
+        };
+        Observed {
+            service_account: Some(ServiceAccount {
+                id: Uuid::nil(),
+                name: "sa".into(),
+                active: true,
+                created: at("2026-01-01T00:00:00Z"),
+                description: String::new(),
+            }),
+            key: Some(key),
+            snapshot: Some(StoreSnapshot {
+                exists: true,
+                version: Some("1".into()),
+                record,
+                ..StoreSnapshot::default()
+            }),
+            journal: None,
+            read_error: None,
+        }
+    }
+
+    fn ours(rotated: &str, finalized: Option<&str>) -> RotationRecord {
+        RotationRecord {
+            policy: "p".into(),
+            key_id: KEY.into(),
+            rotated_at: Some(at(rotated)),
+            retain_until: Some(at(rotated) + ChronoDuration::hours(1)),
+            finalized_at: finalized.map(at),
+            ..RotationRecord::default()
+        }
+    }
+
+    #[test]
+    fn the_actions_over_a_rotation_life() {
+        let rotated = "2026-03-01T00:00:00Z";
+        let cases = [
+            // (now, last_rotated, record, action, why)
+            (
+                "2026-03-01T00:30:00Z",
+                Some(rotated),
+                Some(ours(rotated, None)),
+                Action::Wait,
+                Why::NotDue,
+            ),
+            (
+                "2026-03-01T01:00:01Z",
+                Some(rotated),
+                Some(ours(rotated, None)),
+                Action::Finalize,
+                Why::FinalizeDue,
+            ),
+            (
+                "2026-03-01T02:00:00Z",
+                Some(rotated),
+                Some(ours(rotated, Some("2026-03-01T01:01:00Z"))),
+                Action::Wait,
+                Why::NotDue,
+            ),
+            (
+                "2026-04-01T00:00:00Z",
+                Some(rotated),
+                Some(ours(rotated, Some("2026-03-01T01:01:00Z"))),
+                Action::Rotate,
+                Why::Due,
+            ),
+            // Someone else rotated after us: our stored value is the old generation now.
+            (
+                "2026-03-02T00:00:00Z",
+                Some("2026-03-01T12:00:00Z"),
+                Some(ours(rotated, Some("2026-03-01T01:01:00Z"))),
+                Action::Blocked,
+                Why::RotatedOutOfBand,
+            ),
+        ];
+        for (now, last, record, action, why) in cases {
+            let plan = decide(&policy(), &observed(last, record), at(now));
+            assert_eq!(
+                (plan.action, plan.why.clone()),
+                (action, why),
+                "at {now}: {}",
+                plan.reason
+            );
+            assert!(!plan.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_waiting_key_wakes_the_daemon_for_its_finalize() {
+        let rotated = "2026-03-01T00:00:00Z";
+        let plan = decide(
+            &policy(),
+            &observed(Some(rotated), Some(ours(rotated, None))),
+            at("2026-03-01T00:30:00Z"),
+        );
+        assert_eq!(plan.action, Action::Wait);
+        assert_eq!(plan.next_due, Some(at("2026-03-31T00:00:00Z")));
+        assert_eq!(plan.wake_at, Some(at("2026-03-01T01:00:00Z")));
+        // Once finalized, only the next rotation matters.
+        let plan = decide(
+            &policy(),
+            &observed(
+                Some(rotated),
+                Some(ours(rotated, Some("2026-03-01T01:01:00Z"))),
+            ),
+            at("2026-03-01T02:00:00Z"),
+        );
+        assert_eq!(plan.wake_at, plan.next_due);
+    }
+
+    #[test]
+    fn an_empty_store_is_filled_but_never_inside_the_window() {
+        let mut obs = observed(None, None);
+        obs.snapshot = Some(StoreSnapshot::default());
+        let plan = decide(&policy(), &obs, at("2026-01-02T00:00:00Z"));
+        assert_eq!((plan.action, plan.why), (Action::Rotate, Why::StoreEmpty));
+
+        let mut obs = observed(Some("2026-01-02T00:00:00Z"), None);
+        obs.snapshot = Some(StoreSnapshot::default());
+        let plan = decide(&policy(), &obs, at("2026-01-02T00:10:00Z"));
+        assert_eq!(plan.action, Action::Wait, "{}", plan.reason);
+        assert_eq!(plan.next_due, Some(at("2026-01-02T01:00:00Z")));
+    }
+
+    #[test]
+    fn unusable_keys_and_stores_are_blocked_with_a_reason() {
+        let now = at("2026-02-01T00:00:00Z");
+        let mut obs = observed(None, None);
+        obs.service_account = None;
+        assert_eq!(decide(&policy(), &obs, now).why, Why::Unusable);
+
+        let mut obs = observed(None, None);
+        if let Some(k) = obs.key.as_mut() {
+            k.active = false;
+        }
+        let plan = decide(&policy(), &obs, now);
+        assert_eq!(plan.action, Action::Blocked);
+        assert!(plan.reason.contains("deactivated"), "{}", plan.reason);
+
+        let mut obs = observed(None, None);
+        if let Some(s) = obs.snapshot.as_mut() {
+            s.unwritable = Some("the secret is scheduled for deletion".into());
+        }
+        let plan = decide(&policy(), &obs, now);
+        assert_eq!(plan.action, Action::Blocked);
+        assert!(
+            plan.reason.contains("scheduled for deletion"),
+            "{}",
+            plan.reason
+        );
+
+        let obs = Observed {
+            read_error: Some("Store: unavailable".into()),
+            ..Observed::default()
+        };
+        assert_eq!(decide(&policy(), &obs, now).why, Why::Unreadable);
+    }
+
+    #[test]
+    fn a_journaled_value_is_resumed_before_anything_else() {
+        let rotated = "2026-03-01T00:00:00Z";
+        let mut obs = observed(Some(rotated), Some(ours(rotated, None)));
+        obs.journal = Some(Entry {
+            policy: "p".into(),
+            token: "t".repeat(36),
+            phase: Phase::Rotated,
+            strategy: "rotate".into(),
+            service_account: "sa".into(),
+            service_account_id: Uuid::nil().to_string(),
+            api_key: "default".into(),
+            key_id: KEY.into(),
+            store: "file".into(),
+            path: "p.env".into(),
+            started_at: at("2026-03-05T00:00:00Z"),
+            previous_last_rotated: Some(at(rotated)),
+            rotated_at: None,
+            retain_minutes: 60,
+            fingerprint: Some("abcd0123".into()),
+            value: None,
+        });
+        let plan = decide(&policy(), &obs, at("2026-03-05T00:00:10Z"));
+        assert_eq!(
+            (plan.action, plan.why),
+            (Action::Rotate, Why::ResumeJournal)
+        );
+    }
 }

@@ -418,7 +418,7 @@ impl Engine {
         if obs.read_error.is_none() {
             let plan = decide::decide(policy, &obs, Utc::now());
             self.publish(&plan, &obs);
-            *next_due = plan.next_due;
+            *next_due = plan.wake_at.or(plan.next_due);
         }
     }
 
@@ -489,7 +489,7 @@ impl Engine {
             let obs = self.observe(policy, accounts).await;
             let plan = decide::decide(policy, &obs, Utc::now());
             self.publish(&plan, &obs);
-            *next_due = plan.next_due;
+            *next_due = plan.wake_at.or(plan.next_due);
             if self.dry_run {
                 if plan.action == Action::Blocked {
                     return Err(KeyFailure::new(Stage::Preflight, plan.reason));
