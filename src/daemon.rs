@@ -331,7 +331,15 @@ pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
         tracing::debug!(?wake, "pass starting");
         let keys = state.ready_keys(Utc::now());
         let engine = state.engine.clone();
-        let mut pass = tokio::spawn(async move { engine.pass(&keys).await });
+        let hygiene = crate::hygiene::due_in_daemon(&state.config, state.config.daemon.safety_pass)
+            .then(|| state.config.clone());
+        let mut pass = tokio::spawn(async move {
+            let reports = engine.pass(&keys).await;
+            if let Some(config) = hygiene {
+                engine.hygiene(&config, false).await;
+            }
+            reports
+        });
         // Signals keep working while a pass runs: TERM stops new rotations and waits for the
         // ones in flight; HUP is applied once the pass is over.
         let mut reload_after = false;
