@@ -627,15 +627,13 @@ async fn retire_previous_removes_awsprevious_after_the_window() {
 #[tokio::test(flavor = "multi_thread")]
 async fn hygiene_deactivates_an_unused_key_and_reports_an_unmanaged_one() {
     let admin = common::zenml_admin();
-    let started = Instant::now();
-    // Keys no policy covers: one never used, one only checked right after creation (as an issuer
-    // does), one a workload uses later.
+    // Keys no policy covers: one never used, one only checked within the minute after its
+    // creation (as the rotator checks what it issues), one a workload uses later.
     let (loose, unused) = common::new_service_account_with_key(&admin, "hyg-loose").await;
     let verified = admin
         .create_api_key(loose.id, "verified", "t")
         .await
         .unwrap();
-    assert_eq!(check(&admin, &verified.value).await, KeyCheck::Accepted);
     let used = admin.create_api_key(loose.id, "used", "t").await.unwrap();
     // Managed by a policy and never used by a workload: hygiene leaves it to the policy.
     let (managed, managed_key) = common::new_service_account_with_key(&admin, "hyg-managed").await;
@@ -647,9 +645,14 @@ async fn hygiene_deactivates_an_unused_key_and_reports_an_unmanaged_one() {
         .await
         .unwrap();
 
+    let until = |t: chrono::DateTime<Utc>| (t - Utc::now()).to_std().unwrap_or_default();
+    // 40 s after creation: late enough that, counted as a workload's login, it would keep the
+    // key "used" below the 60 s threshold; inside the issuer's minute, so it does not count.
+    tokio::time::sleep(until(verified.key.created + chrono::Duration::seconds(40))).await;
+    assert_eq!(check(&admin, &verified.value).await, KeyCheck::Accepted);
     // A workload logs in with `used` more than a minute after its creation, and again before each
     // command below, so that a slow command cannot make it look unused.
-    tokio::time::sleep(Duration::from_secs(66).saturating_sub(started.elapsed())).await;
+    tokio::time::sleep(until(used.key.created + chrono::Duration::seconds(65))).await;
     assert_eq!(check(&admin, &used.value).await, KeyCheck::Accepted);
 
     // Hygiene looks at the whole server, which other tests share: exclude every account that
