@@ -424,6 +424,78 @@ async fn the_stored_key_is_never_deactivated_even_when_the_record_says_so() {
         .unwrap();
 }
 
+/// AWS promotes a value and tags its record in separate calls: a run that stops in between leaves
+/// the store holding a newer key than its record names. That key must be adopted, not removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_value_stored_without_its_record_is_adopted_not_removed() {
+    let admin = common::zenml_admin();
+    let (sa, seed) = common::new_service_account_with_key(&admin, "replace-adopt").await;
+    let path = unique("zr-adopt");
+    let rig = Rig::new(
+        Kind::Aws,
+        &replace_key("adopt", &sa.name, &path, "retain = \"30m\""),
+    );
+    rig.run(&["once"], 0);
+    let store = rig.store().await;
+    let first = stored(&store, &path).await;
+    let first_id = key_id_from_value(&first).unwrap();
+    // What the interrupted run did: created a replacement, staged and promoted it, and stopped
+    // before the record was written.
+    let name = zenml_rotator::replace::generation_name("default", Utc::now());
+    let newer = admin
+        .create_api_key(
+            sa.id,
+            &name,
+            "zenml-rotator: replacement key of policy \"adopt\"",
+        )
+        .await
+        .unwrap();
+    let snapshot = store.preflight(&path).await.unwrap();
+    let old_record = snapshot.record.clone().unwrap();
+    let token = Uuid::new_v4().to_string();
+    let payload = Payload {
+        zenml_url: common::zenml().url,
+        api_key: newer.value.clone(),
+    };
+    store
+        .stage(&path, &payload, &old_record, &snapshot, &token)
+        .await
+        .unwrap();
+    store.promote(&path, &token, &snapshot).await.unwrap();
+    assert_eq!(
+        store.inspect(&path).await.unwrap().record.unwrap().key_id,
+        first_id.to_string()
+    );
+
+    let plan = rig.json(&["plan"], 0);
+    assert_eq!(plan[0]["action"], "finalize", "{plan}");
+    assert!(
+        plan[0]["reason"].as_str().unwrap().contains("record"),
+        "{plan}"
+    );
+    let (out, _) = rig.run(&["once"], 0);
+    assert!(out.contains("recorded key"), "{out}");
+    let record = store.inspect(&path).await.unwrap().record.unwrap();
+    assert_eq!(record.key_id, newer.key.id.to_string());
+    assert_eq!(record.retiring_key_id, Some(first_id.to_string()));
+    assert!(record.retire_at.unwrap() > Utc::now() + chrono::Duration::minutes(25));
+    // Nothing was removed: the stored key works, and so does the one it replaced (its window).
+    assert!(
+        admin
+            .get_api_key(sa.id, &newer.key.id.to_string())
+            .await
+            .unwrap()
+            .active
+    );
+    assert_eq!(check(&admin, &newer.value).await, KeyCheck::Accepted);
+    assert_eq!(check(&admin, &first).await, KeyCheck::Accepted);
+    let _ = seed;
+    admin
+        .delete_service_account(&sa.id.to_string())
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn deactivated_keys_are_deleted_after_delete_after() {
     let admin = common::zenml_admin();
