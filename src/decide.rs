@@ -650,8 +650,13 @@ fn decide_replace(
                 ),
                 other => other.describe(),
             };
+            let (noun, verb, pronoun) = if names.len() == 1 {
+                ("key", "stays", "is")
+            } else {
+                ("keys", "stay", "are")
+            };
             format!(
-                "Replaced key {} stays active for consumers still on it until {}, then is deactivated. {next}",
+                "Replaced {noun} {} {verb} active for consumers still on them until {}, then {pronoun} deactivated. {next}",
                 names.join(", "),
                 fmt_time(at)
             )

@@ -280,11 +280,20 @@ impl Engine {
                 return Err(KeyFailure::new(
                     Stage::Preflight,
                     format!(
-                        "refused: replaced key {} stays active until {} for consumers still on it; \
+                        "refused: replaced {} {} active until {} for consumers still on it; \
                          replacing again now would keep one more key alive. Pass --force to replace \
                          anyway (nothing is cut off: the replaced keys then stay active until the new \
                          replacement's window ends).",
-                        names(&work.retiring),
+                        if work.retiring.len() == 1 {
+                            "key"
+                        } else {
+                            "keys"
+                        },
+                        if work.retiring.len() == 1 {
+                            format!("{} stays", names(&work.retiring))
+                        } else {
+                            format!("{} stay", names(&work.retiring))
+                        },
                         fmt_time(until)
                     ),
                 ));

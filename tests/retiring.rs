@@ -319,6 +319,51 @@ async fn replace_end_to_end_kills_the_old_key_and_every_token_from_it() {
         .unwrap();
 }
 
+/// `rotate --force` inside a window: a new key, and nobody cut off. Every replaced key stays
+/// active until the new window ends; the record names the latest as retiring.
+#[tokio::test(flavor = "multi_thread")]
+async fn force_inside_the_window_replaces_and_keeps_every_older_key_alive() {
+    let admin = common::zenml_admin();
+    let (sa, seed) = common::new_service_account_with_key(&admin, "replace-force").await;
+    let path = unique("zr-force");
+    let rig = Rig::new(
+        Kind::File,
+        &replace_key("force", &sa.name, &path, "retain = \"30m\""),
+    );
+    rig.run(&["once"], 0);
+    let store = rig.store().await;
+    let first = stored(&store, &path).await;
+    let first_id = key_id_from_value(&first).unwrap();
+    let (out, _) = rig.run(&["rotate", "force"], 1);
+    assert!(out.contains("refused") && out.contains("--force"), "{out}");
+    // Key names carry the second: make sure the next one gets its own.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (out, _) = rig.run(&["rotate", "force", "--force"], 0);
+    assert!(out.contains("rotated"), "{out}");
+    let second = stored(&store, &path).await;
+    let second_id = key_id_from_value(&second).unwrap();
+    assert_ne!(second_id, first_id);
+    let record = store.inspect(&path).await.unwrap().record.unwrap();
+    assert_eq!(record.retiring_key_id, Some(first_id.to_string()));
+    for value in [&seed.value, &first, &second] {
+        assert_eq!(check(&admin, value).await, KeyCheck::Accepted);
+    }
+    let plan = rig.json(&["plan"], 0);
+    let reason = plan[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("\"default\"") && reason.contains("keys"),
+        "{reason}"
+    );
+    assert_eq!(
+        keys(&admin, &sa).await.iter().filter(|k| k.active).count(),
+        3
+    );
+    admin
+        .delete_service_account(&sa.id.to_string())
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_between_create_and_store_leaves_an_orphan_the_next_pass_removes() {
     let admin = common::zenml_admin();
