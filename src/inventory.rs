@@ -26,24 +26,35 @@ pub struct AccountKeys {
 }
 
 /// Lists every service account and, `concurrency` accounts at a time, every key of each (all
-/// pages). Sorted by account name, then key name.
+/// pages). Sorted by account name, then key name. An account deleted while it is being listed is
+/// left out. ZenML pages by offset: on a server where accounts come and go during the listing, an
+/// account can be missed (it is a snapshot, not a transaction).
 pub async fn collect(
     client: &ZenmlClient,
     concurrency: usize,
 ) -> Result<Vec<AccountKeys>, ZenmlError> {
     let mut accounts = client.list_service_accounts().await?;
-    accounts.sort_by(|a, b| a.name.cmp(&b.name));
-    futures_util::stream::iter(accounts)
+    // Offset paging over a changing list can return an account twice.
+    accounts.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    accounts.dedup_by_key(|a| a.id);
+    let listed: Vec<Option<AccountKeys>> = futures_util::stream::iter(accounts)
         .map(|account| async move {
-            let mut keys = client
+            match client
                 .list_api_keys(account.id, &KeyFilter::default())
-                .await?;
-            keys.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok::<_, ZenmlError>(AccountKeys { account, keys })
+                .await
+            {
+                Ok(mut keys) => {
+                    keys.sort_by(|a, b| a.name.cmp(&b.name));
+                    Ok(Some(AccountKeys { account, keys }))
+                }
+                Err(ZenmlError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
         })
         .buffered(concurrency.max(1))
         .try_collect()
-        .await
+        .await?;
+    Ok(listed.into_iter().flatten().collect())
 }
 
 /// The policy that covers a key: under `rotate` the key named `api_key`, under `replace` that key

@@ -173,6 +173,17 @@ pub(crate) fn publish_deactivation(policy: &str, pending: usize, due: Option<Dat
         .set(i64::try_from(map.values().sum::<usize>()).unwrap_or(i64::MAX));
 }
 
+/// When a key replaced now may be deactivated: `retain` from now, and never before the previous
+/// value of an in-place rotation of that key (the policy may have been `rotate` before) has had
+/// its own window.
+fn retire_time(replaced: &ApiKey, retain: ChronoDuration) -> Option<DateTime<Utc>> {
+    let ours = Utc::now().checked_add_signed(retain)?;
+    Some(match decide::zenml_retain_until(replaced) {
+        Some(zenml) => ours.max(zenml),
+        None => ours,
+    })
+}
+
 fn finalize_failure(message: impl Into<String>) -> KeyFailure {
     KeyFailure::new(Stage::Finalize, message)
 }
@@ -341,7 +352,7 @@ impl Engine {
         // The window of the replaced key starts when its successor is stored: now, give or take
         // the few seconds the store takes.
         let retain = ChronoDuration::from_std(policy.retain).unwrap_or(ChronoDuration::MAX);
-        let retire_at = current.and_then(|_| Utc::now().checked_add_signed(retain));
+        let retire_at = current.and_then(|k| retire_time(k, retain));
         let record = RotationRecord {
             policy: policy.name.clone(),
             service_account: sa.name.clone(),
@@ -508,7 +519,7 @@ impl Engine {
         }
         let previous = obs.key.as_ref().filter(|k| k.active && k.id != key.id);
         let retain = ChronoDuration::from_std(policy.retain).unwrap_or(ChronoDuration::MAX);
-        let retire_at = previous.and_then(|_| Utc::now().checked_add_signed(retain));
+        let retire_at = previous.and_then(|k| retire_time(k, retain));
         let record = RotationRecord {
             policy: policy.name.clone(),
             service_account: policy.service_account.clone(),
@@ -632,11 +643,18 @@ impl Engine {
                     description: Some(description),
                     active: Some(false),
                 };
-                let updated = self
-                    .zenml()
-                    .update_api_key(sa, &id, &update)
-                    .await
-                    .map_err(|e| format!("cannot deactivate key {:?} ({id}): {e}", key.name))?;
+                let updated = match self.zenml().update_api_key(sa, &id, &update).await {
+                    Ok(k) => k,
+                    Err(ZenmlError::NotFound { .. }) => {
+                        // Deleted meanwhile: nobody can use it any more, which is the point.
+                        tracing::info!(policy = label, key = %key.name, key_id = %key.id,
+                            "the key to deactivate no longer exists");
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        return Err(format!("cannot deactivate key {:?} ({id}): {e}", key.name));
+                    }
+                };
                 if updated.active {
                     return Err(format!(
                         "ZenML still reports key {:?} ({id}) active after deactivating it",
