@@ -284,14 +284,29 @@ pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
 
         let keys = state.ready_keys(Utc::now());
         last_pass = Instant::now();
-        if keys.is_empty() {
+        // Server-wide hygiene (opt-in) rides along at most once per safety pass.
+        let hygiene = crate::hygiene::due_in_daemon(&state.config, state.config.daemon.safety_pass)
+            .then(|| state.config.clone());
+        if state.config.keys.is_empty() {
+            // No policy to pass over: /readyz still reports whether ZenML answers.
+            let reachable = state.engine.zenml().server_info().await.is_ok();
+            health.zenml_reachable.store(reachable, Ordering::Relaxed);
+            health.passes.fetch_add(1, Ordering::Relaxed);
+        }
+        if keys.is_empty() && hygiene.is_none() {
             // Every key is backing off: nothing to ask ZenML or the stores, and nothing learnt
             // about ZenML's reachability either.
             tracing::debug!("no key ready; pass skipped");
         } else {
             tracing::debug!(keys = keys.len(), "pass starting");
             let engine = state.engine.clone();
-            let mut pass = tokio::spawn(async move { engine.pass(&keys).await });
+            let mut pass = tokio::spawn(async move {
+                let reports = engine.pass(&keys).await;
+                if let Some(config) = hygiene {
+                    engine.hygiene(&config, false).await;
+                }
+                reports
+            });
             // Signals keep working while a pass runs: TERM stops new rotations and waits for
             // the ones in flight; HUP is applied once the pass is over.
             let mut reload_after = false;

@@ -4,6 +4,8 @@
 //! after_stage (written, not yet promoted: AWS `AWSPENDING`), after_store.
 //! `ZR_FAULT=<point>` makes the process die at that point as a crash would (no destructors, no
 //! flush); `ZR_FAULT_EXEC=<point>:<shell command>` runs a command there instead (e.g. seal Vault).
+//! Points: `before_rotate`, `after_rotate` (strategy rotate), `after_create` (strategy replace: the
+//! new key exists, nothing is stored yet), `before_store`, `after_store` (both strategies).
 
 /// Marks a step of a rotation where a crash test may stop the process.
 #[cfg(feature = "fault-injection")]

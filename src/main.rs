@@ -10,6 +10,7 @@ use chrono::Utc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use zenml_rotator::config::Config;
+use zenml_rotator::inventory;
 use zenml_rotator::journal::StateLock;
 use zenml_rotator::report::{self, OutputFormat};
 use zenml_rotator::rotation::{Engine, EngineOptions, Force};
@@ -121,7 +122,7 @@ struct InventoryArgs {
     config: ConfigArg,
     #[arg(long, value_enum, default_value_t = Output::Table)]
     output: Output,
-    /// Flag keys whose last login is older than this (e.g. "90d").
+    /// Only keys whose last workload login is older than this, or that none ever used (e.g. "90d").
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     stale: Option<Duration>,
 }
@@ -237,10 +238,22 @@ fn plan(args: PlanArgs) -> ExitCode {
         Ok(e) => e,
         Err(code) => return code,
     };
-    let rows = rt.block_on(engine.plan(&config.keys, Utc::now()));
-    let all_readable = rows.iter().all(|(_, ok)| *ok);
+    let now = Utc::now();
+    let rows = rt.block_on(engine.plan(&config.keys, now));
+    let mut all_readable = rows.iter().all(|(_, ok)| *ok);
     let plans: Vec<_> = rows.into_iter().map(|(p, _)| p).collect();
-    print!("{}", report::plan(&plans, format(args.output)));
+    let hygiene = match rt.block_on(engine.hygiene_findings(&config, now)) {
+        Ok(findings) => findings.iter().map(|f| f.plan_row(now)).collect(),
+        Err(e) => {
+            eprintln!("zenml-rotator: hygiene: cannot list the server's keys: {e}");
+            all_readable = false;
+            Vec::new()
+        }
+    };
+    print!(
+        "{}",
+        report::plan_with_hygiene(&plans, &hygiene, format(args.output))
+    );
     if all_readable {
         ExitCode::SUCCESS
     } else {
@@ -281,11 +294,20 @@ fn once(args: OnceArgs) -> ExitCode {
         tracing::error!("{o}");
     }
     let reports = rt.block_on(engine.pass(&config.keys));
-    print!("{}", report::pass(&reports, format(args.output)));
+    let hygiene = if config.hygiene.is_some() {
+        rt.block_on(engine.hygiene(&config, args.dry_run))
+    } else {
+        Vec::new()
+    };
+    print!(
+        "{}",
+        report::pass_with_hygiene(&reports, &hygiene, format(args.output))
+    );
     if !args.dry_run {
         rt.block_on(metrics::export_one_shot(&config.metrics));
     }
-    let failed = reports.iter().filter(|r| r.result.is_err()).count();
+    let failed = reports.iter().filter(|r| r.result.is_err()).count()
+        + hygiene.iter().filter(|h| h.failed).count();
     if failed > 0 || !orphans.is_empty() {
         tracing::error!(failed, keys = reports.len(), "pass finished with failures");
         ExitCode::FAILURE
@@ -355,12 +377,35 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 fn inventory(args: InventoryArgs) -> ExitCode {
-    tracing::debug!(?args, "inventory");
-    if let Err(code) = load(&args.config) {
-        return code;
+    let config = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let engine = match engine(
+        &config,
+        EngineOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    ) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    match rt.block_on(inventory::collect(engine.zenml(), config.concurrency)) {
+        Ok(accounts) => {
+            let rows = inventory::rows(&accounts, &config.keys, Utc::now(), args.stale);
+            print!("{}", inventory::render(&rows, format(args.output)));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("zenml-rotator inventory: ZenML: {e}");
+            ExitCode::FAILURE
+        }
     }
-    eprintln!("zenml-rotator inventory: not implemented yet");
-    ExitCode::FAILURE
 }
 
 #[cfg(test)]

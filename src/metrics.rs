@@ -60,6 +60,7 @@ pub struct Metrics {
     pub deactivation_due_timestamp_seconds: GaugeVec,
     pub keys_deactivated_total: IntCounterVec,
     pub journal_entries: IntGauge,
+    pub hygiene_findings: IntGaugeVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -184,6 +185,14 @@ impl Metrics {
         registry.register(Box::new(deactivation_due_timestamp_seconds.clone()))?;
         registry.register(Box::new(keys_deactivated_total.clone()))?;
         registry.register(Box::new(journal_entries.clone()))?;
+        let hygiene_findings = IntGaugeVec::new(
+            opts(
+                "hygiene_findings",
+                "What the last [hygiene] run found, by kind (unused, unmanaged, no_active_key).",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(hygiene_findings.clone()))?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -207,6 +216,7 @@ impl Metrics {
             deactivation_due_timestamp_seconds,
             keys_deactivated_total,
             journal_entries,
+            hygiene_findings,
         })
     }
 

@@ -3,6 +3,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::decide::KeyPlan;
+use crate::hygiene::{self, HygieneResult};
 use crate::rotation::{KeyReport, Outcome};
 
 /// `--output table|json`.
@@ -70,13 +71,43 @@ pub fn age(seconds: Option<i64>) -> String {
 }
 
 pub fn plan(plans: &[KeyPlan], format: OutputFormat) -> String {
+    plan_with_hygiene(plans, &[], format)
+}
+
+/// `plan` with `[hygiene]`: its rows follow the per-key rows, with the same fields (JSON: one
+/// array still; a hygiene row has `policy` "hygiene", `strategy` null, `action` "deactivate" or
+/// "report", and `api_key`/`key_id` null when it is about a service account).
+pub fn plan_with_hygiene(
+    plans: &[KeyPlan],
+    hygiene: &[hygiene::PlanRow],
+    format: OutputFormat,
+) -> String {
     match format {
         OutputFormat::Json => {
-            let mut s = serde_json::to_string_pretty(plans).unwrap_or_else(|_| "[]".into());
+            let mut rows: Vec<serde_json::Value> = plans
+                .iter()
+                .filter_map(|p| serde_json::to_value(p).ok())
+                .collect();
+            rows.extend(hygiene.iter().filter_map(|h| serde_json::to_value(h).ok()));
+            let mut s = serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".into());
             s.push('\n');
             s
         }
         OutputFormat::Table => {
+            let dash = || "-".to_string();
+            let hygiene_rows = hygiene.iter().map(|h| {
+                vec![
+                    h.policy.to_string(),
+                    h.service_account.clone(),
+                    h.api_key.clone().unwrap_or_else(dash),
+                    h.strategy.map(str::to_string).unwrap_or_else(dash),
+                    time(h.last_rotated),
+                    age(h.age_seconds),
+                    time(h.next_due),
+                    h.action.as_str().to_string(),
+                    h.reason.clone(),
+                ]
+            });
             let rows: Vec<Vec<String>> = plans
                 .iter()
                 .map(|p| {
@@ -92,6 +123,7 @@ pub fn plan(plans: &[KeyPlan], format: OutputFormat) -> String {
                         p.reason.clone(),
                     ]
                 })
+                .chain(hygiene_rows)
                 .collect();
             table(
                 &[
@@ -130,6 +162,15 @@ fn describe(o: &Outcome) -> (String, String) {
 
 /// The result of a pass, one row per step of each key.
 pub fn pass(reports: &[KeyReport], format: OutputFormat) -> String {
+    pass_with_hygiene(reports, &[], format)
+}
+
+/// A pass followed by `[hygiene]`'s rows (policy "hygiene").
+pub fn pass_with_hygiene(
+    reports: &[KeyReport],
+    hygiene: &[HygieneResult],
+    format: OutputFormat,
+) -> String {
     let mut rows: Vec<(String, String, String)> = Vec::new();
     for r in reports {
         match &r.result {
@@ -145,6 +186,13 @@ pub fn pass(reports: &[KeyReport], format: OutputFormat) -> String {
                 format!("{}: {}", f.stage.as_str(), f.message),
             )),
         }
+    }
+    for h in hygiene {
+        rows.push((
+            hygiene::LABEL.to_string(),
+            h.result.to_string(),
+            h.detail.clone(),
+        ));
     }
     match format {
         OutputFormat::Json => {

@@ -41,7 +41,7 @@ pub struct KeyFailure {
 }
 
 impl KeyFailure {
-    fn new(stage: Stage, message: impl Into<String>) -> KeyFailure {
+    pub(crate) fn new(stage: Stage, message: impl Into<String>) -> KeyFailure {
         KeyFailure {
             stage,
             message: message.into(),
@@ -178,7 +178,7 @@ impl Engine {
         &self.journal
     }
 
-    async fn store(&self, name: &str) -> Result<Arc<dyn SecretStore>, KeyFailure> {
+    pub(crate) async fn store(&self, name: &str) -> Result<Arc<dyn SecretStore>, KeyFailure> {
         let slot = self.stores.get(name).ok_or_else(|| {
             KeyFailure::new(Stage::Preflight, format!("store {name:?} is not defined"))
         })?;
@@ -273,6 +273,10 @@ impl Engine {
             Ok(key) => obs.key = Some(key),
             Err(ZenmlError::NotFound { .. }) => {}
             Err(e) => obs.read_error = Some(format!("ZenML: {e}")),
+        }
+        if policy.strategy == Strategy::Replace && obs.read_error.is_none() {
+            self.observe_replace(policy, sa, &store, &snapshot, &mut obs)
+                .await;
         }
         obs.snapshot = Some(snapshot);
         obs
@@ -687,7 +691,7 @@ impl Engine {
         Ok(outcome)
     }
 
-    async fn preflight_store(
+    pub(crate) async fn preflight_store(
         &self,
         store: &Arc<dyn SecretStore>,
         policy: &KeyPolicy,
@@ -776,7 +780,7 @@ impl Engine {
     }
 
     /// Stage, read back equal, promote, read back current equal, record. Idempotent on retry.
-    async fn store_value(
+    pub(crate) async fn store_value(
         &self,
         policy: &KeyPolicy,
         store: &Arc<dyn SecretStore>,
@@ -871,11 +875,6 @@ impl Engine {
                 .await
                 .map_err(|e| KeyFailure::new(Stage::Store, e.to_string()))?;
         }
-        if entry.strategy == Strategy::Replace.as_str() {
-            return self
-                .complete_replace(policy, &store, &entry, value, snapshot)
-                .await;
-        }
         self.complete(policy, &store, &entry, value, snapshot).await
     }
 
@@ -935,7 +934,7 @@ impl Engine {
     }
 
     /// A key check that retries transient errors; the value is never logged.
-    async fn check_key(&self, value: &SecretString) -> Result<KeyCheck, KeyFailure> {
+    pub(crate) async fn check_key(&self, value: &SecretString) -> Result<KeyCheck, KeyFailure> {
         let mut delay = Duration::from_millis(300);
         for attempt in 1..=3 {
             match self.zenml.check_key(value).await {
@@ -949,49 +948,6 @@ impl Engine {
             }
         }
         Err(KeyFailure::new(Stage::Verify, "key check failed"))
-    }
-
-    /// Strategy `replace`: see the retiring-keys issue; until then it is refused, never half-done.
-    async fn replace(
-        &self,
-        policy: &KeyPolicy,
-        _obs: &Observed,
-        _force: Force,
-    ) -> Result<Outcome, KeyFailure> {
-        Err(KeyFailure::new(
-            Stage::Preflight,
-            format!(
-                "policy {:?}: strategy replace is not available in this build",
-                policy.name
-            ),
-        ))
-    }
-
-    async fn complete_replace(
-        &self,
-        policy: &KeyPolicy,
-        _store: &Arc<dyn SecretStore>,
-        _entry: &Entry,
-        _value: &SecretString,
-        _snapshot: StoreSnapshot,
-    ) -> Result<Outcome, KeyFailure> {
-        Err(KeyFailure::new(
-            Stage::Store,
-            format!(
-                "policy {:?}: strategy replace is not available in this build",
-                policy.name
-            ),
-        ))
-    }
-
-    async fn retire(&self, policy: &KeyPolicy, _obs: &Observed) -> Result<Outcome, KeyFailure> {
-        Err(KeyFailure::new(
-            Stage::Finalize,
-            format!(
-                "policy {:?}: strategy replace is not available in this build",
-                policy.name
-            ),
-        ))
     }
 }
 
