@@ -134,14 +134,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match cli.command {
+    let result = match cli.command {
         Command::Check(args) => check(args),
         Command::Plan(args) => plan(args),
         Command::Once(args) => once(args),
         Command::Rotate(args) => rotate(args),
         Command::Run(args) => run(args),
         Command::Inventory(args) => inventory(args),
-    }
+    };
+    // Err carries the exit code of a command that stopped early (and already said why).
+    result.unwrap_or_else(|code| code)
 }
 
 fn init_logging(format: LogFormat) {
@@ -171,18 +173,30 @@ fn load(config: &ConfigArg) -> Result<Config, ExitCode> {
     })
 }
 
-fn check(args: CheckArgs) -> ExitCode {
-    let config = match load(&args.config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+/// `plan` and `inventory` only read: they never create the state directory.
+const READ_ONLY: EngineOptions = EngineOptions {
+    read_only: true,
+    dry_run: false,
+};
+
+/// 0 when everything succeeded, else 1 (DESIGN.md's exit codes).
+fn exit(success: bool) -> ExitCode {
+    if success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn check(args: CheckArgs) -> Result<ExitCode, ExitCode> {
+    let config = load(&args.config)?;
     let plural = |n: usize, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
     println!(
         "ok: {}, {}",
         plural(config.keys.len(), "key"),
         plural(config.stores.len(), "store")
     );
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One runtime per process: current-thread, since the work is waiting on the network, and one
@@ -219,25 +233,10 @@ fn lock(config: &Config) -> Result<StateLock, ExitCode> {
     })
 }
 
-fn plan(args: PlanArgs) -> ExitCode {
-    let config = match load(&args.config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let engine = match engine(
-        &config,
-        EngineOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    ) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
+fn plan(args: PlanArgs) -> Result<ExitCode, ExitCode> {
+    let config = load(&args.config)?;
+    let rt = runtime()?;
+    let engine = engine(&config, READ_ONLY)?;
     let now = Utc::now();
     let rows = rt.block_on(engine.plan(&config.keys, now));
     let mut all_readable = rows.iter().all(|(_, ok)| *ok);
@@ -254,41 +253,25 @@ fn plan(args: PlanArgs) -> ExitCode {
         "{}",
         report::plan_with_hygiene(&plans, &hygiene, format(args.output))
     );
-    if all_readable {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    Ok(exit(all_readable))
 }
 
-fn once(args: OnceArgs) -> ExitCode {
-    let config = match load(&args.config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
+fn once(args: OnceArgs) -> Result<ExitCode, ExitCode> {
+    let config = load(&args.config)?;
+    let rt = runtime()?;
     // A dry run changes nothing, so it may run beside a daemon.
     let _lock = if args.dry_run {
         None
     } else {
-        match lock(&config) {
-            Ok(l) => Some(l),
-            Err(code) => return code,
-        }
+        Some(lock(&config)?)
     };
-    let engine = match engine(
+    let engine = engine(
         &config,
         EngineOptions {
             dry_run: args.dry_run,
             ..Default::default()
         },
-    ) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
+    )?;
     let orphans = engine.orphaned_journal_entries(&config);
     for o in &orphans {
         tracing::error!("{o}");
@@ -310,17 +293,12 @@ fn once(args: OnceArgs) -> ExitCode {
         + hygiene.iter().filter(|h| h.failed).count();
     if failed > 0 || !orphans.is_empty() {
         tracing::error!(failed, keys = reports.len(), "pass finished with failures");
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
     }
+    Ok(exit(failed == 0 && orphans.is_empty()))
 }
 
-fn rotate(args: RotateArgs) -> ExitCode {
-    let config = match load(&args.config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+fn rotate(args: RotateArgs) -> Result<ExitCode, ExitCode> {
+    let config = load(&args.config)?;
     let Some(policy) = config.key(&args.name).cloned() else {
         let names: Vec<&str> = config.keys.iter().map(|k| k.name.as_str()).collect();
         eprintln!(
@@ -329,20 +307,11 @@ fn rotate(args: RotateArgs) -> ExitCode {
             config.source.display(),
             names.join(", ")
         );
-        return ExitCode::FAILURE;
+        return Err(ExitCode::FAILURE);
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let _lock = match lock(&config) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    let engine = match engine(&config, EngineOptions::default()) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
+    let rt = runtime()?;
+    let _lock = lock(&config)?;
+    let engine = engine(&config, EngineOptions::default())?;
     let force = if args.force { Force::Yes } else { Force::No };
     let report = rt.block_on(engine.rotate_now(&policy, force));
     let ok = report.result.is_ok();
@@ -351,59 +320,37 @@ fn rotate(args: RotateArgs) -> ExitCode {
         report::pass(std::slice::from_ref(&report), format(args.output))
     );
     rt.block_on(metrics::export_one_shot(&config.metrics));
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    Ok(exit(ok))
 }
 
-fn run(args: RunArgs) -> ExitCode {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
+fn run(args: RunArgs) -> Result<ExitCode, ExitCode> {
+    let rt = runtime()?;
     match rt.block_on(daemon::run(args.config.path)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Ok(ExitCode::SUCCESS),
         Err(daemon::DaemonError::Config(e)) => {
             eprintln!("{e}");
-            ExitCode::from(EX_CONFIG)
+            Err(ExitCode::from(EX_CONFIG))
         }
         Err(e) => {
             eprintln!("zenml-rotator: {e}");
-            ExitCode::FAILURE
+            Err(ExitCode::FAILURE)
         }
     }
 }
 
-fn inventory(args: InventoryArgs) -> ExitCode {
-    let config = match load(&args.config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let engine = match engine(
-        &config,
-        EngineOptions {
-            read_only: true,
-            ..Default::default()
-        },
-    ) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
+fn inventory(args: InventoryArgs) -> Result<ExitCode, ExitCode> {
+    let config = load(&args.config)?;
+    let rt = runtime()?;
+    let engine = engine(&config, READ_ONLY)?;
     match rt.block_on(inventory::collect(engine.zenml(), config.concurrency)) {
         Ok(accounts) => {
             let rows = inventory::rows(&accounts, &config.keys, Utc::now(), args.stale);
             print!("{}", inventory::render(&rows, format(args.output)));
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             eprintln!("zenml-rotator inventory: ZenML: {e}");
-            ExitCode::FAILURE
+            Err(ExitCode::FAILURE)
         }
     }
 }

@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
@@ -15,6 +14,7 @@ use zenml_rotator::secret::{ExposeSecret, SecretSource, SecretString};
 use zenml_rotator::store::vault::VaultStore;
 use zenml_rotator::store::{Payload, RotationRecord, SecretStore, StoreError, StoreSnapshot};
 
+use common::private_bao::PrivateBao;
 use common::{unique, vault};
 
 // ---------- fixtures ----------
@@ -652,91 +652,9 @@ async fn a_namespace_is_sent_with_every_request() {
 
 // ---------- sealed, unreachable, TLS ----------
 
-/// A private OpenBao dev server for tests that must not disturb the shared one (sealing it would
-/// break every Vault test running at the same moment). Killed on drop, pass or fail.
-struct PrivateBao {
-    child: Child,
-    addr: String,
-    dir: tempfile::TempDir,
-}
-
-impl PrivateBao {
-    fn start(tls: bool) -> PrivateBao {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port_pair();
-        let log = std::fs::File::create(dir.path().join("bao.log")).unwrap();
-        let mut cmd = Command::new(vault().bao_bin);
-        cmd.arg("server")
-            .arg("-dev")
-            .arg("-dev-root-token-id=root")
-            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-            .arg("-dev-no-store-token")
-            .env("HOME", dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        if tls {
-            cmd.arg("-dev-tls")
-                .arg(format!("-dev-tls-cert-dir={}", dir.path().display()));
-        }
-        let child = cmd.spawn().unwrap();
-        let scheme = if tls { "https" } else { "http" };
-        let bao = PrivateBao {
-            child,
-            addr: format!("{scheme}://127.0.0.1:{port}"),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !bao.log().contains("Unseal Key:") {
-            assert!(
-                Instant::now() < deadline,
-                "private bao did not start:\n{}",
-                bao.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bao
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("bao.log")).unwrap_or_default()
-    }
-
-    fn unseal_key(&self) -> String {
-        let log = self.log();
-        let line = log
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Unseal Key:"))
-            .unwrap_or_else(|| panic!("no unseal key in the log:\n{log}"));
-        line.trim().to_owned()
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("vault-ca.pem")
-    }
-}
-
-impl Drop for PrivateBao {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = a.local_addr().unwrap().port();
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free pair of ports");
-}
-
 #[tokio::test]
 async fn a_sealed_vault_is_unavailable_and_recovers_once_unsealed() {
-    let bao = PrivateBao::start(false);
+    let bao = PrivateBao::start();
     let root = Root::at(&bao.addr, "root");
     let dir = tempfile::tempdir().unwrap();
     let store = VaultStore::connect(&settings_at(&bao.addr, token_auth(dir.path(), "root")))
@@ -813,7 +731,7 @@ async fn an_unreachable_or_silent_vault_is_unavailable() {
 
 #[tokio::test]
 async fn tls_with_an_extra_ca_file() {
-    let bao = PrivateBao::start(true);
+    let bao = PrivateBao::start_tls();
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings_at(&bao.addr, token_auth(dir.path(), "root"));
     // Without the CA the server's certificate is not trusted.

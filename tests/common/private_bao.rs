@@ -15,11 +15,20 @@ pub struct PrivateBao {
 
 impl PrivateBao {
     pub fn start() -> PrivateBao {
+        PrivateBao::start_with(false)
+    }
+
+    /// With a generated CA and certificate (`-dev-tls`); the CA is at `ca()`.
+    pub fn start_tls() -> PrivateBao {
+        PrivateBao::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> PrivateBao {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port_pair();
         let log = std::fs::File::create(dir.path().join("bao.log")).unwrap();
-        let child = Command::new(vault().bao_bin)
-            .arg("server")
+        let mut cmd = Command::new(vault().bao_bin);
+        cmd.arg("server")
             .arg("-dev")
             .arg("-dev-root-token-id=root")
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
@@ -27,12 +36,16 @@ impl PrivateBao {
             .env("HOME", dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        if tls {
+            cmd.arg("-dev-tls")
+                .arg(format!("-dev-tls-cert-dir={}", dir.path().display()));
+        }
+        let child = cmd.spawn().unwrap();
+        let scheme = if tls { "https" } else { "http" };
         let bao = PrivateBao {
             child,
-            addr: format!("http://127.0.0.1:{port}"),
+            addr: format!("{scheme}://127.0.0.1:{port}"),
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -50,6 +63,10 @@ impl PrivateBao {
 
     pub fn root(&self) -> VaultAdmin {
         VaultAdmin::new(&self.addr, "root")
+    }
+
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("vault-ca.pem")
     }
 
     pub fn log(&self) -> String {
