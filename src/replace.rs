@@ -15,7 +15,7 @@ use crate::config::KeyPolicy;
 use crate::decide::{self, Observed, ReplaceObserved};
 use crate::fault;
 use crate::metrics::{self, Stage};
-use crate::rotation::{Engine, Force, KeyFailure, Outcome};
+use crate::rotation::{Engine, Force, KeyFailure, Outcome, refuse};
 use crate::secret::fingerprint;
 use crate::store::{RotationRecord, SecretStore, StoreSnapshot};
 use crate::zenml::{
@@ -284,12 +284,8 @@ impl Engine {
                 .filter(|t| *t > now && !work.retiring.is_empty())
         {
             if force == Force::No {
-                metrics::get()
-                    .rotations_total
-                    .with_label_values(&[&policy.name, "refused"])
-                    .inc();
-                return Err(KeyFailure::new(
-                    Stage::Preflight,
+                return Err(refuse(
+                    policy,
                     format!(
                         "refused: replaced {} {} active until {} for consumers still on it; \
                          replacing again now would keep one more key alive. Pass --force to replace \

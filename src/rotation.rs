@@ -632,12 +632,8 @@ impl Engine {
             && until > Utc::now()
         {
             if force == Force::No {
-                metrics::get()
-                    .rotations_total
-                    .with_label_values(&[&policy.name, "refused"])
-                    .inc();
-                return Err(KeyFailure::new(
-                    Stage::Preflight,
+                return Err(refuse(
+                    policy,
                     format!(
                         "refused: the previous value is valid until {} (retain window of the rotation at {}); \
                          rotating now would cut off every consumer still using it. Pass --force to override.",
@@ -949,6 +945,15 @@ impl Engine {
         }
         Err(KeyFailure::new(Stage::Verify, "key check failed"))
     }
+}
+
+/// Invariant 1 said no: counted as `rotations_total{result="refused"}`, reported at pre-flight.
+pub(crate) fn refuse(policy: &KeyPolicy, message: String) -> KeyFailure {
+    metrics::get()
+        .rotations_total
+        .with_label_values(&[&policy.name, "refused"])
+        .inc();
+    KeyFailure::new(Stage::Preflight, message)
 }
 
 fn usable(obs: &Observed) -> Result<(&ServiceAccount, &ApiKey), KeyFailure> {
