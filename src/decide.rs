@@ -130,9 +130,18 @@ pub fn zenml_retain_until(key: &ApiKey) -> Option<DateTime<Utc>> {
     Some(last + ChronoDuration::minutes(minutes))
 }
 
-/// Two server timestamps are the same event (the store keeps seconds).
-fn same_instant(a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
-    (a - b).num_milliseconds().abs() < 1500
+/// Whether ZenML's timestamp `server` is the event the rotator kept as `kept`. ZenML reports
+/// microseconds and the rotator keeps them (journal, store records), so any other rotation, even
+/// one within the same second, differs; a record kept with whole seconds (older records) matches
+/// anything within that second.
+fn same_instant(server: DateTime<Utc>, kept: DateTime<Utc>) -> bool {
+    if kept.timestamp_subsec_nanos() == 0 {
+        server.timestamp() == kept.timestamp()
+    } else {
+        (server - kept)
+            .num_microseconds()
+            .is_some_and(|d| d.abs() < 1)
+    }
 }
 
 pub fn decide(policy: &KeyPolicy, obs: &Observed, now: DateTime<Utc>) -> KeyPlan {
@@ -1087,6 +1096,41 @@ mod rotate_tests {
             );
             assert!(!plan.reason.is_empty());
         }
+    }
+
+    #[test]
+    fn a_rotation_by_someone_else_in_the_same_second_is_still_seen() {
+        let ours_at = "2026-03-01T00:00:00.250123Z";
+        let record = ours(ours_at, Some("2026-03-01T01:01:00Z"));
+        let now = at("2026-03-02T00:00:00Z");
+        // The same event, as ZenML reports it: nothing to see.
+        let plan = decide(
+            &policy(),
+            &observed(Some(ours_at), Some(record.clone())),
+            now,
+        );
+        assert_eq!(plan.action, Action::Wait, "{}", plan.reason);
+        // Another rotation 0.5 s later.
+        let plan = decide(
+            &policy(),
+            &observed(Some("2026-03-01T00:00:00.750000Z"), Some(record)),
+            now,
+        );
+        assert_eq!(plan.why, Why::RotatedOutOfBand, "{}", plan.reason);
+        // A record kept with whole seconds (older versions) matches its own second only.
+        let legacy = ours("2026-03-01T00:00:00Z", Some("2026-03-01T01:01:00Z"));
+        let plan = decide(
+            &policy(),
+            &observed(Some(ours_at), Some(legacy.clone())),
+            now,
+        );
+        assert_eq!(plan.action, Action::Wait, "{}", plan.reason);
+        let plan = decide(
+            &policy(),
+            &observed(Some("2026-03-01T00:00:01.100000Z"), Some(legacy)),
+            now,
+        );
+        assert_eq!(plan.why, Why::RotatedOutOfBand, "{}", plan.reason);
     }
 
     #[test]

@@ -77,8 +77,10 @@ pub struct RotationRecord {
     pub retire_at: Option<DateTime<Utc>>,
 }
 
+/// RFC 3339 with as many sub-second digits as the time has: ZenML's microseconds survive, so a
+/// later pass can tell the rotator's rotation from another one in the same second.
 fn ts(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 fn parse_ts(s: Option<&String>) -> Option<DateTime<Utc>> {

@@ -372,3 +372,60 @@ async fn a_replay_after_an_out_of_band_rotation_is_flagged() {
     let reason = rows[0]["reason"].as_str().unwrap();
     assert!(reason.contains("outside zenml-rotator"), "{reason}");
 }
+
+/// ZenML rotated but its answer never reached the journal (a crash between the rotate answer
+/// and the journal fsync, simulated by an intent plus a rotation by hand): the new value is lost,
+/// so the key is `blocked` with what to do, a pass fails without rotating again (that would cut
+/// off the stored value at once, invariant 1), and `rotate --force` stores a working value.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_whose_answer_was_lost_is_blocked_until_forced() {
+    let admin = zenml_admin();
+    let (sa, old) = new_service_account_with_key(&admin, "eng-crash-lost").await;
+    let mut rig = Rig::new();
+    rig.file_store("local")
+        .key("k", &sa.name, "local", "k.env", "");
+    rig.write();
+    // A first rotation so the store holds a working value (the one consumers use).
+    let ran = rig.expect(&["once", "--output", "json"], 0);
+    assert_eq!(ran.results_of("k"), ["rotated"], "{}", ran.describe());
+    let stored = env_file(&std::fs::read_to_string(rig.keys_dir().join("k.env")).unwrap())
+        ["ZENML_STORE_API_KEY"]
+        .clone();
+
+    crash_at(&rig, "before_rotate", &["rotate", "k", "--force"]);
+    assert_eq!(rig.journal_entry("k").unwrap()["phase"], "intent");
+    let lost = admin.rotate_api_key(sa.id, "default", 60).await.unwrap();
+    drop(lost);
+    let rotated = key_now(&admin, sa.id).await.last_rotated;
+
+    let plan = rig.expect(&["plan", "--output", "json"], 0);
+    let rows: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert_eq!(rows[0]["action"], "blocked", "{}", plan.describe());
+    let reason = rows[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("never reached the journal"), "{reason}");
+    assert!(reason.contains("rotate k --force"), "{reason}");
+
+    let ran = rig.expect(&["once", "--output", "json"], 1);
+    assert_eq!(ran.results_of("k"), ["failed"], "{}", ran.describe());
+    assert_eq!(
+        key_now(&admin, sa.id).await.last_rotated,
+        rotated,
+        "a pass must not rotate again"
+    );
+    // The stored value is the previous generation now and still inside its window.
+    assert_eq!(check(&admin, &stored).await, KeyCheck::Accepted);
+
+    let ran = rig.expect(&["rotate", "k", "--force", "--output", "json"], 0);
+    assert_eq!(ran.results_of("k"), ["rotated"], "{}", ran.describe());
+    assert!(rig.journal_files().is_empty(), "{:?}", rig.journal_names());
+    let now_stored = env_file(&std::fs::read_to_string(rig.keys_dir().join("k.env")).unwrap())
+        ["ZENML_STORE_API_KEY"]
+        .clone();
+    assert_eq!(check(&admin, &now_stored).await, KeyCheck::Accepted);
+    assert_ne!(now_stored, stored);
+    // The original value is long gone (three generations back).
+    assert_eq!(
+        check(&admin, old.value.expose_secret()).await,
+        KeyCheck::Rejected
+    );
+}
