@@ -1,21 +1,32 @@
 //! zenml-rotator: rotates ZenML service-account API keys into the stores workloads read them from.
-//! The binary (`src/main.rs`) is only the command line; everything it does lives in these modules.
+//! The binary (`src/main.rs`) only parses the command line; everything it does lives here.
+//!
+//! Layers, top to bottom (a module uses the ones below it, never one above):
+//! - face: `cli` (one file per command), `output` (tables and JSON)
+//! - daemon: `daemon` (the loop, signals, reload, backoff)
+//! - pass: `pass` (what one pass is, for `once`, `rotate` and `run`)
+//! - audit: `audit` (inventory, hygiene)
+//! - engine: `engine` (observe, act, write, journal, key guard, events) and `strategy` (rotate, replace)
+//! - rules (pure): `engine::decide`, `schedule`
+//! - clients: `zenml`, `store`
+//! - config: `config`
+//! - base: `cron`, `naming`, `time`, `secret`, `metrics`, `http`, `fault`
 
-pub mod backoff;
+pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod cron;
 pub mod daemon;
-pub mod decide;
+pub mod engine;
 pub mod fault;
 pub mod http;
-pub mod hygiene;
-pub mod inventory;
-pub mod journal;
 pub mod metrics;
-pub mod replace;
-pub mod report;
-pub mod rotation;
+pub mod naming;
+pub mod output;
+pub mod pass;
 pub mod schedule;
 pub mod secret;
 pub mod store;
+pub mod strategy;
+pub mod time;
 pub mod zenml;

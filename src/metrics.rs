@@ -1,7 +1,8 @@
 //! The rotator's Prometheus metrics: one registry, the names of DESIGN.md, `policy` as the only
 //! per-key label. The same values serve `/metrics` in `run` mode and the textfile/Pushgateway of `once`.
 
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -61,6 +62,8 @@ pub struct Metrics {
     pub keys_deactivated_total: IntCounterVec,
     pub journal_entries: IntGauge,
     pub hygiene_findings: IntGaugeVec,
+    /// Per policy, how many keys wait for deactivation: `pending_deactivations` is the sum.
+    pending_by_policy: Mutex<BTreeMap<String, usize>>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -217,6 +220,7 @@ impl Metrics {
             keys_deactivated_total,
             journal_entries,
             hygiene_findings,
+            pending_by_policy: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -271,6 +275,38 @@ impl Metrics {
         remove_policy(&self.rotations_total, policy);
         remove_policy(&self.errors_total, policy);
         remove_policy(&self.keys_deactivated_total, policy);
+        self.set_deactivation_due(policy, 0, None);
+    }
+
+    /// Sets `deactivation_due_timestamp_seconds{policy}` while keys of the policy wait for their
+    /// deactivation (removed otherwise, so `time() > due + grace` alerts only while one is
+    /// pending), and `pending_deactivations` over every policy.
+    pub fn set_deactivation_due(
+        &self,
+        policy: &str,
+        pending: usize,
+        due: Option<chrono::DateTime<chrono::Utc>>,
+    ) {
+        let mut map = match self.pending_by_policy.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match due {
+            Some(t) if pending > 0 => {
+                self.deactivation_due_timestamp_seconds
+                    .with_label_values(&[policy])
+                    .set(t.timestamp() as f64);
+                map.insert(policy.to_owned(), pending);
+            }
+            _ => {
+                let _ = self
+                    .deactivation_due_timestamp_seconds
+                    .remove_label_values(&[policy]);
+                map.remove(policy);
+            }
+        }
+        self.pending_deactivations
+            .set(i64::try_from(map.values().sum::<usize>()).unwrap_or(i64::MAX));
     }
 }
 

@@ -245,21 +245,6 @@ pub(crate) fn scale(unit: u64, n: u64) -> u64 {
     ((u128::from(unit) * u128::from(n)) >> 64) as u64
 }
 
-/// When the daemon should look again: the earliest `next_due` still ahead of `now`. Keys due
-/// now are the pass's business (and their retries the backoff's), so they do not count; `None`
-/// means nothing is scheduled and only the safety pass remains.
-pub fn next_wakeup<'a>(
-    decisions: impl IntoIterator<Item = &'a DueDecision>,
-    now: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
-    decisions
-        .into_iter()
-        .filter(|d| !matches!(d.reason, DueReason::Unschedulable(_)))
-        .map(|d| d.next_due)
-        .filter(|t| *t > now)
-        .min()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -649,35 +634,6 @@ mod tests {
             let s = DueReason::Unschedulable(why).describe();
             assert!(s.starts_with("Never "), "{s}");
         }
-    }
-
-    #[test]
-    fn the_daemon_wakes_for_the_earliest_future_due_time() {
-        let now = at("2026-01-01T00:00:00Z");
-        let decision = |next_due: &str, reason: DueReason| DueDecision {
-            due_at: at(next_due),
-            next_due: at(next_due),
-            due_now: at(next_due) <= now,
-            reason,
-        };
-        let due = DueReason::Due { since: now };
-        let later = decision("2026-01-03T00:00:00Z", DueReason::NotYetDue { at: now });
-        let sooner = decision("2026-01-02T00:00:00Z", DueReason::NotYetDue { at: now });
-        let decisions = [
-            decision("2025-12-31T00:00:00Z", due),
-            later,
-            sooner,
-            DueDecision {
-                next_due: FAR_FUTURE,
-                ..decision(
-                    "2026-01-01T00:00:00Z",
-                    DueReason::Unschedulable(Unschedulable::WindowNeverOpens),
-                )
-            },
-        ];
-        assert_eq!(next_wakeup(&decisions, now), Some(sooner.next_due));
-        assert_eq!(next_wakeup(&decisions[..1], now), None);
-        assert_eq!(next_wakeup(&[], now), None);
     }
 }
 

@@ -214,7 +214,7 @@ async fn replace_end_to_end_kills_the_old_key_and_every_token_from_it() {
     assert_ne!(new_id, seed.key.id);
     let new_key = admin.get_api_key(sa.id, &new_id.to_string()).await.unwrap();
     assert!(
-        zenml_rotator::replace::is_generation("default", &new_key.name),
+        zenml_rotator::naming::is_generation("default", &new_key.name),
         "{}",
         new_key.name
     );
@@ -287,7 +287,7 @@ async fn replace_end_to_end_kills_the_old_key_and_every_token_from_it() {
         .unwrap();
     assert!(!old.active);
     assert!(
-        zenml_rotator::replace::deactivated_by_rotator(&old.description),
+        zenml_rotator::naming::deactivated_by_rotator(&old.description),
         "{}",
         old.description
     );
@@ -391,7 +391,7 @@ async fn a_crash_between_create_and_store_leaves_an_orphan_the_next_pass_removes
         .into_iter()
         .find(|k| k.active && k.id != current_id)
         .unwrap_or_else(|| panic!("no orphan was created"));
-    assert!(zenml_rotator::replace::is_generation(
+    assert!(zenml_rotator::naming::is_generation(
         "default",
         &orphan.name
     ));
@@ -487,7 +487,7 @@ async fn a_value_stored_without_its_record_is_adopted_not_removed() {
     let first_id = key_id_from_value(&first).unwrap();
     // What the interrupted run did: created a replacement, staged and promoted it, and stopped
     // before the record was written.
-    let name = zenml_rotator::replace::generation_name("default", Utc::now());
+    let name = zenml_rotator::naming::generation_name("default", Utc::now());
     let newer = admin
         .create_api_key(
             sa.id,
@@ -924,7 +924,7 @@ async fn inventory_lists_300_keys_across_pages() {
     let mut attempts = 0;
     let listed = loop {
         attempts += 1;
-        let listed = zenml_rotator::inventory::collect(&small_pages, 4)
+        let listed = zenml_rotator::audit::inventory::collect(&small_pages, 4)
             .await
             .unwrap();
         if accounts

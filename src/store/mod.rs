@@ -15,7 +15,6 @@ use crate::config::StoreSettings;
 use crate::secret::{ExposeSecret, SecretString};
 
 pub mod aws;
-pub mod dry_run;
 pub mod file;
 pub mod vault;
 

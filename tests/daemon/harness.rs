@@ -116,8 +116,8 @@ pub fn accepted(v: &SecretString) -> bool {
     )
 }
 
-pub fn journal_entries(dir: &Path) -> BTreeMap<String, zenml_rotator::journal::Entry> {
-    zenml_rotator::journal::Journal::read_only(&state_dir(dir))
+pub fn journal_entries(dir: &Path) -> BTreeMap<String, zenml_rotator::engine::journal::Entry> {
+    zenml_rotator::engine::journal::Journal::read_only(&state_dir(dir))
         .entries()
         .unwrap()
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use harness::*;
-use zenml_rotator::backoff::BackoffPolicy;
+use zenml_rotator::daemon::backoff::BackoffPolicy;
 
 /// Every metric name of DESIGN.md, with the label names each series must have (besides `le` on
 /// histogram buckets): `policy` is the only per-key label.

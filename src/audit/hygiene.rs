@@ -1,24 +1,20 @@
 //! `[hygiene]` (opt-in): checks over every key on the server, beyond the managed ones. Deactivates
 //! keys no policy covers that no workload used for `deactivate_unused_after`; reports keys no policy
 //! covers and service accounts without an active key, never touching them. Keys a policy covers are
-//! left to the policy, and no key whose value a store holds is ever deactivated (the guard of
-//! `Engine::disable_key`). `evaluate` is pure: `plan` shows exactly what a pass does.
+//! left to the policy, and no key whose value a store holds is ever deactivated (the engine's key
+//! guard). `evaluate` is pure: `plan` shows exactly what a pass does.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::Serialize;
 
+use super::inventory::{self, AccountKeys, covering_policy, issued, last_workload_login};
 use crate::config::{Config, HygieneSettings, KeyPolicy};
-use crate::inventory::{self, AccountKeys, covering_policy, issued, last_workload_login};
+use crate::engine::Engine;
+use crate::engine::act::Retired;
+use crate::engine::events::HYGIENE;
 use crate::metrics;
-use crate::replace::{DeactivationReason, Disable, ProtectedKeys};
-use crate::rotation::Engine;
-use crate::zenml::ApiKey;
-
-/// The `policy` label and `plan` row name of hygiene's actions.
-pub const LABEL: &str = "hygiene";
+use crate::time::rfc3339;
+use crate::zenml::{ApiKey, ZenmlError};
 
 /// What hygiene does with a finding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -74,10 +70,6 @@ pub struct Finding {
     pub reason: String,
 }
 
-fn fmt_time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
 /// What hygiene would do now, as a pure function of the settings, the policies and the listing.
 pub fn evaluate(
     settings: &HygieneSettings,
@@ -103,8 +95,8 @@ pub fn evaluate(
             }
             let since = inventory::unused_since(key);
             let used = match last_workload_login(key) {
-                Some(t) => format!("last used by a workload at {}", fmt_time(t)),
-                None => format!("no workload login since {}", fmt_time(issued(key))),
+                Some(t) => format!("last used by a workload at {}", rfc3339(t)),
+                None => format!("no workload login since {}", rfc3339(issued(key))),
             };
             if let Some(limit) = threshold
                 && now.signed_duration_since(since) > limit
@@ -171,7 +163,7 @@ pub struct PlanRow {
 impl Finding {
     pub fn plan_row(&self, now: DateTime<Utc>) -> PlanRow {
         PlanRow {
-            policy: LABEL,
+            policy: HYGIENE,
             service_account: self.service_account.clone(),
             api_key: self.key.as_ref().map(|k| k.name.clone()),
             key_id: self.key.as_ref().map(|k| k.id.to_string()),
@@ -204,167 +196,110 @@ pub struct HygieneResult {
     pub failed: bool,
 }
 
-/// `run` looks at the whole server at most this often (a pass per due key would be too many).
-static LAST_DAEMON_RUN: Mutex<Option<Instant>> = Mutex::new(None);
+/// Why hygiene could not look at the server.
+#[derive(Debug, thiserror::Error)]
+#[error("ZenML: {0}")]
+pub struct HygieneError(#[from] ZenmlError);
 
-/// Whether the daemon should run hygiene after this pass: when `[hygiene]` is set and the last
-/// run is at least `every` ago. Marks the run.
-pub fn due_in_daemon(config: &Config, every: Duration) -> bool {
-    if config.hygiene.is_none() {
-        return false;
-    }
-    let mut last = match LAST_DAEMON_RUN.lock() {
-        Ok(l) => l,
-        Err(poisoned) => poisoned.into_inner(),
+/// Hygiene's findings over the whole server, read-only (`plan`, and the first half of a run).
+pub async fn findings(
+    engine: &Engine,
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Result<Vec<Finding>, HygieneError> {
+    let Some(settings) = &config.hygiene else {
+        return Ok(Vec::new());
     };
-    if last.is_some_and(|t| t.elapsed() < every) {
-        return false;
-    }
-    *last = Some(Instant::now());
-    true
+    let accounts = inventory::collect(engine.zenml(), config.concurrency).await?;
+    Ok(evaluate(settings, &config.keys, &accounts, now))
 }
 
-impl Engine {
-    /// Hygiene's findings over the whole server, read-only (`plan`, and the first half of a run).
-    pub async fn hygiene_findings(
-        &self,
-        config: &Config,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Finding>, String> {
-        let Some(settings) = &config.hygiene else {
-            return Ok(Vec::new());
-        };
-        let accounts = inventory::collect(self.zenml(), config.concurrency)
+/// Runs hygiene once: deactivates what `evaluate` says (the engine's actor decides whether that
+/// is for real or a dry run's "would"), logs every finding, counts them in
+/// `hygiene_findings{kind}` and deactivations in `keys_deactivated_total{policy="hygiene",reason="unused"}`.
+pub async fn run(engine: &Engine, config: &Config) -> Vec<HygieneResult> {
+    let findings = match findings(engine, config, Utc::now()).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "hygiene: cannot list the server's keys");
+            return vec![HygieneResult {
+                result: "failed",
+                detail: format!("cannot list the server's keys: {e}"),
+                failed: true,
+            }];
+        }
+    };
+    let m = metrics::get();
+    for kind in FindingKind::ALL {
+        let n = findings.iter().filter(|f| f.kind == kind).count();
+        m.hygiene_findings
+            .with_label_values(&[kind.as_str()])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    let unused: Vec<(&Finding, &ApiKey)> = findings
+        .iter()
+        .filter(|f| f.action == HygieneAction::Deactivate)
+        .filter_map(|f| f.key.as_ref().map(|k| (f, k)))
+        .collect();
+    let keys: Vec<&ApiKey> = unused.iter().map(|(_, k)| *k).collect();
+    let retired = if keys.is_empty() {
+        Vec::new()
+    } else {
+        engine
+            .act()
+            .retire_unused(engine, &config.keys, &keys)
             .await
-            .map_err(|e| format!("ZenML: {e}"))?;
-        Ok(evaluate(settings, &config.keys, &accounts, now))
-    }
-
-    /// Every key any policy's store holds or records as current, read fresh: hygiene never
-    /// deactivates one, whatever its name. `Err` when a store cannot say.
-    async fn protected_everywhere(&self, policies: &[KeyPolicy]) -> Result<ProtectedKeys, String> {
-        let mut all = ProtectedKeys::default();
-        for policy in policies {
-            let store = self
-                .store(&policy.store)
-                .await
-                .map_err(|e| format!("policy {:?}: {}", policy.name, e.message))?;
-            let protected = self
-                .protected_keys(policy, &store)
-                .await
-                .map_err(|e| format!("policy {:?}: {}", policy.name, e.message))?;
-            all.extend(protected);
-        }
-        Ok(all)
-    }
-
-    /// Runs hygiene once: deactivates what `evaluate` says (or says it would, in a dry run), logs
-    /// every finding, counts them in `hygiene_findings{kind}` and deactivations in
-    /// `keys_deactivated_total{policy="hygiene",reason="unused"}`.
-    pub async fn hygiene(&self, config: &Config, dry_run: bool) -> Vec<HygieneResult> {
-        let findings = match self.hygiene_findings(config, Utc::now()).await {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(error = %e, "hygiene: cannot list the server's keys");
-                return vec![HygieneResult {
-                    result: "failed",
-                    detail: format!("cannot list the server's keys: {e}"),
-                    failed: true,
-                }];
-            }
-        };
-        let m = metrics::get();
-        for kind in FindingKind::ALL {
-            let n = findings.iter().filter(|f| f.kind == kind).count();
-            m.hygiene_findings
-                .with_label_values(&[kind.as_str()])
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
-        }
-        let deactivations = findings
-            .iter()
-            .any(|f| f.action == HygieneAction::Deactivate);
-        // Fail closed: without knowing every stored key, nothing is deactivated.
-        let protected = if deactivations && !dry_run {
-            Some(self.protected_everywhere(&config.keys).await)
-        } else {
-            None
-        };
-        let mut out = Vec::new();
-        let mut reports = 0;
-        for f in &findings {
-            match (f.action, &f.key) {
-                (HygieneAction::Deactivate, Some(key)) => {
-                    if dry_run {
-                        tracing::info!(service_account = %f.service_account, key = %key.name, key_id = %key.id,
-                            "hygiene (dry run): would deactivate an unused key");
-                        out.push(HygieneResult {
-                            result: "would deactivate",
-                            detail: format!("{}: {}", f.subject(), f.reason),
-                            failed: false,
-                        });
-                        continue;
-                    }
-                    let result = match &protected {
-                        Some(Ok(p)) => {
-                            self.disable_key(
-                                key,
-                                Disable::Deactivate(DeactivationReason::Unused),
-                                LABEL,
-                                p,
-                            )
-                            .await
-                        }
-                        Some(Err(e)) => Err(format!(
-                            "not deactivated: cannot tell which keys the stores hold ({e})"
-                        )),
-                        None => Err("not deactivated".into()),
-                    };
-                    out.push(match result {
-                        Ok(()) => HygieneResult {
-                            result: "deactivated",
-                            detail: format!("{}: {}", f.subject(), f.reason),
-                            failed: false,
-                        },
-                        Err(e) => {
-                            tracing::error!(service_account = %f.service_account, key = %key.name, error = %e, "hygiene");
-                            HygieneResult {
-                                result: "failed",
-                                detail: format!("{}: {e}", f.subject()),
-                                failed: true,
-                            }
-                        }
-                    });
+    };
+    let mut out: Vec<HygieneResult> = unused
+        .iter()
+        .zip(retired)
+        .map(|((f, key), result)| {
+            let (result, detail, failed) = match result {
+                Ok(Retired::Deactivated) => ("deactivated", f.reason.clone(), false),
+                Ok(Retired::WouldDeactivate) => ("would deactivate", f.reason.clone(), false),
+                Err(e) => {
+                    tracing::error!(service_account = %f.service_account, key = %key.name, error = %e, "hygiene");
+                    ("failed", e.to_string(), true)
                 }
-                _ => {
-                    reports += 1;
-                    tracing::info!(
-                        kind = f.kind.as_str(),
-                        "hygiene: {}: {}",
-                        f.subject(),
-                        f.reason
-                    );
-                }
+            };
+            HygieneResult {
+                result,
+                detail: format!("{}: {detail}", f.subject()),
+                failed,
             }
-        }
-        if reports > 0 {
-            let count = |kind| findings.iter().filter(|f| f.kind == kind).count();
-            out.push(HygieneResult {
-                result: "report",
-                detail: format!(
-                    "{} key(s) no policy covers, {} service account(s) without an active key: \
-                     `zenml-rotator plan` lists them",
-                    count(FindingKind::Unmanaged),
-                    count(FindingKind::NoActiveKey)
-                ),
-                failed: false,
-            });
-        }
-        out
+        })
+        .collect();
+    let reports: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| !(f.action == HygieneAction::Deactivate && f.key.is_some()))
+        .collect();
+    for f in &reports {
+        tracing::info!(
+            kind = f.kind.as_str(),
+            "hygiene: {}: {}",
+            f.subject(),
+            f.reason
+        );
     }
+    if !reports.is_empty() {
+        let count = |kind| findings.iter().filter(|f| f.kind == kind).count();
+        out.push(HygieneResult {
+            result: "report",
+            detail: format!(
+                "{} key(s) no policy covers, {} service account(s) without an active key: \
+                 `zenml-rotator plan` lists them",
+                count(FindingKind::Unmanaged),
+                count(FindingKind::NoActiveKey)
+            ),
+            failed: false,
+        });
+    }
+    out
 }
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::zenml::ServiceAccount;
     use uuid::Uuid;

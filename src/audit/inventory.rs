@@ -1,5 +1,5 @@
 //! `inventory`: every service account and API key on the server, the policy that manages each key
-//! (if any), and when a workload last used it, as a table or JSON. Read-only. `[hygiene]` works on
+//! (if any), and when a workload last used it. Read-only; `output::inventory` shows it. `[hygiene]` works on
 //! the same listing. The rotator's own key checks write `last_login` too: see `last_workload_login`.
 
 use std::time::Duration;
@@ -9,8 +9,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::config::{KeyPolicy, Strategy};
-use crate::replace::in_family;
-use crate::report::{self, OutputFormat};
+use crate::naming::in_family;
 use crate::zenml::{ApiKey, KeyFilter, ServiceAccount, ZenmlClient, ZenmlError};
 
 /// A login this soon after a key's value was issued (created or rotated) is taken for the
@@ -177,67 +176,6 @@ pub fn rows(
         .collect()
 }
 
-/// `inventory --output table|json`.
-pub fn render(rows: &[AccountRow], format: OutputFormat) -> String {
-    match format {
-        OutputFormat::Json => {
-            let mut s = serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".into());
-            s.push('\n');
-            s
-        }
-        OutputFormat::Table => {
-            let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
-            let mut out = Vec::new();
-            for a in rows {
-                let account = if a.active {
-                    a.service_account.clone()
-                } else {
-                    format!("{} (inactive)", a.service_account)
-                };
-                if a.keys.is_empty() {
-                    out.push(vec![
-                        account.clone(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "-".into(),
-                        "no API keys".into(),
-                    ]);
-                }
-                for k in &a.keys {
-                    out.push(vec![
-                        account.clone(),
-                        k.api_key.clone(),
-                        k.policy.clone().unwrap_or_else(|| "-".into()),
-                        yes_no(k.active),
-                        report::time(Some(k.created)),
-                        report::time(k.last_rotated),
-                        k.last_workload_login
-                            .map(|t| report::time(Some(t)))
-                            .unwrap_or_else(|| "never".into()),
-                        report::age(Some(k.age_seconds)),
-                    ]);
-                }
-            }
-            report::table(
-                &[
-                    "SERVICE ACCOUNT",
-                    "API KEY",
-                    "POLICY",
-                    "ACTIVE",
-                    "CREATED",
-                    "LAST ROTATED",
-                    "LAST USED",
-                    "AGE",
-                ],
-                &out,
-            )
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,44 +223,5 @@ mod tests {
         k.last_login = Some(at("2026-01-20T00:00:00Z"));
         assert_eq!(last_workload_login(&k), k.last_login);
         assert_eq!(unused_since(&k), at("2026-02-01T00:00:00Z"));
-    }
-
-    #[test]
-    fn stale_keeps_old_and_never_used_keys() {
-        let now = at("2026-06-01T00:00:00Z");
-        let account = ServiceAccount {
-            id: Uuid::new_v4(),
-            name: "sa".into(),
-            active: true,
-            created: at("2026-01-01T00:00:00Z"),
-            description: String::new(),
-        };
-        let mut old = key("old", "2026-01-01T00:00:00Z");
-        old.last_login = Some(at("2026-02-01T00:00:00Z"));
-        let mut fresh = key("fresh", "2026-01-01T00:00:00Z");
-        fresh.last_login = Some(at("2026-05-30T00:00:00Z"));
-        let never = key("never", "2026-05-31T00:00:00Z");
-        let accounts = vec![
-            AccountKeys {
-                account: account.clone(),
-                keys: vec![old, fresh, never],
-            },
-            AccountKeys {
-                account: ServiceAccount {
-                    name: "empty".into(),
-                    ..account
-                },
-                keys: vec![],
-            },
-        ];
-        let all = rows(&accounts, &[], now, None);
-        assert_eq!(all.len(), 2);
-        let stale = rows(&accounts, &[], now, Some(Duration::from_secs(30 * 86_400)));
-        assert_eq!(stale.len(), 1);
-        let names: Vec<&str> = stale[0].keys.iter().map(|k| k.api_key.as_str()).collect();
-        assert_eq!(names, ["old", "never"]);
-        let table = render(&all, OutputFormat::Table);
-        assert!(table.contains("no API keys"), "{table}");
-        assert!(table.contains("never"), "{table}");
     }
 }

@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::decide::InFlight;
+pub use super::decide::Phase;
 use crate::secret::{ExposeSecret, SecretString, fingerprint};
 use crate::store::file::{sync_dir, write_atomic};
 
@@ -36,16 +38,6 @@ pub enum JournalError {
         "another zenml-rotator holds the lock on {dir} (pid {pid}); two rotators must not share a state directory"
     )]
     Locked { dir: PathBuf, pid: String },
-}
-
-/// How far a rotation got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// About to call ZenML; no new value exists yet (or its answer never arrived).
-    Intent,
-    /// ZenML answered with the new value (held in `value`); not yet stored.
-    Rotated,
 }
 
 /// One rotation in flight. `value` is the only secret and is present only in phase `Rotated`.
@@ -108,6 +100,16 @@ fn read_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretStr
 }
 
 impl Entry {
+    /// What `decide` sees of this entry: never the value.
+    pub fn in_flight(&self) -> InFlight {
+        InFlight {
+            phase: self.phase,
+            started_at: self.started_at,
+            previous_last_rotated: self.previous_last_rotated,
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+
     /// Records the new value and moves to phase `Rotated`.
     pub fn with_value(mut self, value: &SecretString) -> Entry {
         self.fingerprint = Some(fingerprint(value));

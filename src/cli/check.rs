@@ -1,0 +1,24 @@
+//! `check`: validate the policy file; no network, no credentials needed.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::{ConfigArg, load};
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+pub fn run(args: CheckArgs) -> Result<ExitCode, ExitCode> {
+    let config = load(&args.config)?;
+    let plural = |n: usize, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+    println!(
+        "ok: {}, {}",
+        plural(config.keys.len(), "key"),
+        plural(config.stores.len(), "store")
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,53 @@
+//! `--dry-run`: reads everything a pass reads, pre-flights the store a rotation would write to
+//! (so a dry run never promises what the store would refuse), and changes nothing: every step
+//! ends the key's pass with what a real pass would have done.
+
+use async_trait::async_trait;
+
+use super::Engine;
+use super::act::{Act, Retired, Step};
+use super::decide::{Action, KeyPlan, Observed};
+use super::failure::{DisableError, Force, KeyFailure, Outcome};
+use crate::config::KeyPolicy;
+use crate::metrics::Stage;
+use crate::zenml::ApiKey;
+
+pub struct DryRun;
+
+#[async_trait]
+impl Act for DryRun {
+    async fn step(
+        &self,
+        engine: &Engine,
+        policy: &KeyPolicy,
+        _obs: &Observed,
+        plan: KeyPlan,
+        _force: Option<Force>,
+    ) -> Result<Step, KeyFailure> {
+        if plan.action == Action::Rotate {
+            // A rotation would start with the store's pre-flight: it writes nothing.
+            let store = engine.store(&policy.store).await?;
+            store
+                .preflight(&policy.path)
+                .await
+                .map_err(|e| KeyFailure::store(Stage::Preflight, e))?;
+        }
+        Ok(Step::Finish(Outcome::WouldDo {
+            action: plan.action,
+            reason: plan.reason,
+        }))
+    }
+
+    async fn retire_unused(
+        &self,
+        _engine: &Engine,
+        _policies: &[KeyPolicy],
+        keys: &[&ApiKey],
+    ) -> Vec<Result<Retired, DisableError>> {
+        for key in keys {
+            tracing::info!(service_account = %key.service_account_name, key = %key.name, key_id = %key.id,
+                "hygiene (dry run): would deactivate an unused key");
+        }
+        keys.iter().map(|_| Ok(Retired::WouldDeactivate)).collect()
+    }
+}

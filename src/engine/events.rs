@@ -1,0 +1,225 @@
+//! What happened, said once: each event drives its log line and its metrics together, so the
+//! two can never disagree. The engine, the strategies and the key guard emit; nothing else
+//! writes the per-policy metrics.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::decide::KeyPlan;
+use super::failure::{KeyError, KeyFailure, Outcome};
+use crate::metrics::{self, Stage};
+use crate::zenml::ApiKey;
+
+/// Who takes a key out of service: a policy, or hygiene. The `policy` label of the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor<'a> {
+    Policy(&'a str),
+    Hygiene,
+}
+
+impl Actor<'_> {
+    /// The `policy` label and `plan` row name.
+    pub fn label(&self) -> &str {
+        match self {
+            Actor::Policy(name) => name,
+            Actor::Hygiene => HYGIENE,
+        }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Actor::Policy(name) => format!("policy {name}"),
+            Actor::Hygiene => "hygiene".to_owned(),
+        }
+    }
+}
+
+/// The `policy` label and `plan` row name of hygiene's actions.
+pub const HYGIENE: &str = "hygiene";
+
+/// Why a key is deactivated: the `reason` label of `keys_deactivated_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeactivationReason {
+    /// Strategy `replace`: the replaced key's retain window ended.
+    Retired,
+    /// A key an interrupted run created and never stored.
+    Orphan,
+    /// `[hygiene] deactivate_unused_after`.
+    Unused,
+}
+
+impl DeactivationReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeactivationReason::Retired => "retired",
+            DeactivationReason::Orphan => "orphan",
+            DeactivationReason::Unused => "unused",
+        }
+    }
+
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            DeactivationReason::Retired => "replaced; its retain window ended",
+            DeactivationReason::Orphan => "created by an interrupted run and never stored",
+            DeactivationReason::Unused => "unused for longer than hygiene allows",
+        }
+    }
+}
+
+pub enum Event<'a> {
+    /// What a pass decided for a key: the times behind it become gauges.
+    Decided {
+        plan: &'a KeyPlan,
+        key: Option<&'a ApiKey>,
+    },
+    /// A new value is stored, read back equal and accepted by ZenML.
+    Rotated {
+        policy: &'a str,
+        key_id: &'a str,
+        fingerprint: &'a str,
+        store: &'static str,
+        path: &'a str,
+        took: Duration,
+        /// `rotation stored and verified`, `replacement key stored and verified`, ...
+        what: &'static str,
+        /// Strategy-specific facts for the log line (the replaced key, its retire time).
+        detail: String,
+    },
+    /// The previous value is confirmed rejected after its window.
+    Finalized {
+        policy: &'a str,
+        detail: &'a str,
+        retired: bool,
+    },
+    /// The previous value still logs in after its window ended (the failure follows).
+    PreviousStillAccepted {
+        policy: &'a str,
+    },
+    /// Keys of a policy wait for deactivation until `due` (none: nothing waits).
+    DeactivationsPending {
+        policy: &'a str,
+        pending: usize,
+        due: Option<chrono::DateTime<Utc>>,
+    },
+    Deactivated {
+        key: &'a ApiKey,
+        reason: DeactivationReason,
+        actor: Actor<'a>,
+    },
+    Deleted {
+        key: &'a ApiKey,
+        actor: Actor<'a>,
+    },
+    /// A key's part of a pass ended.
+    KeyFinished {
+        policy: &'a str,
+        result: &'a Result<Vec<Outcome>, KeyFailure>,
+    },
+    /// Rotations in flight in the local journal, after a key finished.
+    JournalSize(usize),
+}
+
+pub fn emit(event: Event<'_>) {
+    let m = metrics::get();
+    match event {
+        Event::Decided { plan, key } => decided(plan, key),
+        Event::Rotated {
+            policy,
+            key_id,
+            fingerprint,
+            store,
+            path,
+            took,
+            what,
+            detail,
+        } => {
+            m.rotation_duration_seconds.observe(took.as_secs_f64());
+            tracing::info!(policy, key_id, fingerprint, store, path, %detail, "{what}");
+        }
+        Event::Finalized {
+            policy,
+            detail,
+            retired,
+        } => {
+            m.previous_key_accepted.with_label_values(&[policy]).set(0);
+            tracing::info!(policy, %detail, retired, "rotation finalized");
+        }
+        Event::PreviousStillAccepted { policy } => {
+            m.previous_key_accepted.with_label_values(&[policy]).set(1);
+        }
+        Event::DeactivationsPending {
+            policy,
+            pending,
+            due,
+        } => m.set_deactivation_due(policy, pending, due),
+        Event::Deactivated { key, reason, actor } => {
+            m.keys_deactivated_total
+                .with_label_values(&[actor.label(), reason.as_str()])
+                .inc();
+            tracing::warn!(policy = actor.label(), service_account = %key.service_account_name,
+                key = %key.name, key_id = %key.id, reason = reason.as_str(), "API key deactivated");
+        }
+        Event::Deleted { key, actor } => {
+            tracing::info!(policy = actor.label(), service_account = %key.service_account_name,
+                key = %key.name, key_id = %key.id, "API key deleted");
+        }
+        Event::KeyFinished { policy, result } => key_finished(policy, result),
+        Event::JournalSize(n) => m.journal_entries.set(i64::try_from(n).unwrap_or(i64::MAX)),
+    }
+}
+
+fn decided(plan: &KeyPlan, key: Option<&ApiKey>) {
+    let m = metrics::get();
+    let name = plan.policy.as_str();
+    if let Some(key) = key {
+        let t = key.last_rotated.unwrap_or(key.created);
+        m.last_rotation_timestamp_seconds
+            .with_label_values(&[name])
+            .set(t.timestamp() as f64);
+    }
+    if let Some(t) = plan.next_due {
+        m.next_rotation_timestamp_seconds
+            .with_label_values(&[name])
+            .set(t.timestamp() as f64);
+    }
+    if let Some(t) = plan.retain_until {
+        m.retain_until_timestamp_seconds
+            .with_label_values(&[name])
+            .set(t.timestamp() as f64);
+    }
+}
+
+fn key_finished(policy: &str, result: &Result<Vec<Outcome>, KeyFailure>) {
+    let m = metrics::get();
+    match result {
+        Ok(outcomes) => {
+            m.policy_healthy.with_label_values(&[policy]).set(1);
+            m.last_success_timestamp_seconds
+                .with_label_values(&[policy])
+                .set(Utc::now().timestamp() as f64);
+            let rotated = outcomes
+                .iter()
+                .filter(|o| matches!(o, Outcome::Rotated { .. }))
+                .count();
+            if rotated > 0 {
+                m.rotations_total
+                    .with_label_values(&[policy, "success"])
+                    .inc_by(rotated as u64);
+            }
+        }
+        Err(f) => {
+            m.policy_healthy.with_label_values(&[policy]).set(0);
+            m.error(policy, f.stage);
+            let result = match (&f.error, f.stage) {
+                (KeyError::Refused(_), _) => Some("refused"),
+                (_, Stage::Rotate | Stage::Verify | Stage::Store) => Some("failure"),
+                _ => None,
+            };
+            if let Some(result) = result {
+                m.rotations_total.with_label_values(&[policy, result]).inc();
+            }
+            tracing::warn!(policy, stage = f.stage.as_str(), "{}", f.error);
+        }
+    }
+}

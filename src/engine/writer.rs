@@ -1,0 +1,128 @@
+//! The one way a new value reaches a store, for every strategy: pre-flight (invariant 2), then
+//! stage, read back equal, promote, read back current equal, record (invariant 3). And the key
+//! check that proves ZenML accepts a value (no token is minted).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Engine;
+use super::failure::{KeyError, KeyFailure};
+use crate::config::KeyPolicy;
+use crate::fault;
+use crate::metrics::Stage;
+use crate::secret::{ExposeSecret, SecretString, secrets_equal};
+use crate::store::{Payload, RotationRecord, SecretStore, StoreError, StoreSnapshot};
+use crate::zenml::KeyCheck;
+
+/// Invariant 2: the store's snapshot proves a write to the policy's path would succeed now.
+/// A staged value nobody will promote (a crashed run of ours whose journal entry is resolved, or
+/// an abandoned rotation) would block this rotation: it is cleared first.
+pub async fn preflight_store(
+    store: &Arc<dyn SecretStore>,
+    policy: &KeyPolicy,
+) -> Result<StoreSnapshot, KeyFailure> {
+    let fail = |e| KeyFailure::store(Stage::Preflight, e);
+    let mut snapshot = store.preflight(&policy.path).await.map_err(fail)?;
+    if let Some(pending) = snapshot.pending.clone() {
+        tracing::warn!(policy = %policy.name, token = %pending, "clearing a stuck staged value");
+        store
+            .discard_staged(&policy.path, &pending)
+            .await
+            .map_err(fail)?;
+        snapshot = store.preflight(&policy.path).await.map_err(fail)?;
+    }
+    Ok(snapshot)
+}
+
+/// Stage, read back equal, promote, read back current equal, record. Idempotent on retry.
+pub async fn store_value(
+    engine: &Engine,
+    policy: &KeyPolicy,
+    store: &Arc<dyn SecretStore>,
+    token: &str,
+    value: &SecretString,
+    record: &RotationRecord,
+    snapshot: &StoreSnapshot,
+) -> Result<(), KeyFailure> {
+    let fail = |e| KeyFailure::store(Stage::Store, e);
+    let payload = Payload {
+        zenml_url: engine.zenml_url().to_owned(),
+        api_key: SecretString::from(value.expose_secret().to_owned()),
+    };
+    fault::point("before_store");
+    retry(|| store.stage(&policy.path, &payload, record, snapshot, token))
+        .await
+        .map_err(fail)?;
+    let staged = retry(|| store.read_staged(&policy.path, token))
+        .await
+        .map_err(fail)?;
+    read_back_equal(staged, value, "staged")?;
+    fault::point("after_stage");
+    retry(|| store.promote(&policy.path, token, snapshot))
+        .await
+        .map_err(fail)?;
+    let current = retry(|| store.read_current(&policy.path))
+        .await
+        .map_err(fail)?;
+    read_back_equal(current, value, "current")?;
+    retry(|| store.set_record(&policy.path, record))
+        .await
+        .map_err(fail)?;
+    fault::point("after_store");
+    Ok(())
+}
+
+fn read_back_equal(
+    read: Option<SecretString>,
+    written: &SecretString,
+    which: &str,
+) -> Result<(), KeyFailure> {
+    if read.as_ref().is_some_and(|s| secrets_equal(s, written)) {
+        return Ok(());
+    }
+    Err(KeyFailure::new(
+        Stage::Store,
+        KeyError::ReadBack(format!(
+            "the {which} value read back differs from what was written"
+        )),
+    ))
+}
+
+/// A key check that retries transient errors; the value is never logged.
+pub async fn check_key(engine: &Engine, value: &SecretString) -> Result<KeyCheck, KeyFailure> {
+    let mut delay = Duration::from_millis(300);
+    let mut attempt = 1;
+    loop {
+        match engine.zenml().check_key(value).await {
+            Ok(c) => return Ok(c),
+            Err(e) if e.is_retryable() && attempt < 3 => {
+                tracing::debug!(error = %e, attempt, "key check failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(KeyFailure::zenml(Stage::Verify, e)),
+        }
+    }
+}
+
+/// Retries an idempotent store operation on `Unavailable`, briefly: a pass is not the place to wait
+/// out an outage (the next pass, with backoff, is).
+async fn retry<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(StoreError::Unavailable { .. }) if attempt < 3 => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
