@@ -28,5 +28,7 @@ pub mod schedule;
 pub mod secret;
 pub mod store;
 pub mod strategy;
+#[cfg(test)]
+mod testing;
 pub mod time;
 pub mod zenml;

@@ -247,7 +247,7 @@ pub async fn run(engine: &Engine, config: &Config) -> Vec<HygieneResult> {
     } else {
         engine
             .act()
-            .retire_unused(engine, &config.keys, &keys)
+            .retire_unused(engine.ctx(), &config.keys, &keys)
             .await
     };
     let mut out: Vec<HygieneResult> = unused
@@ -301,51 +301,24 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::zenml::ServiceAccount;
-    use uuid::Uuid;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
+    use crate::testing::{api_key, at, service_account};
 
     fn key(name: &str, created: &str, last_login: Option<&str>) -> ApiKey {
         ApiKey {
-            id: Uuid::new_v4(),
-            name: name.into(),
-            description: String::new(),
-            active: true,
-            created: at(created),
-            updated: at(created),
-            service_account_id: Uuid::new_v4(),
-            service_account_name: "sa".into(),
-            retain_period_minutes: None,
             last_login: last_login.map(at),
-            last_rotated: None,
+            ..api_key(name, created)
         }
     }
 
     fn account(name: &str, keys: Vec<ApiKey>) -> AccountKeys {
         AccountKeys {
-            account: ServiceAccount {
-                id: Uuid::new_v4(),
-                name: name.into(),
-                active: true,
-                created: at("2026-01-01T00:00:00Z"),
-                description: String::new(),
-            },
+            account: service_account(name),
             keys,
         }
     }
 
     fn policy(sa: &str, api_key: &str) -> KeyPolicy {
-        let toml = format!(
-            "[zenml]\nurl = \"http://127.0.0.1:1\"\napi_key_env = \"X\"\n\
-             [[key]]\nname = \"p\"\nservice_account = \"{sa}\"\napi_key = \"{api_key}\"\npath = \"p.env\"\n"
-        );
-        crate::config::Config::parse(&toml, std::path::Path::new("t.toml"))
-            .unwrap()
-            .keys
-            .remove(0)
+        crate::testing::policy("p", sa, api_key, "")
     }
 
     fn settings(unused: Option<u64>) -> HygieneSettings {

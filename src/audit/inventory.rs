@@ -179,27 +179,7 @@ pub fn rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    pub(crate) fn key(name: &str, created: &str) -> ApiKey {
-        ApiKey {
-            id: Uuid::new_v4(),
-            name: name.into(),
-            description: String::new(),
-            active: true,
-            created: at(created),
-            updated: at(created),
-            service_account_id: Uuid::new_v4(),
-            service_account_name: "sa".into(),
-            retain_period_minutes: None,
-            last_login: None,
-            last_rotated: None,
-        }
-    }
+    use crate::testing::{api_key as key, at};
 
     #[test]
     fn the_issuers_check_is_not_a_workload_login() {

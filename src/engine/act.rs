@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use super::Engine;
+use super::context::Context;
 use super::decide::{KeyPlan, Observed, Why};
 use super::events::{Actor, DeactivationReason};
 use super::failure::DisableError;
@@ -37,7 +37,7 @@ pub trait Act: Send + Sync {
     /// Carries out one decision that is not `blocked`.
     async fn step(
         &self,
-        engine: &Engine,
+        ctx: &Context,
         policy: &KeyPolicy,
         obs: &Observed,
         plan: KeyPlan,
@@ -48,7 +48,7 @@ pub trait Act: Send + Sync {
     /// say which stores to ask). One result per key, in order.
     async fn retire_unused(
         &self,
-        engine: &Engine,
+        ctx: &Context,
         policies: &[KeyPolicy],
         keys: &[&ApiKey],
     ) -> Vec<Result<Retired, DisableError>>;
@@ -60,7 +60,7 @@ pub struct Live;
 impl Act for Live {
     async fn step(
         &self,
-        engine: &Engine,
+        ctx: &Context,
         policy: &KeyPolicy,
         obs: &Observed,
         plan: KeyPlan,
@@ -74,40 +74,40 @@ impl Act for Live {
                 return Err(KeyFailure::blocked(plan.reason));
             }
             Why::LostRotation | Why::RotatedOutOfBand => {
-                drop_journal_entry(engine, policy)?;
-                Step::Finish(strategy.issue(engine, policy, obs, Force::Yes).await?)
+                drop_journal_entry(ctx, policy)?;
+                Step::Finish(strategy.issue(ctx, policy, obs, Force::Yes).await?)
             }
             Why::StaleIntent => {
-                drop_journal_entry(engine, policy)?;
+                drop_journal_entry(ctx, policy)?;
                 tracing::info!(policy = %policy.name, "dropped a journaled intent whose rotate call never happened");
                 Step::Continue(None)
             }
             Why::ResumeJournal => {
                 // The journaled value is the rotation `rotate NAME` asked for: stop there.
-                let o = strategy::rotate::resume(engine, policy).await?;
+                let o = strategy::rotate::resume(ctx, policy).await?;
                 if matches!(o, Outcome::Rotated { .. }) {
                     Step::Finish(o)
                 } else {
                     Step::Continue(Some(o))
                 }
             }
-            Why::FinalizeDue if forced => match strategy.finalize(engine, policy, obs).await {
+            Why::FinalizeDue if forced => match strategy.finalize(ctx, policy, obs).await {
                 Ok(o) => Step::Continue(Some(o)),
                 Err(e) => {
                     // The operator asked for a rotation whatever the state: a finalize that
                     // cannot complete (the old value still accepted) must not stand in its way.
                     tracing::warn!(policy = %policy.name, error = %e, "--force: rotating although the last rotation could not be finalized");
-                    Step::Finish(strategy.issue(engine, policy, obs, Force::Yes).await?)
+                    Step::Finish(strategy.issue(ctx, policy, obs, Force::Yes).await?)
                 }
             },
-            Why::FinalizeDue => Step::Continue(Some(strategy.finalize(engine, policy, obs).await?)),
+            Why::FinalizeDue => Step::Continue(Some(strategy.finalize(ctx, policy, obs).await?)),
             Why::StoreEmpty | Why::Due => Step::Finish(
                 strategy
-                    .issue(engine, policy, obs, force.unwrap_or(Force::No))
+                    .issue(ctx, policy, obs, force.unwrap_or(Force::No))
                     .await?,
             ),
             Why::NotDue => match force {
-                Some(f) => Step::Finish(strategy.issue(engine, policy, obs, f).await?),
+                Some(f) => Step::Finish(strategy.issue(ctx, policy, obs, f).await?),
                 None => Step::Wait(plan.reason),
             },
         })
@@ -115,17 +115,17 @@ impl Act for Live {
 
     async fn retire_unused(
         &self,
-        engine: &Engine,
+        ctx: &Context,
         policies: &[KeyPolicy],
         keys: &[&ApiKey],
     ) -> Vec<Result<Retired, DisableError>> {
         // Fail closed: without knowing every stored key, nothing is deactivated.
-        let protected = guard::protected_everywhere(engine, policies).await;
+        let protected = guard::protected_everywhere(ctx, policies).await;
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             let result = match &protected {
                 Ok(p) => guard::disable_key(
-                    engine.zenml(),
+                    ctx.zenml(),
                     key,
                     Disable::Deactivate(DeactivationReason::Unused),
                     Actor::Hygiene,
@@ -141,9 +141,8 @@ impl Act for Live {
     }
 }
 
-fn drop_journal_entry(engine: &Engine, policy: &KeyPolicy) -> Result<(), KeyFailure> {
-    engine
-        .journal()
+fn drop_journal_entry(ctx: &Context, policy: &KeyPolicy) -> Result<(), KeyFailure> {
+    ctx.journal()
         .remove(&policy.name)
         .map_err(|e| KeyFailure::journal(Stage::Rotate, "", e))
 }

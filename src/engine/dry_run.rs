@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 
-use super::Engine;
 use super::act::{Act, Retired, Step};
+use super::context::Context;
 use super::decide::{Action, KeyPlan, Observed};
 use super::failure::{DisableError, Force, KeyFailure, Outcome};
 use crate::config::KeyPolicy;
@@ -18,7 +18,7 @@ pub struct DryRun;
 impl Act for DryRun {
     async fn step(
         &self,
-        engine: &Engine,
+        ctx: &Context,
         policy: &KeyPolicy,
         _obs: &Observed,
         plan: KeyPlan,
@@ -26,7 +26,7 @@ impl Act for DryRun {
     ) -> Result<Step, KeyFailure> {
         if plan.action == Action::Rotate {
             // A rotation would start with the store's pre-flight: it writes nothing.
-            let store = engine.store(&policy.store).await?;
+            let store = ctx.store(&policy.store).await?;
             store
                 .preflight(&policy.path)
                 .await
@@ -40,7 +40,7 @@ impl Act for DryRun {
 
     async fn retire_unused(
         &self,
-        _engine: &Engine,
+        _ctx: &Context,
         _policies: &[KeyPolicy],
         keys: &[&ApiKey],
     ) -> Vec<Result<Retired, DisableError>> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::Engine;
+use super::context::Context;
 use super::events::{self, Actor, DeactivationReason, Event};
 use super::failure::DisableError;
 use crate::config::KeyPolicy;
@@ -105,14 +105,14 @@ pub async fn protected_keys(
 /// Every key any policy's store holds or records as current, read fresh: hygiene never
 /// deactivates one, whatever its name. `Err` when a store cannot say.
 pub async fn protected_everywhere(
-    engine: &Engine,
+    ctx: &Context,
     policies: &[KeyPolicy],
 ) -> Result<ProtectedKeys, DisableError> {
     let mut all = ProtectedKeys::default();
     for policy in policies {
         let unknown =
             |why: String| DisableError::StoresUnknown(format!("policy {:?}: {why}", policy.name));
-        let store = engine
+        let store = ctx
             .store(&policy.store)
             .await
             .map_err(|e| unknown(e.message()))?;

@@ -1,17 +1,14 @@
-//! The engine: what one pass does to the managed keys. [`Engine`] is the context a pass works in
-//! (the ZenML client, the stores, the journal, how it acts); `observe` reads a key, `decide` (pure)
-//! says what to do, `reconcile` does it through the policy's strategy (`crate::strategy`), and
-//! `writer` is the one way a new value reaches a store. `events` says what happened: log line and
-//! metrics together.
-
-use std::collections::BTreeMap;
-use std::sync::Arc;
+//! The engine: what one pass does to the managed keys. [`Engine`] holds the [`Context`] a pass
+//! works in (the ZenML client, the stores, the journal) and who acts (live, or a dry run);
+//! `observe` reads a key, `decide` (pure) says what to do, `reconcile` has it done through the
+//! policy's strategy (`crate::strategy`), and `writer` is the one way a new value reaches a store.
+//! `events` says what happened: log line and metrics together.
 
 use crate::config::{Config, KeyPolicy, ZenmlAuth};
-use crate::store::SecretStore;
-use crate::zenml::{ClientOptions, Credentials, ServiceAccount, ZenmlClient, ZenmlError};
+use crate::zenml::{ClientOptions, Credentials, ZenmlClient, ZenmlError};
 
 pub mod act;
+pub mod context;
 pub mod decide;
 pub mod dry_run;
 pub mod events;
@@ -24,10 +21,9 @@ pub mod stores;
 pub mod writer;
 
 use act::{Act, Live};
+use context::Context;
 use dry_run::DryRun;
-use failure::KeyFailure;
 use journal::{Journal, JournalError};
-use stores::StoreRegistry;
 
 /// Setting up the engine failed: nothing was attempted.
 #[derive(Debug, thiserror::Error)]
@@ -51,12 +47,9 @@ pub enum Mode {
     ReadOnly,
 }
 
-/// The context of a pass.
+/// A pass's context, who acts in it, and how many keys at once.
 pub struct Engine {
-    zenml: ZenmlClient,
-    zenml_url: String,
-    stores: StoreRegistry,
-    journal: Journal,
+    ctx: Context,
     act: Box<dyn Act>,
     concurrency: usize,
 }
@@ -89,50 +82,22 @@ impl Engine {
             Mode::ReadOnly => (Journal::read_only(&config.state.dir), Box::new(DryRun)),
         };
         Ok(Engine {
-            zenml,
-            zenml_url: config.zenml.url.clone(),
-            stores: StoreRegistry::new(&config.stores),
-            journal,
+            ctx: Context::new(zenml, &config.zenml.url, &config.stores, journal),
             act,
             concurrency: config.concurrency.max(1),
         })
     }
 
+    pub fn ctx(&self) -> &Context {
+        &self.ctx
+    }
+
     pub fn zenml(&self) -> &ZenmlClient {
-        &self.zenml
-    }
-
-    /// The URL written beside every key (`ZENML_STORE_URL`).
-    pub fn zenml_url(&self) -> &str {
-        &self.zenml_url
-    }
-
-    pub fn journal(&self) -> &Journal {
-        &self.journal
+        self.ctx.zenml()
     }
 
     pub(crate) fn act(&self) -> &dyn Act {
         self.act.as_ref()
-    }
-
-    pub fn concurrency(&self) -> usize {
-        self.concurrency
-    }
-
-    /// The store named `name`, connected on first use.
-    pub async fn store(&self, name: &str) -> Result<Arc<dyn SecretStore>, KeyFailure> {
-        self.stores.get(name).await
-    }
-
-    /// Every service account by name: one paged listing per pass instead of a lookup per key.
-    pub async fn service_accounts(&self) -> Result<BTreeMap<String, ServiceAccount>, ZenmlError> {
-        Ok(self
-            .zenml
-            .list_service_accounts()
-            .await?
-            .into_iter()
-            .map(|sa| (sa.name.clone(), sa))
-            .collect())
     }
 
     /// Runs `f` for every key with at most `concurrency` at once; results in key order.
@@ -151,7 +116,8 @@ impl Engine {
     /// Journal entries whose policy is gone from the config: their values cannot be replayed
     /// without it, and may be the only copy of a working key.
     pub fn orphaned_journal_entries(&self, config: &Config) -> Vec<String> {
-        match self.journal.entries() {
+        let journal = self.ctx.journal();
+        match journal.entries() {
             Ok(entries) => entries
                 .into_values()
                 .filter(|e| config.key(&e.policy).is_none())
@@ -163,7 +129,7 @@ impl Engine {
                         e.service_account,
                         e.api_key,
                         e.started_at,
-                        self.journal.dir().display()
+                        journal.dir().display()
                     )
                 })
                 .collect(),

@@ -4,26 +4,26 @@
 
 use std::collections::BTreeMap;
 
-use super::Engine;
+use super::context::Context;
 use super::decide::{Observed, ReadError, Upstream};
 use crate::config::KeyPolicy;
 use crate::strategy;
 use crate::zenml::{ServiceAccount, ZenmlError};
 
 pub async fn observe(
-    engine: &Engine,
+    ctx: &Context,
     policy: &KeyPolicy,
     accounts: &BTreeMap<String, ServiceAccount>,
 ) -> Observed {
     let mut obs = Observed::default();
-    match engine.journal().get(&policy.name) {
+    match ctx.journal().get(&policy.name) {
         Ok(entry) => obs.in_flight = entry.as_ref().map(|e| e.in_flight()),
         Err(e) => {
             obs.read_error = Some(ReadError::new(Upstream::Journal, e));
             return obs;
         }
     }
-    let store = match engine.store(&policy.store).await {
+    let store = match ctx.store(&policy.store).await {
         Ok(s) => s,
         Err(e) => {
             obs.read_error = Some(ReadError::new(Upstream::Store, e.message()));
@@ -44,14 +44,14 @@ pub async fn observe(
     obs.service_account = Some(sa.clone());
     let strategy = strategy::of(policy.strategy);
     let key_ref = strategy.current_key(policy, &snapshot);
-    match engine.zenml().get_api_key(sa.id, &key_ref).await {
+    match ctx.zenml().get_api_key(sa.id, &key_ref).await {
         Ok(key) => obs.key = Some(key),
         Err(ZenmlError::NotFound { .. }) => {}
         Err(e) => obs.read_error = Some(ReadError::new(Upstream::Zenml, e)),
     }
     if obs.read_error.is_none() {
         strategy
-            .observe(engine, policy, sa, &store, &snapshot, &mut obs)
+            .observe(ctx, policy, sa, &store, &snapshot, &mut obs)
             .await;
     }
     obs.snapshot = Some(snapshot);

@@ -21,7 +21,7 @@ use crate::zenml::ServiceAccount;
 
 /// `plan`: the decision for every key, read-only. The bool is false when a key could not be read.
 pub async fn plan(engine: &Engine, keys: &[KeyPolicy], now: DateTime<Utc>) -> Vec<(KeyPlan, bool)> {
-    let accounts = match engine.service_accounts().await {
+    let accounts = match engine.ctx().service_accounts().await {
         Ok(a) => Arc::new(a),
         Err(e) => {
             let error = ReadError::new(Upstream::Zenml, e);
@@ -41,7 +41,7 @@ pub async fn plan(engine: &Engine, keys: &[KeyPolicy], now: DateTime<Utc>) -> Ve
         .for_each_key(keys, |policy| {
             let accounts = accounts.clone();
             async move {
-                let obs = observe(engine, &policy, &accounts).await;
+                let obs = observe(engine.ctx(), &policy, &accounts).await;
                 let readable = obs.read_error.is_none();
                 (decide::decide(&policy, &obs, now), readable)
             }
@@ -57,7 +57,7 @@ pub async fn keys(
     force: Option<Force>,
     stop: &AtomicBool,
 ) -> Vec<KeyReport> {
-    let accounts = match engine.service_accounts().await {
+    let accounts = match engine.ctx().service_accounts().await {
         Ok(a) => Arc::new(a),
         Err(e) => {
             let failure = KeyFailure::zenml_in(Stage::Preflight, "ZenML: ", e);
@@ -88,7 +88,7 @@ pub async fn keys(
                     refresh(engine, &policy, &accounts, &mut next_due).await;
                 }
                 let report = finished(&policy, result, next_due, true);
-                if let Ok(entries) = engine.journal().entries() {
+                if let Ok(entries) = engine.ctx().journal().entries() {
                     events::emit(Event::JournalSize(entries.len()));
                 }
                 report
@@ -139,7 +139,7 @@ async fn refresh(
     accounts: &BTreeMap<String, ServiceAccount>,
     next_due: &mut Option<DateTime<Utc>>,
 ) {
-    let obs = observe(engine, policy, accounts).await;
+    let obs = observe(engine.ctx(), policy, accounts).await;
     if obs.read_error.is_none() {
         let plan = decide::decide(policy, &obs, Utc::now());
         publish(policy, &plan, &obs);
@@ -156,14 +156,18 @@ async fn reconcile(
 ) -> Result<Vec<Outcome>, KeyFailure> {
     let mut outcomes = Vec::new();
     for _ in 0..3 {
-        let obs = observe(engine, policy, accounts).await;
+        let obs = observe(engine.ctx(), policy, accounts).await;
         let plan = decide::decide(policy, &obs, Utc::now());
         publish(policy, &plan, &obs);
         *next_due = plan.wake_at.or(plan.next_due);
         if plan.action == Action::Blocked && force != Some(Force::Yes) {
             return Err(KeyFailure::blocked(plan.reason));
         }
-        match engine.act().step(engine, policy, &obs, plan, force).await? {
+        match engine
+            .act()
+            .step(engine.ctx(), policy, &obs, plan, force)
+            .await?
+        {
             Step::Continue(outcome) => outcomes.extend(outcome),
             Step::Finish(outcome) => {
                 outcomes.push(outcome);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Engine;
+use super::context::Context;
 use super::failure::{KeyError, KeyFailure};
 use crate::config::KeyPolicy;
 use crate::fault;
@@ -36,7 +36,7 @@ pub async fn preflight_store(
 
 /// Stage, read back equal, promote, read back current equal, record. Idempotent on retry.
 pub async fn store_value(
-    engine: &Engine,
+    ctx: &Context,
     policy: &KeyPolicy,
     store: &Arc<dyn SecretStore>,
     token: &str,
@@ -46,7 +46,7 @@ pub async fn store_value(
 ) -> Result<(), KeyFailure> {
     let fail = |e| KeyFailure::store(Stage::Store, e);
     let payload = Payload {
-        zenml_url: engine.zenml_url().to_owned(),
+        zenml_url: ctx.zenml_url().to_owned(),
         api_key: SecretString::from(value.expose_secret().to_owned()),
     };
     fault::point("before_store");
@@ -89,11 +89,11 @@ fn read_back_equal(
 }
 
 /// A key check that retries transient errors; the value is never logged.
-pub async fn check_key(engine: &Engine, value: &SecretString) -> Result<KeyCheck, KeyFailure> {
+pub async fn check_key(ctx: &Context, value: &SecretString) -> Result<KeyCheck, KeyFailure> {
     let mut delay = Duration::from_millis(300);
     let mut attempt = 1;
     loop {
-        match engine.zenml().check_key(value).await {
+        match ctx.zenml().check_key(value).await {
             Ok(c) => return Ok(c),
             Err(e) if e.is_retryable() && attempt < 3 => {
                 tracing::debug!(error = %e, attempt, "key check failed; retrying");

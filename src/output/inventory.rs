@@ -64,43 +64,14 @@ pub fn render(rows: &[AccountRow], format: OutputFormat) -> String {
 mod tests {
     use std::time::Duration;
 
-    use chrono::{DateTime, Utc};
-    use uuid::Uuid;
-
     use super::*;
     use crate::audit::inventory::{AccountKeys, rows};
-    use crate::zenml::{ApiKey, ServiceAccount};
-
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    fn key(name: &str, created: &str) -> ApiKey {
-        ApiKey {
-            id: Uuid::new_v4(),
-            name: name.into(),
-            description: String::new(),
-            active: true,
-            created: at(created),
-            updated: at(created),
-            service_account_id: Uuid::new_v4(),
-            service_account_name: "sa".into(),
-            retain_period_minutes: None,
-            last_login: None,
-            last_rotated: None,
-        }
-    }
+    use crate::testing::{api_key as key, at, service_account};
 
     #[test]
     fn stale_keeps_old_and_never_used_keys() {
         let now = at("2026-06-01T00:00:00Z");
-        let account = ServiceAccount {
-            id: Uuid::new_v4(),
-            name: "sa".into(),
-            active: true,
-            created: at("2026-01-01T00:00:00Z"),
-            description: String::new(),
-        };
+        let account = service_account("sa");
         let mut old = key("old", "2026-01-01T00:00:00Z");
         old.last_login = Some(at("2026-02-01T00:00:00Z"));
         let mut fresh = key("fresh", "2026-01-01T00:00:00Z");
@@ -112,10 +83,7 @@ mod tests {
                 keys: vec![old, fresh, never],
             },
             AccountKeys {
-                account: ServiceAccount {
-                    name: "empty".into(),
-                    ..account
-                },
+                account: service_account("empty"),
                 keys: vec![],
             },
         ];

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::{KeyPolicy, Strategy};
-use crate::engine::Engine;
+use crate::engine::context::Context;
 use crate::engine::decide::Observed;
 use crate::engine::failure::{Force, KeyFailure, Outcome};
 use crate::store::{SecretStore, StoreSnapshot};
@@ -23,23 +23,26 @@ pub trait KeyStrategy: Send + Sync {
     fn current_key(&self, policy: &KeyPolicy, snapshot: &StoreSnapshot) -> String;
 
     /// What observing reads beyond the current key and the store, into `obs`. Read-only.
+    /// Nothing by default.
     async fn observe(
         &self,
-        engine: &Engine,
-        policy: &KeyPolicy,
-        sa: &ServiceAccount,
-        store: &Arc<dyn SecretStore>,
-        snapshot: &StoreSnapshot,
-        obs: &mut Observed,
-    );
+        _ctx: &Context,
+        _policy: &KeyPolicy,
+        _sa: &ServiceAccount,
+        _store: &Arc<dyn SecretStore>,
+        _snapshot: &StoreSnapshot,
+        _obs: &mut Observed,
+    ) {
+    }
 
     /// The strategy's own metrics after a pass observed the key (`plan` never publishes).
-    fn publish(&self, policy: &KeyPolicy, obs: &Observed);
+    /// None by default.
+    fn publish(&self, _policy: &KeyPolicy, _obs: &Observed) {}
 
     /// Issues a new value and stores it (`rotate`/`replace`): invariants 1 to 3 hold on the way.
     async fn issue(
         &self,
-        engine: &Engine,
+        ctx: &Context,
         policy: &KeyPolicy,
         obs: &Observed,
         force: Force,
@@ -48,7 +51,7 @@ pub trait KeyStrategy: Send + Sync {
     /// The clean-up after a retain window ended (`finalize`).
     async fn finalize(
         &self,
-        engine: &Engine,
+        ctx: &Context,
         policy: &KeyPolicy,
         obs: &Observed,
     ) -> Result<Outcome, KeyFailure>;

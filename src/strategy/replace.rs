@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::KeyStrategy;
 use crate::config::KeyPolicy;
-use crate::engine::Engine;
+use crate::engine::context::Context;
 use crate::engine::decide::{
     self, Family, Observed, ReadError, ReplaceWork, Upstream, names, zenml_retain_until,
 };
@@ -44,14 +44,14 @@ impl KeyStrategy for Replacement {
     /// store really holds.
     async fn observe(
         &self,
-        engine: &Engine,
+        ctx: &Context,
         policy: &KeyPolicy,
         sa: &ServiceAccount,
         store: &Arc<dyn SecretStore>,
         snapshot: &StoreSnapshot,
         obs: &mut Observed,
     ) {
-        match family(engine, policy, sa, store, snapshot, obs.key.as_ref()).await {
+        match family(ctx, policy, sa, store, snapshot, obs.key.as_ref()).await {
             Ok(family) => obs.family = Some(family),
             Err(e) => obs.read_error = Some(e),
         }
@@ -72,26 +72,26 @@ impl KeyStrategy for Replacement {
 
     async fn issue(
         &self,
-        engine: &Engine,
+        ctx: &Context,
         policy: &KeyPolicy,
         obs: &Observed,
         force: Force,
     ) -> Result<Outcome, KeyFailure> {
-        replace(engine, policy, obs, force).await
+        replace(ctx, policy, obs, force).await
     }
 
     async fn finalize(
         &self,
-        engine: &Engine,
+        ctx: &Context,
         policy: &KeyPolicy,
         obs: &Observed,
     ) -> Result<Outcome, KeyFailure> {
-        retire(engine, policy, obs).await
+        retire(ctx, policy, obs).await
     }
 }
 
 async fn family(
-    engine: &Engine,
+    ctx: &Context,
     policy: &KeyPolicy,
     sa: &ServiceAccount,
     store: &Arc<dyn SecretStore>,
@@ -103,7 +103,7 @@ async fn family(
         name_startswith: Some(policy.api_key.clone()),
         active: None,
     };
-    let mut keys: Vec<ApiKey> = engine
+    let mut keys: Vec<ApiKey> = ctx
         .zenml()
         .list_api_keys(sa.id, &filter)
         .await
@@ -116,7 +116,7 @@ async fn family(
     if let Some(id) = record.and_then(|r| r.retiring_key_id.as_deref())
         && !keys.iter().any(|k| k.id.to_string() == id)
     {
-        match engine.zenml().get_api_key(sa.id, id).await {
+        match ctx.zenml().get_api_key(sa.id, id).await {
             Ok(k) => keys.push(k),
             Err(ZenmlError::NotFound { .. }) => {}
             Err(e) => return Err(zenml(e)),
@@ -189,7 +189,7 @@ fn check_window(
 /// new value, the old key is untouched; a key created but never stored is an orphan that the
 /// next pass removes.
 async fn replace(
-    engine: &Engine,
+    ctx: &Context,
     policy: &KeyPolicy,
     obs: &Observed,
     force: Force,
@@ -216,7 +216,7 @@ async fn replace(
         check_window(policy, &work, now, force)?;
     }
     // Invariant 2: the destination must be writable now, before ZenML changes anything.
-    let store = engine.store(&policy.store).await?;
+    let store = ctx.store(&policy.store).await?;
     let snapshot = preflight_store(&store, policy).await?;
 
     let name = generation_name(&policy.api_key, now);
@@ -228,7 +228,7 @@ async fn replace(
             .map(|k| format!("{:?} ({})", k.name, k.id))
             .unwrap_or_else(|| "no working key".into())
     );
-    let new = engine
+    let new = ctx
         .zenml()
         .create_api_key(sa.id, &name, &description)
         .await
@@ -240,7 +240,7 @@ async fn replace(
     tracing::info!(policy = %policy.name, key = %name, key_id = %new.key.id, fingerprint = %fp, "created the replacement key");
     fault::point("after_create");
 
-    if check_key(engine, &new.value).await? == KeyCheck::Rejected {
+    if check_key(ctx, &new.value).await? == KeyCheck::Rejected {
         return Err(KeyFailure::new(
             Stage::Verify,
             KeyError::Value(format!(
@@ -266,10 +266,7 @@ async fn replace(
         retire_at,
     };
     let token = Uuid::new_v4().to_string();
-    store_value(
-        engine, policy, &store, &token, &new.value, &record, &snapshot,
-    )
-    .await?;
+    store_value(ctx, policy, &store, &token, &new.value, &record, &snapshot).await?;
     let key_id = new.key.id.to_string();
     events::emit(Event::Rotated {
         policy: &policy.name,
@@ -299,30 +296,26 @@ async fn replace(
 
 /// The clean-up `decide` found due: record a value its record lags behind, remove orphans,
 /// deactivate replaced keys whose window ended, delete keys past `delete_after`.
-async fn retire(
-    engine: &Engine,
-    policy: &KeyPolicy,
-    obs: &Observed,
-) -> Result<Outcome, KeyFailure> {
+async fn retire(ctx: &Context, policy: &KeyPolicy, obs: &Observed) -> Result<Outcome, KeyFailure> {
     let Some(family) = &obs.family else {
         return Err(KeyFailure::state(
             Stage::Finalize,
             "the policy's API keys were not listed",
         ));
     };
-    let store = engine.store(&policy.store).await?;
+    let store = ctx.store(&policy.store).await?;
     let record = obs.snapshot.as_ref().and_then(|s| s.record.as_ref());
     let now = Utc::now();
     let work = decide::replace_work(policy, obs.key.as_ref(), record, family, now);
     if let Some(key) = &work.adopt {
-        return adopt(engine, policy, obs, &store, key).await;
+        return adopt(ctx, policy, obs, &store, key).await;
     }
     let protected = guard::protected_keys(policy, &store)
         .await
         .map_err(finalize_failure)?;
     let actor = Actor::Policy(&policy.name);
     let disable = |key: &ApiKey, how: Disable| {
-        let (zenml, protected) = (engine.zenml(), &protected);
+        let (zenml, protected) = (ctx.zenml(), &protected);
         let key = key.clone();
         async move {
             guard::disable_key(zenml, &key, how, actor, protected)
@@ -395,7 +388,7 @@ async fn retire(
 /// the value and the record): check the value still works and record it as current; the key
 /// it replaced gets a full retain window from now.
 async fn adopt(
-    engine: &Engine,
+    ctx: &Context,
     policy: &KeyPolicy,
     obs: &Observed,
     store: &Arc<dyn SecretStore>,
@@ -414,7 +407,7 @@ async fn adopt(
             ),
         ));
     };
-    if check_key(engine, &value).await? == KeyCheck::Rejected {
+    if check_key(ctx, &value).await? == KeyCheck::Rejected {
         return Err(KeyFailure::new(
             Stage::Verify,
             KeyError::Value(format!(

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::KeyStrategy;
 use crate::config::KeyPolicy;
-use crate::engine::Engine;
+use crate::engine::context::Context;
 use crate::engine::decide::{Observed, zenml_retain_until};
 use crate::engine::events::{self, Event};
 use crate::engine::failure::{Force, KeyError, KeyFailure, Outcome};
@@ -34,36 +34,23 @@ impl KeyStrategy for InPlace {
         policy.api_key.clone()
     }
 
-    async fn observe(
-        &self,
-        _engine: &Engine,
-        _policy: &KeyPolicy,
-        _sa: &ServiceAccount,
-        _store: &Arc<dyn SecretStore>,
-        _snapshot: &StoreSnapshot,
-        _obs: &mut Observed,
-    ) {
-    }
-
-    fn publish(&self, _policy: &KeyPolicy, _obs: &Observed) {}
-
     async fn issue(
         &self,
-        engine: &Engine,
+        ctx: &Context,
         policy: &KeyPolicy,
         obs: &Observed,
         force: Force,
     ) -> Result<Outcome, KeyFailure> {
-        rotate(engine, policy, obs, force).await
+        rotate(ctx, policy, obs, force).await
     }
 
     async fn finalize(
         &self,
-        engine: &Engine,
+        ctx: &Context,
         policy: &KeyPolicy,
         obs: &Observed,
     ) -> Result<Outcome, KeyFailure> {
-        finalize(engine, policy, obs).await
+        finalize(ctx, policy, obs).await
     }
 }
 
@@ -85,7 +72,7 @@ fn check_window(policy: &KeyPolicy, key: &ApiKey, force: Force) -> Result<(), Ke
 }
 
 async fn rotate(
-    engine: &Engine,
+    ctx: &Context,
     policy: &KeyPolicy,
     obs: &Observed,
     force: Force,
@@ -94,16 +81,15 @@ async fn rotate(
     let (sa, key) = usable(obs)?;
     check_window(policy, key, force)?;
     // Invariant 2: the destination must be writable now, before ZenML changes anything.
-    let store = engine.store(&policy.store).await?;
+    let store = ctx.store(&policy.store).await?;
     let snapshot = preflight_store(&store, policy).await?;
 
     let entry = entry_for(policy, sa, key, Uuid::new_v4().to_string());
-    engine
-        .journal()
+    ctx.journal()
         .record(&entry)
         .map_err(|e| KeyFailure::journal(Stage::Preflight, "cannot journal the intent: ", e))?;
     fault::point("before_rotate");
-    let new = match engine
+    let new = match ctx
         .zenml()
         .rotate_api_key(sa.id, &key.id.to_string(), retain_minutes(policy))
         .await
@@ -112,7 +98,7 @@ async fn rotate(
         Err(e) => {
             if !outcome_unknown(&e) {
                 // The server refused: nothing changed, so the intent goes.
-                let _ = engine.journal().remove(&policy.name);
+                let _ = ctx.journal().remove(&policy.name);
             }
             return Err(KeyFailure::zenml(Stage::Rotate, e));
         }
@@ -120,16 +106,13 @@ async fn rotate(
     // The value exists only in memory: journal it before anything else happens.
     let mut entry = entry.with_value(&new.value);
     entry.rotated_at = new.key.last_rotated;
-    if let Err(e) = engine.journal().record(&entry) {
+    if let Err(e) = ctx.journal().record(&entry) {
         // Keep going: storing the value is now the only way to keep it.
         tracing::error!(policy = %policy.name, error = %e, "could not journal the new value; storing it directly");
     }
     tracing::info!(policy = %policy.name, key_id = %key.id, fingerprint = %fingerprint(&new.value), "rotated in ZenML");
     fault::point("after_rotate");
-    complete(
-        engine, policy, &store, &entry, &new.value, snapshot, started,
-    )
-    .await
+    complete(ctx, policy, &store, &entry, &new.value, snapshot, started).await
 }
 
 fn entry_for(policy: &KeyPolicy, sa: &ServiceAccount, key: &ApiKey, token: String) -> Entry {
@@ -155,7 +138,7 @@ fn entry_for(policy: &KeyPolicy, sa: &ServiceAccount, key: &ApiKey, token: Strin
 
 /// Verify, store, read back, promote, record; then forget the journal entry.
 async fn complete(
-    engine: &Engine,
+    ctx: &Context,
     policy: &KeyPolicy,
     store: &Arc<dyn SecretStore>,
     entry: &Entry,
@@ -169,7 +152,7 @@ async fn complete(
             format!("malformed id {:?} in the journal", entry.service_account_id),
         )
     })?;
-    if check_key(engine, value).await? == KeyCheck::Rejected {
+    if check_key(ctx, value).await? == KeyCheck::Rejected {
         return Err(KeyFailure::new(
             Stage::Verify,
             KeyError::Value(format!(
@@ -182,7 +165,7 @@ async fn complete(
     // journaled one first: if the key was rotated again between a crash and this replay, the
     // key's timestamp is that other rotation's, and recording it would hide that the value
     // stored here is now the previous generation, alive only until that window ends.
-    let key_now = engine
+    let key_now = ctx
         .zenml()
         .get_api_key(sa_id, &entry.key_id)
         .await
@@ -204,17 +187,8 @@ async fn complete(
         retiring_key_id: None,
         retire_at: None,
     };
-    store_value(
-        engine,
-        policy,
-        store,
-        &entry.token,
-        value,
-        &record,
-        &snapshot,
-    )
-    .await?;
-    engine.journal().remove(&policy.name).map_err(|e| {
+    store_value(ctx, policy, store, &entry.token, value, &record, &snapshot).await?;
+    ctx.journal().remove(&policy.name).map_err(|e| {
         KeyFailure::journal(Stage::Store, "stored, but the journal entry stays: ", e)
     })?;
     let key_id = key_now.id.to_string();
@@ -235,9 +209,9 @@ async fn complete(
 }
 
 /// Replays a journaled value: store it if ZenML still accepts it, drop it if not.
-pub async fn resume(engine: &Engine, policy: &KeyPolicy) -> Result<Outcome, KeyFailure> {
+pub async fn resume(ctx: &Context, policy: &KeyPolicy) -> Result<Outcome, KeyFailure> {
     let started = Instant::now();
-    let entry = engine
+    let entry = ctx
         .journal()
         .get(&policy.name)
         .map_err(|e| KeyFailure::journal(Stage::Store, "", e))?
@@ -251,18 +225,17 @@ pub async fn resume(engine: &Engine, policy: &KeyPolicy) -> Result<Outcome, KeyF
     // Where the policy stores the key now: `complete` writes to the policy's path, so the
     // pre-flight snapshot it checks-and-sets against must come from that same place, even if
     // the policy file moved the key since the crash.
-    let store = engine.store(&policy.store).await?;
+    let store = ctx.store(&policy.store).await?;
     if (entry.store.as_str(), entry.path.as_str()) != (policy.store.as_str(), policy.path.as_str())
     {
         tracing::warn!(policy = %policy.name, journaled_store = %entry.store, journaled_path = %entry.path,
             store = %policy.store, path = %policy.path,
             "the policy's store or path changed since the rotation started; replaying into the current one");
     }
-    if check_key(engine, value).await? == KeyCheck::Rejected {
+    if check_key(ctx, value).await? == KeyCheck::Rejected {
         tracing::warn!(policy = %policy.name, fingerprint = entry.fingerprint.as_deref().unwrap_or("?"),
             "the journaled value is no longer accepted by ZenML (rotated again or deactivated elsewhere); dropping it");
-        engine
-            .journal()
+        ctx.journal()
             .remove(&policy.name)
             .map_err(|e| KeyFailure::journal(Stage::Store, "", e))?;
         return Ok(Outcome::Waited {
@@ -283,16 +256,16 @@ pub async fn resume(engine: &Engine, policy: &KeyPolicy) -> Result<Outcome, KeyF
             .await
             .map_err(fail)?;
     }
-    complete(engine, policy, &store, &entry, value, snapshot, started).await
+    complete(ctx, policy, &store, &entry, value, snapshot, started).await
 }
 
 /// After the window: confirm the previous value is rejected, then mark the rotation final.
 async fn finalize(
-    engine: &Engine,
+    ctx: &Context,
     policy: &KeyPolicy,
     obs: &Observed,
 ) -> Result<Outcome, KeyFailure> {
-    let store = engine.store(&policy.store).await?;
+    let store = ctx.store(&policy.store).await?;
     let Some(mut record) = obs.snapshot.as_ref().and_then(|s| s.record.clone()) else {
         return Err(KeyFailure::state(
             Stage::Finalize,
@@ -309,7 +282,7 @@ async fn finalize(
             "the previous version holds the current value {} (a version was written on top with the same key)",
             record.fingerprint
         ),
-        Some(prev) => match check_key(engine, &prev).await {
+        Some(prev) => match check_key(ctx, &prev).await {
             Ok(KeyCheck::Rejected) => format!("previous value {} is rejected", fingerprint(&prev)),
             Ok(KeyCheck::Accepted) => {
                 events::emit(Event::PreviousStillAccepted {

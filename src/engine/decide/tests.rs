@@ -1,21 +1,16 @@
 //! Table-driven tests of `decide` with fixed clocks: the replace rules, then the rotate rules.
 
-#![allow(unused_imports)]
-
-use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use chrono::Duration as ChronoDuration;
 use uuid::Uuid;
 
 use super::*;
 use crate::config::{KeyPolicy, Strategy};
 use crate::store::{RotationRecord, StoreSnapshot};
+use crate::testing::at;
 use crate::zenml::{ApiKey, ServiceAccount};
 
 mod replace_tests {
     use super::*;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
 
     fn policy() -> KeyPolicy {
         let toml = "[zenml]\nurl = \"http://127.0.0.1:1\"\napi_key_env = \"X\"\n\
@@ -262,10 +257,6 @@ mod rotate_tests {
     use super::*;
     use crate::config::Cadence;
     use crate::store::RotationRecord;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
 
     fn policy() -> KeyPolicy {
         KeyPolicy {

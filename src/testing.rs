@@ -1,0 +1,52 @@
+//! Fixtures the unit tests share: fixed clocks, and ZenML objects as the server would list them.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::config::{Config, KeyPolicy};
+use crate::zenml::{ApiKey, ServiceAccount};
+
+/// A fixed instant: `at("2026-01-01T00:00:00Z")`.
+pub fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+/// An active key created at `created`, never rotated, never used.
+pub fn api_key(name: &str, created: &str) -> ApiKey {
+    ApiKey {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        description: String::new(),
+        active: true,
+        created: at(created),
+        updated: at(created),
+        service_account_id: Uuid::new_v4(),
+        service_account_name: "sa".into(),
+        retain_period_minutes: None,
+        last_login: None,
+        last_rotated: None,
+    }
+}
+
+/// An active service account created at the start of 2026.
+pub fn service_account(name: &str) -> ServiceAccount {
+    ServiceAccount {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        active: true,
+        created: at("2026-01-01T00:00:00Z"),
+        description: String::new(),
+    }
+}
+
+/// The one `[[key]]` of a minimal policy file, with `extra` lines added to the key's table.
+pub fn policy(name: &str, sa: &str, api_key: &str, extra: &str) -> KeyPolicy {
+    let toml = format!(
+        "[zenml]\nurl = \"http://127.0.0.1:1\"\napi_key_env = \"X\"\n\
+         [[key]]\nname = \"{name}\"\nservice_account = \"{sa}\"\napi_key = \"{api_key}\"\npath = \"{name}.env\"\n{extra}"
+    );
+    Config::parse(&toml, std::path::Path::new("t.toml"))
+        .unwrap()
+        .keys
+        .remove(0)
+}
