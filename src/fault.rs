@@ -1,11 +1,11 @@
 //! Test-only fault points for crash tests (invariant 3). Compiled in only with the cargo feature
 //! `fault-injection`; in every other build `point` is an empty inline function.
-//! Points, in the order a rotation meets them: before_rotate, after_rotate, before_store,
-//! after_stage (written, not yet promoted: AWS `AWSPENDING`), after_store.
 //! `ZR_FAULT=<point>` makes the process die at that point as a crash would (no destructors, no
-//! flush); `ZR_FAULT_EXEC=<point>:<shell command>` runs a command there instead (e.g. seal Vault).
-//! Points: `before_rotate`, `after_rotate` (strategy rotate), `after_create` (strategy replace: the
-//! new key exists, nothing is stored yet), `before_store`, `after_store` (both strategies).
+//! flush); `ZR_FAULT_EXEC=<point>:<shell command>` runs a command there first (e.g. seal Vault).
+//! The points, in the order a rotation meets them: `before_rotate` and `after_rotate` (strategy
+//! rotate, around ZenML's rotate call), `after_create` (strategy replace: the new key exists,
+//! nothing is stored yet), then for both strategies `before_store`, `after_stage` (written, not
+//! yet promoted: AWS `AWSPENDING`) and `after_store`.
 
 /// Marks a step of a rotation where a crash test may stop the process.
 #[cfg(feature = "fault-injection")]
