@@ -144,7 +144,7 @@ pub fn evaluate(
     out
 }
 
-/// A hygiene row of `plan`: the fields of a per-key row (DESIGN.md), `policy` = "hygiene",
+/// A hygiene row of `plan`: the fields of a per-key row (`KeyPlan`), `policy` = "hygiene",
 /// `strategy` null, `action` "deactivate" or "report".
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanRow {

@@ -1,6 +1,6 @@
 //! The command line: arguments, logging, exit codes. One file per command, each taking its parsed
 //! arguments and returning its exit code; everything a command does lives below it.
-//! Exit codes (DESIGN.md): 0 done, 1 failed, 78 (EX_CONFIG) the policy file is invalid or unreadable.
+//! Exit codes (README, "Using it"): 0 done, 1 failed, 78 (EX_CONFIG) the policy file is invalid or unreadable.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -130,7 +130,7 @@ fn load(config: &ConfigArg) -> Result<Config, ExitCode> {
     })
 }
 
-/// 0 when everything succeeded, else 1 (DESIGN.md's exit codes).
+/// 0 when everything succeeded, else 1.
 fn exit(success: bool) -> ExitCode {
     if success {
         ExitCode::SUCCESS

@@ -394,7 +394,7 @@ mod unit {
     }
 }
 
-/// Random policies against random clocks: the scheduling contract of DESIGN.md.
+/// Random policies against random clocks: the scheduling contract (README, "Running it").
 mod properties {
     use super::*;
     use crate::config::{CronSpec, Strategy as RotationStrategy};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use harness::*;
 use zenml_rotator::daemon::backoff::BackoffPolicy;
 
-/// Every metric name of DESIGN.md, with the label names each series must have (besides `le` on
+/// Every metric name of the README ("Metrics"), with the label names each series must have (besides `le` on
 /// histogram buckets): `policy` is the only per-key label.
 const DESIGN_METRICS: &[(&str, &[&str])] = &[
     ("zenml_rotator_rotations_total", &["policy", "result"]),

@@ -1,5 +1,5 @@
 //! `plan` and `once --dry-run` are read-only: ZenML, every store and the state dir are the same
-//! before and after. `plan --output json` has exactly DESIGN.md's fields, and what it says is what
+//! before and after. `plan --output json` has exactly the documented fields, and what it says is what
 //! `once` then does. `plan` exits 1 when a key cannot be read.
 
 use std::collections::BTreeSet;

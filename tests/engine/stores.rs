@@ -1,7 +1,7 @@
 //! `rotate NAME` into each store, taking over a value the rotator did not write: the stored value
 //! logs in, the previous one still does inside the window, the store's record and layout are as
-//! DESIGN.md says, ZenML's `last_rotated` moved. And invariant 1: a second rotation inside the
-//! window is refused and changes nothing, unless `--force`.
+//! the README ("What is written to the store") says, ZenML's `last_rotated` moved. And invariant
+//! 1: a second rotation inside the window is refused and changes nothing, unless `--force`.
 
 use std::os::unix::fs::PermissionsExt;
 

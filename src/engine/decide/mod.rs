@@ -19,7 +19,7 @@ mod tests;
 
 pub use replace::{ReplaceWork, names, needs_stored_key, replace_work};
 
-/// The four actions of DESIGN.md.
+/// The four actions a plan can say (README, "What a pass does for each key").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
