@@ -16,6 +16,7 @@ mod raw;
 mod tests;
 mod validate;
 
+pub use crate::cron::CronSpec;
 pub use diff::{ConfigChange, diff};
 pub use error::{ConfigError, Diagnostic};
 
@@ -198,13 +199,6 @@ impl Strategy {
             Strategy::Replace => "replace",
         }
     }
-}
-
-/// A 5-field cron expression and the time zone it is read in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CronSpec {
-    pub expr: String,
-    pub timezone: chrono_tz::Tz,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,12 @@ use chrono::{DateTime, NaiveDateTime, Offset, TimeDelta, TimeZone, Timelike, Utc
 use chrono_tz::Tz;
 use croner::Cron;
 
-use crate::config::CronSpec;
+/// A 5-field cron expression and the time zone it is read in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronSpec {
+    pub expr: String,
+    pub timezone: Tz,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CronSpecError {

@@ -16,10 +16,10 @@ use super::raw::{
     RawConfig, RawDaemon, RawHygiene, RawMetrics, RawState, RawStore, RawVaultAuth, RawZenml,
 };
 use super::{
-    AwsSettings, Config, CronSpec, DaemonSettings, FileSettings, HygieneSettings, MetricsSettings,
+    AwsSettings, Config, DaemonSettings, FileSettings, HygieneSettings, MetricsSettings,
     StateSettings, StoreSettings, VaultAuth, VaultSettings, ZenmlAuth, ZenmlSettings,
 };
-use crate::cron::parse_timezone;
+use crate::cron::{CronSpec, parse_timezone};
 use crate::secret::SecretSource;
 
 mod policy;

@@ -11,7 +11,8 @@ use chrono_tz::Tz;
 use super::{DEFAULT_EVERY, DEFAULT_RETAIN, GAP_HORIZON, IMPLICIT_STORE, Validator, fmt_duration};
 use crate::config::error::FieldPath;
 use crate::config::raw::{RawDefaults, RawKey, RawWindow};
-use crate::config::{Cadence, CronSpec, KeyPolicy, MaintenanceWindow, StoreSettings, Strategy};
+use crate::config::{Cadence, KeyPolicy, MaintenanceWindow, StoreSettings, Strategy};
+use crate::cron::CronSpec;
 
 /// Where a setting's value came from; decides where a problem with a combination is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
