@@ -196,6 +196,60 @@ pub enum StoreError {
     },
 }
 
+/// The kinds of `StoreError`, for code that decides the kind apart from building the error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    PermissionDenied,
+    Unavailable,
+    Conflict,
+    NotWritable,
+    Other,
+}
+
+impl StoreError {
+    pub fn new(
+        kind: StoreErrorKind,
+        store: &'static str,
+        op: &'static str,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> StoreError {
+        let (path, message) = (path.into(), message.into());
+        match kind {
+            StoreErrorKind::PermissionDenied => StoreError::PermissionDenied {
+                store,
+                op,
+                path,
+                message,
+            },
+            StoreErrorKind::Unavailable => StoreError::Unavailable {
+                store,
+                op,
+                path,
+                message,
+            },
+            StoreErrorKind::Conflict => StoreError::Conflict {
+                store,
+                op,
+                path,
+                message,
+            },
+            StoreErrorKind::NotWritable => StoreError::NotWritable {
+                store,
+                op,
+                path,
+                message,
+            },
+            StoreErrorKind::Other => StoreError::Other {
+                store,
+                op,
+                path,
+                message,
+            },
+        }
+    }
+}
+
 /// A backend that holds the payload of one or more keys.
 #[async_trait]
 pub trait SecretStore: Send + Sync {
