@@ -13,7 +13,7 @@ use super::{STORE, VaultStore, header_safe};
 use crate::config::VaultAuth;
 use crate::metrics::observe_upstream;
 use crate::secret::{ExposeSecret, SecretSource, SecretString, secrets_equal};
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreErrorKind};
 
 /// A logged-in client and what is known about its token's lifetime.
 pub(super) struct Session {
@@ -222,12 +222,12 @@ impl VaultStore {
             StoreError::Other { message, .. } | StoreError::PermissionDenied { message, .. }
                 if rejected =>
             {
-                StoreError::PermissionDenied {
-                    store: STORE,
-                    op: "login",
-                    path: self.shown(path),
-                    message: format!("{auth_mount} rejected the credentials: {message}"),
-                }
+                self.error(
+                    StoreErrorKind::PermissionDenied,
+                    "login",
+                    path,
+                    format!("{auth_mount} rejected the credentials: {message}"),
+                )
             }
             other => other,
         }
@@ -284,15 +284,15 @@ impl VaultStore {
             Err(ClientError::APIError { code: 403, errors })
                 if errors.len() == 1 && errors[0].trim() == "permission denied" =>
             {
-                return Err(StoreError::PermissionDenied {
-                    store: STORE,
-                    op: "login",
-                    path: self.shown(path),
-                    message: format!(
+                return Err(self.error(
+                    StoreErrorKind::PermissionDenied,
+                    "login",
+                    path,
+                    format!(
                         "Vault does not accept the token from {} (wrong, expired or revoked)",
                         self.token_source_name()
                     ),
-                });
+                ));
             }
             Err(e) => match self.map_error("lookup_self", path, e) {
                 e @ StoreError::Unavailable { .. } => return Err(e),
@@ -374,16 +374,16 @@ impl VaultStore {
         }
         let now = SystemTime::now();
         if session.lease.expired(now) {
-            return Err(StoreError::PermissionDenied {
-                store: STORE,
-                op: "renew",
-                path: self.shown(path),
-                message: format!(
+            return Err(self.error(
+                StoreErrorKind::PermissionDenied,
+                "renew",
+                path,
+                format!(
                     "the Vault token from {} has expired and cannot be renewed; put a fresh or \
                      periodic token there, or use approle or kubernetes auth",
                     source.describe()
                 ),
-            });
+            ));
         }
         if !session.lease.warned {
             let left = session

@@ -11,7 +11,7 @@ use super::auth::Authed;
 use super::{STORE, VaultStore};
 use crate::metrics::observe_upstream;
 use crate::secret::ExposeSecret;
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreErrorKind};
 
 impl VaultStore {
     /// A request vaultrs does not wrap, with the same token, namespace and timeout.
@@ -138,12 +138,12 @@ impl VaultStore {
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(StoreError::PermissionDenied {
-                store: STORE,
-                op: "preflight",
-                path: self.shown(path),
-                message: format!("the token lacks {}", missing.join("; ")),
-            })
+            Err(self.error(
+                StoreErrorKind::PermissionDenied,
+                "preflight",
+                path,
+                format!("the token lacks {}", missing.join("; ")),
+            ))
         }
     }
 
@@ -183,12 +183,8 @@ impl VaultStore {
             .and_then(Value::as_str)
             .unwrap_or("")
             .trim_end_matches('/');
-        let not_kv2 = |message: String| StoreError::NotWritable {
-            store: STORE,
-            op: "preflight",
-            path: self.shown(path),
-            message,
-        };
+        let not_kv2 =
+            |message: String| self.error(StoreErrorKind::NotWritable, "preflight", path, message);
         if !at.is_empty() && at != self.mount {
             return Err(not_kv2(format!(
                 "{} is not a mount but a folder in the mount {at}: set mount = \"{at}\" and put \

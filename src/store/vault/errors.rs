@@ -3,8 +3,8 @@
 
 use vaultrs::error::ClientError;
 
-use super::{STORE, VaultStore};
-use crate::store::StoreError;
+use super::VaultStore;
+use crate::store::{StoreError, StoreErrorKind};
 
 impl VaultStore {
     /// Maps a vaultrs error to a store error. Never formats the error with `Debug`: a parse error
@@ -41,12 +41,7 @@ impl VaultStore {
         } else {
             format!("cannot reach {}: {detail}", self.address)
         };
-        StoreError::Unavailable {
-            store: STORE,
-            op,
-            path: self.shown(path),
-            message,
-        }
+        self.error(StoreErrorKind::Unavailable, op, path, message)
     }
 
     pub(super) fn status_error(
@@ -62,28 +57,18 @@ impl VaultStore {
             .collect::<Vec<_>>()
             .join("; ");
         let text = text.trim_start_matches("1 error occurred: * ").to_owned();
-        let path_s = self.shown(path);
-        match code {
-            401 | 403 => StoreError::PermissionDenied {
-                store: STORE,
-                op,
-                path: path_s,
-                message: format!(
+        let (kind, message) = match code {
+            401 | 403 => (
+                StoreErrorKind::PermissionDenied,
+                format!(
                     "{} (the token is invalid or expired, or its policies do not allow this)",
                     if text.is_empty() { "HTTP 403" } else { &text }
                 ),
-            },
-            400 if text.contains("check-and-set") => StoreError::Conflict {
-                store: STORE,
-                op,
-                path: path_s,
-                message: text,
-            },
-            429 | 502 | 503 | 504 => StoreError::Unavailable {
-                store: STORE,
-                op,
-                path: path_s,
-                message: format!(
+            ),
+            400 if text.contains("check-and-set") => (StoreErrorKind::Conflict, text),
+            429 | 502 | 503 | 504 => (
+                StoreErrorKind::Unavailable,
+                format!(
                     "HTTP {code}{}",
                     if text.is_empty() {
                         " (sealed, in standby or overloaded)".to_owned()
@@ -91,18 +76,11 @@ impl VaultStore {
                         format!(": {text}")
                     }
                 ),
-            },
-            _ => StoreError::Other {
-                store: STORE,
-                op,
-                path: path_s,
-                message: if text.is_empty() {
-                    format!("HTTP {code}")
-                } else {
-                    format!("HTTP {code}: {text}")
-                },
-            },
-        }
+            ),
+            _ if text.is_empty() => (StoreErrorKind::Other, format!("HTTP {code}")),
+            _ => (StoreErrorKind::Other, format!("HTTP {code}: {text}")),
+        };
+        self.error(kind, op, path, message)
     }
 }
 

@@ -13,7 +13,9 @@ use super::errors::status_of;
 use super::{STORE, VaultStore};
 use crate::metrics::observe_upstream;
 use crate::secret::{SecretString, secrets_equal};
-use crate::store::{ENV_API_KEY, ENV_URL, Payload, RotationRecord, StoreError, StoreSnapshot};
+use crate::store::{
+    ENV_API_KEY, ENV_URL, Payload, RotationRecord, StoreError, StoreErrorKind, StoreSnapshot,
+};
 
 /// `custom_metadata` keys beside the record: which rotation wrote which KV version, so `promote`
 /// and `retire_previous` can tell whether the current version is still the rotator's.
@@ -120,12 +122,7 @@ impl VaultStore {
         op: &'static str,
         path: &str,
     ) -> Result<u64, StoreError> {
-        let conflict = |message: String| StoreError::Conflict {
-            store: STORE,
-            op,
-            path: self.shown(path),
-            message,
-        };
+        let conflict = |message: String| self.error(StoreErrorKind::Conflict, op, path, message);
         let Some(meta) = meta else {
             return Err(conflict("nothing is stored there".to_owned()));
         };

@@ -29,7 +29,8 @@ use tokio::sync::Mutex;
 use vaultrs::api::kv2::requests::SetSecretRequestOptions;
 
 use super::{
-    ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, StoreError, StoreSnapshot,
+    ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, StoreError, StoreErrorKind,
+    StoreSnapshot,
 };
 use crate::config::{VaultAuth, VaultSettings};
 use crate::metrics::observe_upstream;
@@ -148,27 +149,33 @@ impl VaultStore {
         }
     }
 
+    /// An error about `path`, named as `mount/path`.
+    fn error(
+        &self,
+        kind: StoreErrorKind,
+        op: &'static str,
+        path: &str,
+        message: impl Into<String>,
+    ) -> StoreError {
+        StoreError::new(kind, STORE, op, self.shown(path), message)
+    }
+
     fn other(&self, op: &'static str, path: &str, message: impl Into<String>) -> StoreError {
-        StoreError::Other {
-            store: STORE,
-            op,
-            path: self.shown(path),
-            message: message.into(),
-        }
+        self.error(StoreErrorKind::Other, op, path, message)
     }
 
     fn check_path(&self, op: &'static str, path: &str) -> Result<(), StoreError> {
         if valid_path(path) {
             Ok(())
         } else {
-            Err(StoreError::NotWritable {
-                store: STORE,
+            Err(self.error(
+                StoreErrorKind::NotWritable,
                 op,
-                path: self.shown(path),
-                message: "not a valid KV path (no leading or trailing '/', no empty, '.' or '..' \
+                path,
+                "not a valid KV path (no leading or trailing '/', no empty, '.' or '..' \
                           segments, no control characters)"
                     .to_owned(),
-            })
+            ))
         }
     }
 }
@@ -265,12 +272,7 @@ impl SecretStore for VaultStore {
         let cas_u32 = u32::try_from(cas)
             .map_err(|_| self.other(OP, path, format!("version {cas} is beyond check-and-set")))?;
         let authed = self.authed(path).await?;
-        let conflict = |message: String| StoreError::Conflict {
-            store: STORE,
-            op: OP,
-            path: self.shown(path),
-            message,
-        };
+        let conflict = |message: String| self.error(StoreErrorKind::Conflict, OP, path, message);
 
         // A retry (or a journal replay after a fresh pre-flight) finds its own value current:
         // it must not stack a second copy on top and push the real previous value out of reach.
