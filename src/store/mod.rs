@@ -11,13 +11,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::config::StoreSettings;
 use crate::secret::{ExposeSecret, SecretString};
 
 pub mod aws;
 pub mod dry_run;
 pub mod file;
+pub mod settings;
 pub mod vault;
+
+pub use settings::StoreSettings;
 
 pub const MANAGED_BY: &str = "zenml-rotator";
 pub const ENV_URL: &str = "ZENML_STORE_URL";

@@ -8,7 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
-use super::{DEFAULT_EVERY, DEFAULT_RETAIN, GAP_HORIZON, IMPLICIT_STORE, Validator, fmt_duration};
+use super::toolkit::Validator;
+use super::{DEFAULT_EVERY, DEFAULT_RETAIN, GAP_HORIZON, IMPLICIT_STORE, fmt_duration};
 use crate::config::error::FieldPath;
 use crate::config::raw::{RawDefaults, RawKey, RawWindow};
 use crate::config::{Cadence, KeyPolicy, MaintenanceWindow, StoreSettings, Strategy};
@@ -637,54 +638,12 @@ impl Validator<'_> {
 
     /// A key's `path` as its store understands it; nothing may escape the store's namespace.
     fn store_path(&mut self, store: &StoreSettings, path: &str, at: &FieldPath) -> Option<String> {
-        match store {
-            StoreSettings::File(_) => {
-                if path.contains('/')
-                    || path.contains('\\')
-                    || path == "."
-                    || path == ".."
-                    || path.contains('\0')
-                {
-                    self.err(
-                        at,
-                        "must be a plain file name under the store's dir: no `/`, no `..`, not an absolute path",
-                    );
-                    return None;
-                }
-            }
-            StoreSettings::Vault(_) => {
-                let bad_segment = path
-                    .split('/')
-                    .any(|s| s.is_empty() || s == "." || s == "..");
-                if bad_segment {
-                    self.err(
-                        at,
-                        "must be a relative KV path such as \"zenml/training\": no leading, trailing or double `/`, no `.` or `..` segments",
-                    );
-                    return None;
-                }
-                if path.starts_with("data/") {
-                    self.err(
-                        at,
-                        "is relative to the KV v2 mount, without `data/`: write \"zenml/training\", not \"data/zenml/training\"",
-                    );
-                    return None;
-                }
-            }
-            StoreSettings::Aws(_) => {
-                let valid = path.len() <= 512
-                    && path
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c));
-                if !valid {
-                    self.err(
-                        at,
-                        "must be a Secrets Manager secret name: at most 512 of A-Z a-z 0-9 / _ + = . @ -",
-                    );
-                    return None;
-                }
+        match store.check_path(path) {
+            Ok(()) => Some(path.to_owned()),
+            Err(message) => {
+                self.err(at, message);
+                None
             }
         }
-        Some(path.to_owned())
     }
 }

@@ -13,20 +13,21 @@ use aws_sdk_secretsmanager::config::ProvideCredentials;
 use aws_smithy_http_client::tls;
 
 use super::{Payload, RotationRecord, SecretStore, StoreError, StoreSnapshot};
-use crate::config::AwsSettings;
 use crate::secret::SecretString;
 
 mod calls;
 mod errors;
+pub mod settings;
 mod state;
 #[cfg(test)]
 mod tests;
 
 use calls::{Version, check_token, timed};
 use errors::{conflict, other};
+pub use settings::AwsSettings;
+use settings::KIND;
 use state::record_tags;
 
-const KIND: &str = "aws-secrets-manager";
 /// The `upstream` label of `upstream_request_duration_seconds`.
 const UPSTREAM: &str = "aws";
 

@@ -9,8 +9,7 @@ use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
 use super::errors::status_of;
-use super::{STORE, VaultStore, header_safe};
-use crate::config::VaultAuth;
+use super::{STORE, VaultAuth, VaultStore, header_safe};
 use crate::metrics::observe_upstream;
 use crate::secret::{ExposeSecret, SecretSource, SecretString, secrets_equal};
 use crate::store::{StoreError, StoreErrorKind};

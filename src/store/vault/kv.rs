@@ -149,15 +149,6 @@ impl VaultStore {
     }
 }
 
-/// A KV path vaultrs can put in a URL unchanged and Vault reads as meant.
-pub(super) fn valid_path(path: &str) -> bool {
-    !path.is_empty()
-        && !path.chars().any(char::is_control)
-        && path
-            .split('/')
-            .all(|s| !s.is_empty() && s != "." && s != "..")
-}
-
 pub(super) fn merge_custom_metadata(
     mut existing: HashMap<String, String>,
     record: &RotationRecord,

@@ -32,7 +32,6 @@ use super::{
     ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, StoreError, StoreErrorKind,
     StoreSnapshot,
 };
-use crate::config::{VaultAuth, VaultSettings};
 use crate::metrics::observe_upstream;
 use crate::secret::{ExposeSecret, SecretString};
 
@@ -40,13 +39,14 @@ mod auth;
 mod checks;
 mod errors;
 mod kv;
+pub mod settings;
 #[cfg(test)]
 mod tests;
 
 use auth::{Session, describe_auth};
-use kv::{api_key_in, holds_payload, snapshot, valid_path};
-
-const STORE: &str = "vault";
+use kv::{api_key_in, holds_payload, snapshot};
+use settings::{KIND as STORE, valid_path};
+pub use settings::{VaultAuth, VaultSettings};
 
 /// A Vault KV v2 mount as a `SecretStore`.
 pub struct VaultStore {
