@@ -1,5 +1,6 @@
-//! Where rotated keys are written: one trait, one file per backend, chosen in one place from
-//! `[stores.NAME]`. The rotation engine only sees `SecretStore`; a new backend slots in here.
+//! Where rotated keys are written: one trait, one folder per backend (its client and, in
+//! `settings.rs`, its `[stores.NAME]` table), chosen in one place from the settings. The rotation
+//! engine only sees `SecretStore`; a new backend slots in here.
 //!
 //! Every backend keeps two things per path: the payload workloads read
 //! (`{"ZENML_STORE_URL": ..., "ZENML_STORE_API_KEY": ...}`) and a non-secret `RotationRecord`
@@ -16,8 +17,10 @@ use crate::secret::{ExposeSecret, SecretString};
 pub mod aws;
 pub mod dry_run;
 pub mod file;
-pub mod settings;
 pub mod vault;
+
+// `[stores.NAME]` of every kind, and the one place that hands a table to its kind.
+pub mod settings;
 
 pub use settings::StoreSettings;
 
@@ -315,7 +318,7 @@ pub trait SecretStore: Send + Sync {
     async fn retire_previous(&self, path: &str) -> Result<(), StoreError>;
 }
 
-/// Connects the store a `[stores.NAME]` section describes. The one place that picks a backend.
+/// Connects the store a `[stores.NAME]` section describes. The one place that picks a client.
 pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn SecretStore>, StoreError> {
     Ok(match settings {
         StoreSettings::File(s) => Arc::new(file::FileStore::new(s)),
