@@ -181,6 +181,31 @@ fn pick<T: Clone>(key: &Option<Setting<T>>, defaults: &Option<Setting<T>>) -> Op
     key.clone().or_else(|| defaults.clone())
 }
 
+/// When a key is due and may be rotated: its cadence and maintenance window in its time zone.
+/// `None` for a value that is invalid (already reported); the window's inner `None` is no window.
+fn timing(resolved: &Resolved) -> (Option<Cadence>, Option<Option<MaintenanceWindow>>) {
+    let tz = resolved.timezone.value;
+    let cadence = match (&resolved.cadence.value, tz) {
+        (Some(RawCadence::Every(d)), _) => Some(Cadence::Every(*d)),
+        (Some(RawCadence::Schedule(expr)), Some(tz)) => {
+            CronSpec::parse(expr, tz).ok().map(Cadence::Schedule)
+        }
+        _ => None,
+    };
+    let window = match (&resolved.window, tz) {
+        (None, _) => Some(None),
+        (Some(w), Some(tz)) => w.value.as_ref().and_then(|spec| {
+            let opens = CronSpec::parse(&spec.expr, tz).ok()?;
+            Some(Some(MaintenanceWindow {
+                opens,
+                duration: spec.duration,
+            }))
+        }),
+        (Some(_), None) => None,
+    };
+    (cadence, window)
+}
+
 impl Validator<'_> {
     /// One level's inheritable settings, each checked on its own.
     pub(super) fn layer(
@@ -485,6 +510,54 @@ impl Validator<'_> {
         seen: &mut Seen,
     ) -> Option<KeyPolicy> {
         let at = FieldPath::root().key("key").index(i);
+        let (name, service_account, api_key) = self.identity(i, k, &at, seen);
+        let layer = self.layer(Inheritable::from(k), &at, Level::Key, scope.store_names);
+        let resolved = self.resolve(&layer, scope.defaults, &FieldPath::root().key("defaults"));
+        self.check_combinations(&resolved, Level::Key);
+        let strategy = resolved.strategy.value;
+        self.check_strategy_only_settings(&layer, strategy);
+        let (store, path) = self.destination(i, k, &at, &resolved, scope, seen);
+        let (cadence, window) = timing(&resolved);
+        let jitter = match &resolved.jitter {
+            None => Some(None),
+            Some(j) => j.value.map(|d| (!d.is_zero()).then_some(d)),
+        };
+        let strategy = strategy?;
+        let retire_previous = match &resolved.retire_previous {
+            None => Some(false),
+            Some(r) => r.value.map(|b| b && strategy == Strategy::Rotate),
+        };
+        let delete_after = match &resolved.delete_after {
+            None => Some(None),
+            Some(d) => d
+                .value
+                .map(|d| (strategy == Strategy::Replace).then_some(d)),
+        };
+        Some(KeyPolicy {
+            name: name?,
+            service_account: service_account?,
+            api_key: api_key?,
+            store: store?,
+            path: path?,
+            strategy,
+            cadence: cadence?,
+            window: window?,
+            jitter: jitter?,
+            retain: resolved.retain.value?,
+            retire_previous: retire_previous?,
+            delete_after: delete_after?,
+        })
+    }
+
+    /// A key's `name`, `service_account` and `api_key`: present, no key material, and neither the
+    /// name nor the (service account, API key) pair used by an earlier key.
+    fn identity(
+        &mut self,
+        i: usize,
+        k: &RawKey,
+        at: &FieldPath,
+        seen: &mut Seen,
+    ) -> (Option<String>, Option<String>, Option<String>) {
         let name = self.required_text(
             k.name.as_deref(),
             &at.key("name"),
@@ -530,13 +603,12 @@ impl Validator<'_> {
                 seen.targets.insert(target, i);
             }
         }
+        (name, service_account, api_key)
+    }
 
-        let layer = self.layer(Inheritable::from(k), &at, Level::Key, scope.store_names);
-        let resolved = self.resolve(&layer, scope.defaults, &FieldPath::root().key("defaults"));
-        self.check_combinations(&resolved, Level::Key);
-        let strategy = resolved.strategy.value;
-        // Set on the key itself for the other strategy: an error, since it would silently do
-        // nothing. Set in [defaults], it applies only to keys of its strategy.
+    /// Set on the key itself for the other strategy: an error, since it would silently do
+    /// nothing. Set in [defaults], it applies only to keys of its strategy.
+    fn check_strategy_only_settings(&mut self, layer: &Layer, strategy: Option<Strategy>) {
         if let (Some(rp), Some(Strategy::Replace)) = (&layer.retire_previous, strategy) {
             if rp.value == Some(true) {
                 self.err(
@@ -551,12 +623,24 @@ impl Validator<'_> {
                 "`delete_after` applies to strategy \"replace\" only: \"rotate\" keeps one API key and never deactivates it, so there is nothing to delete",
             );
         }
+    }
 
+    /// The key's store and `path` in it: the store named (or the implicit one), the path valid
+    /// for that store and used by no earlier key of the same store.
+    fn destination(
+        &mut self,
+        i: usize,
+        k: &RawKey,
+        at: &FieldPath,
+        resolved: &Resolved,
+        scope: &KeyScope<'_>,
+        seen: &mut Seen,
+    ) -> (Option<String>, Option<String>) {
         let store = match &resolved.store {
             Some(s) => s.value.clone(),
             None if scope.implicit_store => Some(IMPLICIT_STORE.to_owned()),
             None => {
-                self.err(&at, "no store: set `store` on this key or in [defaults]");
+                self.err(at, "no store: set `store` on this key or in [defaults]");
                 None
             }
         };
@@ -584,56 +668,7 @@ impl Validator<'_> {
                 seen.destinations.insert(dest, i);
             }
         }
-
-        let tz = resolved.timezone.value;
-        let cadence = match (&resolved.cadence.value, tz) {
-            (Some(RawCadence::Every(d)), _) => Some(Cadence::Every(*d)),
-            (Some(RawCadence::Schedule(expr)), Some(tz)) => {
-                CronSpec::parse(expr, tz).ok().map(Cadence::Schedule)
-            }
-            _ => None,
-        };
-        // Option<Option<_>>: outer None = invalid (reported), inner None = not set.
-        let window = match (&resolved.window, tz) {
-            (None, _) => Some(None),
-            (Some(w), Some(tz)) => w.value.as_ref().and_then(|spec| {
-                let opens = CronSpec::parse(&spec.expr, tz).ok()?;
-                Some(Some(MaintenanceWindow {
-                    opens,
-                    duration: spec.duration,
-                }))
-            }),
-            (Some(_), None) => None,
-        };
-        let jitter = match &resolved.jitter {
-            None => Some(None),
-            Some(j) => j.value.map(|d| (!d.is_zero()).then_some(d)),
-        };
-        let strategy = strategy?;
-        let retire_previous = match &resolved.retire_previous {
-            None => Some(false),
-            Some(r) => r.value.map(|b| b && strategy == Strategy::Rotate),
-        };
-        let delete_after = match &resolved.delete_after {
-            None => Some(None),
-            Some(d) => d
-                .value
-                .map(|d| (strategy == Strategy::Replace).then_some(d)),
-        };
-        Some(KeyPolicy {
-            name: name?,
-            service_account: service_account?,
-            api_key: api_key?,
-            store: store?,
-            path: path?,
-            strategy,
-            cadence: cadence?,
-            window: window?,
-            jitter: jitter?,
-            retain: resolved.retain.value?,
-            retire_previous: retire_previous?,
-            delete_after: delete_after?,
-        })
+        (store, path)
     }
 
     /// A key's `path` as its store understands it; nothing may escape the store's namespace.
