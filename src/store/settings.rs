@@ -82,25 +82,8 @@ pub(crate) fn store_table_fields() -> Vec<Field> {
 pub(crate) fn validate(v: &mut Validator, raw: &RawTable, at: &FieldPath) -> Option<StoreSettings> {
     // Refused in a store of any kind: a pasted access key must never be taken for a setting.
     aws::reject_inline_credentials(v, raw, at);
-    let names: Vec<String> = StoreKind::ALL
-        .iter()
-        .map(|k| format!("{:?}", k.name()))
-        .collect();
-    let Some(kind) = raw.text("kind") else {
-        v.err(at, format!("missing `kind`: one of {}", names.join(", ")));
-        return None;
-    };
-    let Some(kind) = StoreKind::ALL.into_iter().find(|k| k.name() == kind) else {
-        let (last, first) = names.split_last()?;
-        v.err(
-            &at.key("kind"),
-            format!(
-                "unknown store kind {kind:?}: use {} or {last}",
-                first.join(", ")
-            ),
-        );
-        return None;
-    };
+    let kinds = StoreKind::ALL.map(|k| (k.name(), k));
+    let kind = v.one_of(raw, at, "kind", "store kind", &kinds)?;
     let own = kind.fields();
     v.not_applicable(
         at,

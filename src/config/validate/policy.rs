@@ -82,39 +82,30 @@ pub(super) struct Inheritable<'r> {
     delete_after: Option<&'r str>,
 }
 
-impl<'r> From<&'r RawDefaults> for Inheritable<'r> {
-    fn from(d: &'r RawDefaults) -> Self {
-        Inheritable {
-            every: d.every.as_deref(),
-            retain: d.retain.as_deref(),
-            strategy: d.strategy.as_deref(),
-            store: d.store.as_deref(),
-            jitter: d.jitter.as_deref(),
-            schedule: d.schedule.as_deref(),
-            window: d.window.as_ref(),
-            timezone: d.timezone.as_deref(),
-            retire_previous: d.retire_previous,
-            delete_after: d.delete_after.as_deref(),
+/// `[defaults]` and `[[key]]` spell the inheritable settings alike; one conversion serves both.
+macro_rules! inheritable_from {
+    ($raw:ty) => {
+        impl<'r> From<&'r $raw> for Inheritable<'r> {
+            fn from(r: &'r $raw) -> Self {
+                Inheritable {
+                    every: r.every.as_deref(),
+                    retain: r.retain.as_deref(),
+                    strategy: r.strategy.as_deref(),
+                    store: r.store.as_deref(),
+                    jitter: r.jitter.as_deref(),
+                    schedule: r.schedule.as_deref(),
+                    window: r.window.as_ref(),
+                    timezone: r.timezone.as_deref(),
+                    retire_previous: r.retire_previous,
+                    delete_after: r.delete_after.as_deref(),
+                }
+            }
         }
-    }
+    };
 }
 
-impl<'r> From<&'r RawKey> for Inheritable<'r> {
-    fn from(k: &'r RawKey) -> Self {
-        Inheritable {
-            every: k.every.as_deref(),
-            retain: k.retain.as_deref(),
-            strategy: k.strategy.as_deref(),
-            store: k.store.as_deref(),
-            jitter: k.jitter.as_deref(),
-            schedule: k.schedule.as_deref(),
-            window: k.window.as_ref(),
-            timezone: k.timezone.as_deref(),
-            retire_previous: k.retire_previous,
-            delete_after: k.delete_after.as_deref(),
-        }
-    }
-}
+inheritable_from!(RawDefaults);
+inheritable_from!(RawKey);
 
 /// A key's settings with `[defaults]` and the built-in defaults applied.
 struct Resolved {

@@ -266,6 +266,35 @@ impl Validator<'_> {
         (source, given)
     }
 
+    /// What `table` names under `key` among `choices`; a missing or unknown name is reported
+    /// (`what` says what is chosen: "store kind", "auth method").
+    pub(crate) fn one_of<T: Copy>(
+        &mut self,
+        table: &RawTable,
+        at: &FieldPath,
+        key: &str,
+        what: &str,
+        choices: &[(&'static str, T)],
+    ) -> Option<T> {
+        let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+        let Some(name) = table.text(key) else {
+            self.err(at, format!("missing `{key}`: one of {}", names.join(", ")));
+            return None;
+        };
+        if let Some((_, choice)) = choices.iter().find(|(n, _)| *n == name) {
+            return Some(*choice);
+        }
+        let (last, first) = names.split_last()?;
+        self.err(
+            &at.key(key),
+            format!(
+                "unknown {what} {name:?}: use {} or {last}",
+                first.join(", ")
+            ),
+        );
+        None
+    }
+
     /// Every key the file sets in `table` that does not `belong` to it: a key of another store
     /// kind or auth method. `owner` names what the table is ("a store of kind \"file\"").
     pub(crate) fn not_applicable(

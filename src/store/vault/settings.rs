@@ -167,31 +167,14 @@ fn mount_path(
 }
 
 fn validate_auth(v: &mut Validator, raw: &RawTable, at: &FieldPath) -> Option<VaultAuth> {
-    let names: Vec<String> = AuthMethod::ALL
-        .iter()
-        .map(|m| format!("{:?}", m.name()))
-        .collect();
-    let Some(name) = raw.text("method") else {
-        v.err(at, format!("missing `method`: one of {}", names.join(", ")));
-        return None;
-    };
-    let Some(method) = AuthMethod::ALL.into_iter().find(|m| m.name() == name) else {
-        let (last, first) = names.split_last()?;
-        v.err(
-            &at.key("method"),
-            format!(
-                "unknown auth method {name:?}: use {} or {last}",
-                first.join(", ")
-            ),
-        );
-        return None;
-    };
+    let methods = AuthMethod::ALL.map(|m| (m.name(), m));
+    let method = v.one_of(raw, at, "method", "auth method", &methods)?;
     let keys = method.keys();
     v.not_applicable(
         at,
         raw,
         |key| key == "method" || keys.contains(&key),
-        &format!("auth method {name:?}"),
+        &format!("auth method {:?}", method.name()),
     );
     match method {
         AuthMethod::Token => token(v, raw, at),
