@@ -6,6 +6,7 @@ pub mod config;
 pub mod cron;
 pub mod daemon;
 pub mod decide;
+pub mod durable;
 pub mod fault;
 pub mod http;
 pub mod hygiene;

@@ -99,28 +99,7 @@ fn has_child<T: MetricVecBuilder>(vec: &MetricVec<T>, policy: &str) -> bool {
 
 /// Atomic (temp file + rename) so the collector never reads half a file; 0644 so it can read it.
 pub fn write_textfile(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // The collector reads only `*.prom`: the temp name must not end in it.
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // The rename is durable only once the directory is synced.
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::durable::write_atomic(path, text.as_bytes(), 0o644)
 }
 
 /// The instance label of pushed metrics: this host's name.

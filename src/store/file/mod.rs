@@ -4,8 +4,7 @@
 //! and `<name>.meta.json` (the rotator's record, no secret).
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
 
@@ -17,6 +16,8 @@ use super::{
     ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, StoreError, StoreErrorKind,
     StoreSnapshot,
 };
+use crate::durable;
+pub(crate) use crate::durable::sync_dir;
 use crate::secret::{ExposeSecret, SecretString};
 
 pub mod settings;
@@ -133,34 +134,9 @@ fn read_value(
     Ok(parse_api_key(text))
 }
 
-/// Writes `bytes` to `target` atomically with mode 0600: a temp file in the same directory,
-/// fsync, rename over the target, fsync the directory (so the rename itself is durable).
+/// Writes `bytes` to `target` atomically with mode 0600 (see `durable::write_atomic`).
 pub(crate) fn write_atomic(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = target.parent().unwrap_or(Path::new("."));
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // An existing temp file keeps its old mode through open(): force it.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, target)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    durable::write_atomic(target, bytes, 0o600)
 }
 
 /// access(2) with W_OK|X_OK: permissions and read-only mounts, without writing anything.
@@ -174,10 +150,6 @@ fn writable_dir(dir: &Path) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 impl FileStore {
