@@ -130,25 +130,19 @@ fn serde_message(msg: &str) -> String {
     msg
 }
 
-/// The raw structs accept inline secrets only to reject them with a clear message; serde's "expected
-/// one of" list for an unknown field must not suggest them.
+/// `[zenml]` accepts inline secrets only to reject them with a clear message; serde's "expected
+/// one of" list for an unknown key must not suggest them. (The store tables leave their inline
+/// secrets out of the list themselves.)
 fn without_inline_secret_fields(message: &str, field: &str) -> String {
     let Some((head, list)) = message.split_once(", expected one of ") else {
         return message.to_owned();
     };
-    let mut inline = vec![
-        "password",
-        "token",
-        "role_id",
-        "secret_id",
-        "jwt",
-        "access_key_id",
-        "secret_access_key",
-    ];
     // `api_key` is the key's name in a [[key]], an inline secret in [zenml].
-    if field.starts_with("zenml.") {
-        inline.push("api_key");
-    }
+    let inline: &[&str] = if field.starts_with("zenml.") {
+        &["password", "api_key"]
+    } else {
+        &["password"]
+    };
     let kept: Vec<&str> = list
         .split(", ")
         .filter(|f| !inline.contains(&f.trim_matches('`')))
