@@ -295,7 +295,7 @@ fn remove_policy<T: prometheus::core::MetricVecBuilder>(
 }
 
 /// The process-wide metrics. Metric construction only fails on a programming error (a bad name or
-/// a duplicate registration), which the unit tests below catch.
+/// a duplicate registration), which the unit tests (metrics/tests.rs) catch.
 pub fn get() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(|| match Metrics::new() {

@@ -1,6 +1,10 @@
 //! A typed async client for the ZenML REST API (checked against a real 0.98 server): login and session
 //! reuse, service accounts, API keys, rotation and key checks. Retries only what is safe to repeat, times
 //! every request into `upstream_request_duration_seconds`, and never lets a credential into an error.
+//!
+//! Here: the public types and the client. Beside it: `session` (logging in), `transport` (sending,
+//! retries), `accounts` (server, users, service accounts), `keys` (API keys), `wire` (the JSON
+//! shapes), `error` (what can go wrong).
 
 mod accounts;
 mod error;

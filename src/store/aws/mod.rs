@@ -1,6 +1,10 @@
 //! The AWS Secrets Manager store: AWS's own four-step rotation protocol (new value `AWSPENDING`
 //! under the engine's `ClientRequestToken`, promoted to `AWSCURRENT` once verified, the old version
 //! keeping `AWSPREVIOUS`), with the rotation record in `zenml-rotator:*` tags.
+//!
+//! Here: the client and the protocol's steps. Beside it: `calls` (the SDK calls), `state` (what
+//! `DescribeSecret` shows, the record as tags), `errors` (AWS's answers as store errors),
+//! `settings` (the `[stores.NAME]` table of kind "aws-secrets-manager").
 
 use std::time::Duration;
 

@@ -18,6 +18,10 @@
 //! AppRole and Kubernetes simply log in again. A background task would keep a static token alive
 //! through long idle gaps too, but it would need its own lifecycle (shutdown, reloads, tests) and
 //! would race the operations it serves; the wall-clock lease check here has neither problem.
+//!
+//! Here: the store and its `SecretStore` steps. Beside it: `auth` (logins, token lease), `kv`
+//! (versions, record, ownership stamp), `checks` (pre-flight through `sys/`), `errors` (Vault's
+//! answers as store errors), `settings` (the `[stores.NAME]` table of kind "vault").
 
 use std::fmt;
 use std::sync::atomic::AtomicBool;
