@@ -1,6 +1,7 @@
 //! The policy file: the validated types the rest of the program uses, and `Config::load`, which
 //! builds them from TOML or rejects the whole file with every problem's file:line:col and field.
-//! Parsing lives in `config/raw.rs` (the file as written) and `config/validate.rs` (the rules).
+//! Parsing lives in `config/raw.rs` (the file as written) and `config/validate.rs` (the rules);
+//! each `[stores.NAME]` is read and checked by its store kind (`store/<kind>/settings.rs`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,8 +15,13 @@ mod error;
 mod raw;
 #[cfg(test)]
 mod tests;
-mod validate;
+pub(crate) mod validate;
 
+pub use crate::cron::CronSpec;
+pub use crate::store::StoreSettings;
+pub use crate::store::aws::AwsSettings;
+pub use crate::store::file::FileSettings;
+pub use crate::store::vault::{VaultAuth, VaultSettings};
 pub use diff::{ConfigChange, diff};
 pub use error::{ConfigError, Diagnostic};
 
@@ -121,68 +127,6 @@ impl Default for DaemonSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreSettings {
-    Vault(VaultSettings),
-    Aws(AwsSettings),
-    File(FileSettings),
-}
-
-impl StoreSettings {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            StoreSettings::Vault(_) => "vault",
-            StoreSettings::Aws(_) => "aws-secrets-manager",
-            StoreSettings::File(_) => "file",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VaultSettings {
-    pub address: String,
-    /// A KV v2 mount (default `secret`).
-    pub mount: String,
-    pub namespace: Option<String>,
-    pub ca_file: Option<PathBuf>,
-    pub auth: VaultAuth,
-    /// Per-request timeout (default 30s).
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VaultAuth {
-    Token(SecretSource),
-    AppRole {
-        role_id: SecretSource,
-        secret_id: SecretSource,
-        /// Auth mount path (default `approle`).
-        mount: String,
-    },
-    Kubernetes {
-        role: String,
-        /// Default: /var/run/secrets/kubernetes.io/serviceaccount/token
-        jwt_file: PathBuf,
-        /// Auth mount path (default `kubernetes`).
-        mount: String,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AwsSettings {
-    /// Falls back to the SDK's region chain (AWS_REGION, profile) when absent.
-    pub region: Option<String>,
-    pub endpoint_url: Option<String>,
-    pub kms_key_id: Option<String>,
-    /// Budget of one operation, retries included (default 30s).
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileSettings {
-    pub dir: PathBuf,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
     /// In place: ZenML's `rotate --retain`.
@@ -198,13 +142,6 @@ impl Strategy {
             Strategy::Replace => "replace",
         }
     }
-}
-
-/// A 5-field cron expression and the time zone it is read in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CronSpec {
-    pub expr: String,
-    pub timezone: chrono_tz::Tz,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,13 +10,14 @@
 //! - rules (pure): `engine::decide`, `schedule`
 //! - clients: `zenml`, `store`
 //! - config: `config`
-//! - base: `cron`, `naming`, `time`, `secret`, `metrics`, `http`, `fault`
+//! - base: `cron`, `naming`, `time`, `secret`, `durable`, `metrics`, `http`, `fault`
 
 pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod cron;
 pub mod daemon;
+pub mod durable;
 pub mod engine;
 pub mod fault;
 pub mod http;

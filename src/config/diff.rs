@@ -1,11 +1,12 @@
-//! What a reload changes: a pure comparison of two validated configs, so the daemon's SIGHUP
-//! handler can decide what to rebuild (clients, stores, listeners) and what to keep.
+//! What a reload changes for the policies: a pure comparison of two validated configs. The daemon
+//! builds a new engine from the new file whatever changed; this tells it which per-policy state
+//! (backoff, next due time, metric series) to drop or create.
 
 use std::collections::BTreeMap;
 
 use super::{Config, KeyPolicy};
 
-/// The difference between the running config and a newly loaded one.
+/// The policies a reload adds, removes or changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigChange {
     /// Policies only in the new file, in its order.
@@ -15,21 +16,10 @@ pub struct ConfigChange {
     /// Policies in both whose settings differ, or whose store's settings differ (the same key
     /// written somewhere else is a changed policy), in the new file's order.
     pub changed: Vec<String>,
-    /// `[zenml]`: server, credentials source, CA or timeout.
-    pub zenml: bool,
-    /// Any `[stores.*]` added, removed or changed.
-    pub stores: bool,
-    /// `[metrics]`: a new listen address needs a new listener.
-    pub metrics: bool,
-    /// `[state].dir`: the journal's place; cannot move under a running daemon.
-    pub state: bool,
-    pub daemon: bool,
-    pub concurrency: bool,
-    pub hygiene: bool,
 }
 
 impl ConfigChange {
-    /// Nothing that matters changed (e.g. only comments or formatting).
+    /// No policy was added, removed or changed (the rest of the file may still differ).
     pub fn is_empty(&self) -> bool {
         *self == ConfigChange::default()
     }
@@ -56,13 +46,6 @@ pub fn diff(old: &Config, new: &Config) -> ConfigChange {
             change.removed.push(k.name.clone());
         }
     }
-    change.zenml = old.zenml != new.zenml;
-    change.stores = old.stores != new.stores;
-    change.metrics = old.metrics != new.metrics;
-    change.state = old.state != new.state;
-    change.daemon = old.daemon != new.daemon;
-    change.concurrency = old.concurrency != new.concurrency;
-    change.hygiene = old.hygiene != new.hygiene;
     change
 }
 
@@ -190,53 +173,37 @@ path = "serving.env"
                 edit: |s| s.replace("dir = \"/etc/zenml-rotator/keys\"", "dir = \"/srv/keys\""),
                 expect: ConfigChange {
                     changed: names(&["serving"]),
-                    stores: true,
                     ..Default::default()
                 },
             },
             Case {
-                what: "an unused store added",
+                what: "an unused store added changes no policy",
                 edit: |s| format!("{s}\n[stores.aws]\nkind = \"aws-secrets-manager\"\n"),
-                expect: ConfigChange {
-                    stores: true,
-                    ..Default::default()
-                },
+                expect: ConfigChange::default(),
             },
             Case {
-                what: "zenml credentials moved to a file",
+                what: "zenml credentials moved to a file change no policy",
                 edit: |s| {
                     s.replace(
                         "api_key_env = \"ZENML_STORE_API_KEY\"",
                         "api_key_file = \"/run/k\"",
                     )
                 },
-                expect: ConfigChange {
-                    zenml: true,
-                    ..Default::default()
-                },
+                expect: ConfigChange::default(),
             },
             Case {
-                what: "metrics listener moved",
+                what: "a metrics listener moved changes no policy",
                 edit: |s| format!("[metrics]\nlisten = \"0.0.0.0:9464\"\n{s}"),
-                expect: ConfigChange {
-                    metrics: true,
-                    ..Default::default()
-                },
+                expect: ConfigChange::default(),
             },
             Case {
-                what: "state dir, daemon pacing, concurrency and hygiene",
+                what: "state dir, daemon pacing, concurrency and hygiene change no policy",
                 edit: |s| {
                     format!(
                         "[state]\ndir = \"/srv/state\"\n[daemon]\nsafety_pass = \"1m\"\n[defaults]\nconcurrency = 8\n[hygiene]\n{s}"
                     )
                 },
-                expect: ConfigChange {
-                    state: true,
-                    daemon: true,
-                    concurrency: true,
-                    hygiene: true,
-                    ..Default::default()
-                },
+                expect: ConfigChange::default(),
             },
         ];
         let old = config(BASE);

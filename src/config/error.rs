@@ -77,7 +77,7 @@ enum Segment {
 
 /// A field's place in the document: `stores.vault.auth.token_env`, `key[2].retain`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct FieldPath(Vec<Segment>);
+pub(crate) struct FieldPath(Vec<Segment>);
 
 impl FieldPath {
     pub fn root() -> FieldPath {

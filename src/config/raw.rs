@@ -4,8 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-use serde::de::IgnoredAny;
+use serde::de::{DeserializeSeed, IgnoredAny};
+use serde::{Deserialize, Deserializer};
+
+use crate::store::settings::store_table_fields;
+
+pub(super) mod table;
+
+use table::{RawTable, TableSeed};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,50 +109,18 @@ pub(super) struct RawDaemon {
     pub backoff_max: Option<String>,
 }
 
-/// One `[stores.NAME]`: the fields of every kind, flat, so a field of the wrong kind gets a
-/// message naming the kind rather than serde's generic "unknown field".
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawStore {
-    pub kind: Option<String>,
-    // vault
-    pub address: Option<String>,
-    pub mount: Option<String>,
-    pub namespace: Option<String>,
-    pub ca_file: Option<String>,
-    pub timeout: Option<String>,
-    pub auth: Option<RawVaultAuth>,
-    // aws-secrets-manager
-    pub region: Option<String>,
-    pub endpoint_url: Option<String>,
-    pub kms_key_id: Option<String>,
-    /// Rejected: AWS credentials come from the SDK's chain.
-    pub access_key_id: Option<IgnoredAny>,
-    /// Rejected: AWS credentials come from the SDK's chain.
-    pub secret_access_key: Option<IgnoredAny>,
-    // file
-    pub dir: Option<String>,
-}
+/// One `[stores.NAME]`: `kind` and the keys of every store kind, each read as its kind declares
+/// it, so a key of the wrong kind gets a message naming the kind rather than serde's generic
+/// "unknown field".
+#[derive(Debug, Default)]
+pub(super) struct RawStore(pub RawTable);
 
-/// `auth = { method = ... }` of a Vault store, flat for the same reason as `RawStore`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawVaultAuth {
-    pub method: Option<String>,
-    pub token_env: Option<String>,
-    pub token_file: Option<String>,
-    pub role_id_env: Option<String>,
-    pub role_id_file: Option<String>,
-    pub secret_id_env: Option<String>,
-    pub secret_id_file: Option<String>,
-    pub role: Option<String>,
-    pub jwt_file: Option<String>,
-    pub mount: Option<String>,
-    /// Rejected inline values.
-    pub token: Option<IgnoredAny>,
-    pub role_id: Option<IgnoredAny>,
-    pub secret_id: Option<IgnoredAny>,
-    pub jwt: Option<IgnoredAny>,
+impl<'de> Deserialize<'de> for RawStore {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        TableSeed(&store_table_fields())
+            .deserialize(deserializer)
+            .map(RawStore)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,52 +7,35 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
 use toml::de::DeTable;
 
-use super::error::{ConfigError, Diagnostic, FieldPath, Locator, Point};
-use super::raw::{
-    RawConfig, RawDaemon, RawHygiene, RawMetrics, RawState, RawStore, RawVaultAuth, RawZenml,
-};
+use super::error::{ConfigError, Diagnostic, FieldPath, Locator};
+use super::raw::{RawConfig, RawDaemon, RawHygiene, RawMetrics, RawState, RawStore, RawZenml};
 use super::{
-    AwsSettings, Config, CronSpec, DaemonSettings, FileSettings, HygieneSettings, MetricsSettings,
-    StateSettings, StoreSettings, VaultAuth, VaultSettings, ZenmlAuth, ZenmlSettings,
+    Config, DaemonSettings, FileSettings, HygieneSettings, MetricsSettings, StateSettings,
+    StoreSettings, ZenmlAuth, ZenmlSettings,
 };
-use crate::cron::parse_timezone;
 use crate::secret::SecretSource;
+use crate::store::settings as store_settings;
 
 mod policy;
+#[cfg(test)]
+mod tests;
+pub(crate) mod toolkit;
+
 use policy::{Inheritable, KeyScope, Level};
+pub(super) use toolkit::Context;
+use toolkit::{DEFAULT_TIMEOUT, Validator};
 
 pub(super) const DEFAULT_EVERY: Duration = Duration::from_secs(30 * 86_400);
 pub(super) const DEFAULT_RETAIN: Duration = Duration::from_secs(60 * 60);
 pub(super) const DEFAULT_CONCURRENCY: usize = 4;
-pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 pub(super) const DEFAULT_STATE_DIR: &str = "/var/lib/zenml-rotator";
-pub(super) const DEFAULT_KUBERNETES_JWT: &str =
-    "/var/run/secrets/kubernetes.io/serviceaccount/token";
 /// The store a key uses when the file defines none (DESIGN: the file store is the embedded default).
 pub(super) const IMPLICIT_STORE: &str = "file";
 /// How far ahead a schedule's gaps are checked: every month length and both DST changes.
 const GAP_HORIZON: Duration = Duration::from_secs(366 * 86_400);
-
-/// What parsing may take from outside the file; fixed in tests.
-pub(super) struct Context {
-    pub now: DateTime<Utc>,
-    /// `$STATE_DIRECTORY` (systemd `StateDirectory=`), the default `state.dir`.
-    pub state_directory: Option<String>,
-}
-
-impl Context {
-    pub fn from_environment() -> Context {
-        Context {
-            now: Utc::now(),
-            state_directory: std::env::var("STATE_DIRECTORY").ok(),
-        }
-    }
-}
 
 pub(super) fn parse(source: &str, file: &Path, ctx: &Context) -> Result<Config, ConfigError> {
     let (doc, syntax_errors) = DeTable::parse_recoverable(source);
@@ -147,25 +130,19 @@ fn serde_message(msg: &str) -> String {
     msg
 }
 
-/// The raw structs accept inline secrets only to reject them with a clear message; serde's "expected
-/// one of" list for an unknown field must not suggest them.
+/// `[zenml]` accepts inline secrets only to reject them with a clear message; serde's "expected
+/// one of" list for an unknown key must not suggest them. (The store tables leave their inline
+/// secrets out of the list themselves.)
 fn without_inline_secret_fields(message: &str, field: &str) -> String {
     let Some((head, list)) = message.split_once(", expected one of ") else {
         return message.to_owned();
     };
-    let mut inline = vec![
-        "password",
-        "token",
-        "role_id",
-        "secret_id",
-        "jwt",
-        "access_key_id",
-        "secret_access_key",
-    ];
     // `api_key` is the key's name in a [[key]], an inline secret in [zenml].
-    if field.starts_with("zenml.") {
-        inline.push("api_key");
-    }
+    let inline: &[&str] = if field.starts_with("zenml.") {
+        &["password", "api_key"]
+    } else {
+        &["password"]
+    };
     let kept: Vec<&str> = list
         .split(", ")
         .filter(|f| !inline.contains(&f.trim_matches('`')))
@@ -208,248 +185,9 @@ fn first_set<'f>(fields: &[(&'f str, bool)]) -> &'f str {
         .map_or("", |(f, _)| f)
 }
 
-fn is_env_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-struct Validator<'a> {
-    loc: &'a Locator<'a>,
-    ctx: &'a Context,
-    diagnostics: Vec<Diagnostic>,
-}
-
+/// The sections of the file; `[[key]]` and `[defaults]` are in `policy`, each `[stores.NAME]` is
+/// checked by its store kind.
 impl Validator<'_> {
-    fn err(&mut self, at: &FieldPath, message: impl Into<String>) {
-        let d = self.loc.at(at, Point::Value, message.into());
-        self.diagnostics.push(d);
-    }
-
-    fn err_key(&mut self, at: &FieldPath, message: impl Into<String>) {
-        let d = self.loc.at(at, Point::Key, message.into());
-        self.diagnostics.push(d);
-    }
-
-    // ---- single values ----
-
-    /// A humantime duration ("30d", "60m", "90s"); None when absent or invalid (reported).
-    fn duration(&mut self, value: Option<&str>, at: &FieldPath) -> Option<Duration> {
-        let value = value?;
-        match humantime::parse_duration(value) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.err(
-                    at,
-                    format!(
-                        "invalid duration {value:?} ({e}); write e.g. \"30d\", \"60m\", \"90s\""
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    fn positive_duration(&mut self, value: Option<&str>, at: &FieldPath) -> Option<Duration> {
-        let d = self.duration(value, at)?;
-        if d.is_zero() {
-            self.err(at, "must be longer than zero");
-            return None;
-        }
-        Some(d)
-    }
-
-    /// A duration with a default; the default when absent, None when invalid.
-    fn duration_or(
-        &mut self,
-        value: Option<&str>,
-        at: &FieldPath,
-        default: Duration,
-    ) -> Option<Duration> {
-        match value {
-            None => Some(default),
-            Some(_) => self.positive_duration(value, at),
-        }
-    }
-
-    /// A name-like string: not empty, no surrounding whitespace, no control characters.
-    fn text(&mut self, value: Option<&str>, at: &FieldPath) -> Option<String> {
-        let value = value?;
-        if value.trim().is_empty() {
-            self.err(at, "must not be empty");
-            None
-        } else if value.trim() != value || value.chars().any(char::is_control) {
-            self.err(
-                at,
-                "must not have surrounding whitespace or control characters",
-            );
-            None
-        } else {
-            Some(value.to_owned())
-        }
-    }
-
-    fn required_text(
-        &mut self,
-        value: Option<&str>,
-        at: &FieldPath,
-        message: &str,
-    ) -> Option<String> {
-        if value.is_none() {
-            self.err(at, message);
-            return None;
-        }
-        self.text(value, at)
-    }
-
-    fn local_path(&mut self, value: Option<&str>, at: &FieldPath) -> Option<PathBuf> {
-        let value = value?;
-        if value.is_empty() || value.contains('\0') {
-            self.err(at, "must be a non-empty path");
-            return None;
-        }
-        Some(PathBuf::from(value))
-    }
-
-    /// An http(s) URL, returned without trailing slashes. The value is never echoed: a URL may
-    /// carry credentials, which is itself an error.
-    fn url(&mut self, value: Option<&str>, at: &FieldPath) -> Option<String> {
-        let value = value?;
-        let parsed = match url::Url::parse(value) {
-            Ok(u) => u,
-            Err(e) => {
-                self.err(
-                    at,
-                    format!("not a valid URL ({e}); write e.g. \"https://host:port\""),
-                );
-                return None;
-            }
-        };
-        if !matches!(parsed.scheme(), "http" | "https") {
-            self.err(
-                at,
-                format!(
-                    "URL scheme must be http or https, not {:?}",
-                    parsed.scheme()
-                ),
-            );
-            return None;
-        }
-        if !parsed.username().is_empty() || parsed.password().is_some() {
-            self.err(
-                at,
-                "credentials must not be part of the URL: secrets are never inline; use the *_env or *_file settings",
-            );
-            return None;
-        }
-        if parsed.host_str().is_none_or(str::is_empty) {
-            self.err(at, "URL has no host");
-            return None;
-        }
-        if parsed.query().is_some() || parsed.fragment().is_some() {
-            self.err(at, "URL must not have a query (?...) or fragment (#...)");
-            return None;
-        }
-        Some(value.trim_end_matches('/').to_owned())
-    }
-
-    fn timezone(&mut self, value: Option<&str>, at: &FieldPath) -> Option<Tz> {
-        let value = value?;
-        match parse_timezone(value) {
-            Ok(tz) => Some(tz),
-            Err(e) => {
-                self.err(at, e.to_string());
-                None
-            }
-        }
-    }
-
-    /// A cron expression checked on its own (time zone does not change whether it parses).
-    fn cron_expr(&mut self, value: Option<&str>, at: &FieldPath) -> Option<String> {
-        let value = value?;
-        match CronSpec::parse(value, Tz::UTC) {
-            Ok(spec) => Some(spec.expr),
-            Err(e) => {
-                self.err(at, e.to_string());
-                None
-            }
-        }
-    }
-
-    /// A credential given as `NAME_env` or `NAME_file`, never inline. Returns None when absent
-    /// (not reported: the caller knows whether it is required) or invalid (reported).
-    /// `given` tells the caller whether the file tried to set it at all.
-    fn secret(
-        &mut self,
-        table: &FieldPath,
-        name: &str,
-        env: Option<&str>,
-        file: Option<&str>,
-        inline: bool,
-    ) -> (Option<SecretSource>, bool) {
-        let env_at = table.key(&format!("{name}_env"));
-        let file_at = table.key(&format!("{name}_file"));
-        let mut ok = true;
-        if inline {
-            self.err_key(
-                &table.key(name),
-                format!(
-                    "secrets are never inline: name an environment variable with `{name}_env` or a file with `{name}_file`"
-                ),
-            );
-            ok = false;
-        }
-        if env.is_some() && file.is_some() {
-            self.err_key(
-                &file_at,
-                format!("set either `{name}_env` or `{name}_file`, not both"),
-            );
-            ok = false;
-        }
-        let given = inline || env.is_some() || file.is_some();
-        if let Some(env) = env {
-            // The value is not echoed: a secret pasted here by mistake must not reach the output.
-            if !is_env_name(env) {
-                self.err(
-                    &env_at,
-                    "must be the name of an environment variable (letters, digits and _, not starting with a digit); the value itself is read from that variable",
-                );
-                ok = false;
-            }
-        }
-        let file = match file {
-            Some(f) => {
-                let p = self.local_path(Some(f), &file_at);
-                ok &= p.is_some();
-                p
-            }
-            None => None,
-        };
-        if !ok {
-            return (None, given);
-        }
-        let source = match (env, file) {
-            (Some(env), None) => Some(SecretSource::Env(env.to_owned())),
-            (None, Some(file)) => Some(SecretSource::File(file)),
-            _ => None,
-        };
-        (source, given)
-    }
-
-    /// A field that does not belong to this store kind or auth method.
-    fn not_applicable(&mut self, table: &FieldPath, present: &[(&str, bool)], owner: &str) {
-        for (field, set) in present {
-            if *set {
-                self.err_key(
-                    &table.key(field),
-                    format!("`{field}` does not apply to {owner}"),
-                );
-            }
-        }
-    }
-
-    // ---- sections ----
-
     fn config(&mut self, raw: RawConfig, file: &Path) -> Config {
         let root = FieldPath::root();
         let zenml = self.zenml(raw.zenml.as_ref(), &root.key("zenml"));
@@ -732,256 +470,11 @@ impl Validator<'_> {
                 self.err_key(&store_at, "a store name must not be empty");
                 continue;
             }
-            if let Some(s) = self.store(store, &store_at) {
+            if let Some(s) = store_settings::validate(self, &store.0, &store_at) {
                 stores.insert(name.clone(), s);
             }
         }
         stores
-    }
-
-    fn store(&mut self, raw: &RawStore, at: &FieldPath) -> Option<StoreSettings> {
-        if raw.access_key_id.is_some() || raw.secret_access_key.is_some() {
-            let field = if raw.access_key_id.is_some() {
-                "access_key_id"
-            } else {
-                "secret_access_key"
-            };
-            self.err_key(
-                &at.key(field),
-                "secrets are never inline: AWS credentials come from the SDK's chain (AWS_* environment, profile, web identity, instance role)",
-            );
-        }
-        let kind_at = at.key("kind");
-        let Some(kind) = raw.kind.as_deref() else {
-            self.err(
-                at,
-                "missing `kind`: one of \"vault\", \"aws-secrets-manager\", \"file\"",
-            );
-            return None;
-        };
-        let vault_fields = [
-            ("address", raw.address.is_some()),
-            ("mount", raw.mount.is_some()),
-            ("namespace", raw.namespace.is_some()),
-            ("ca_file", raw.ca_file.is_some()),
-            ("auth", raw.auth.is_some()),
-        ];
-        let aws_fields = [
-            ("region", raw.region.is_some()),
-            ("endpoint_url", raw.endpoint_url.is_some()),
-            ("kms_key_id", raw.kms_key_id.is_some()),
-        ];
-        let file_fields = [("dir", raw.dir.is_some())];
-        match kind {
-            "vault" => {
-                let owner = "a store of kind \"vault\"";
-                self.not_applicable(at, &aws_fields, owner);
-                self.not_applicable(at, &file_fields, owner);
-                self.vault(raw, at).map(StoreSettings::Vault)
-            }
-            "aws-secrets-manager" => {
-                let owner = "a store of kind \"aws-secrets-manager\"";
-                self.not_applicable(at, &vault_fields, owner);
-                self.not_applicable(at, &file_fields, owner);
-                let region = self.text(raw.region.as_deref(), &at.key("region"));
-                let endpoint_url = self.url(raw.endpoint_url.as_deref(), &at.key("endpoint_url"));
-                let kms_key_id = self.text(raw.kms_key_id.as_deref(), &at.key("kms_key_id"));
-                let timeout =
-                    self.duration_or(raw.timeout.as_deref(), &at.key("timeout"), DEFAULT_TIMEOUT)?;
-                Some(StoreSettings::Aws(AwsSettings {
-                    region,
-                    endpoint_url,
-                    kms_key_id,
-                    timeout,
-                }))
-            }
-            "file" => {
-                let owner = "a store of kind \"file\"";
-                self.not_applicable(at, &vault_fields, owner);
-                self.not_applicable(at, &aws_fields, owner);
-                self.not_applicable(at, &[("timeout", raw.timeout.is_some())], owner);
-                let dir_at = at.key("dir");
-                if raw.dir.is_none() {
-                    self.err(
-                        at,
-                        "missing `dir`: the directory the key files are written to",
-                    );
-                    return None;
-                }
-                let dir = self.local_path(raw.dir.as_deref(), &dir_at)?;
-                Some(StoreSettings::File(FileSettings { dir }))
-            }
-            other => {
-                self.err(
-                    &kind_at,
-                    format!("unknown store kind {other:?}: use \"vault\", \"aws-secrets-manager\" or \"file\""),
-                );
-                None
-            }
-        }
-    }
-
-    fn vault(&mut self, raw: &RawStore, at: &FieldPath) -> Option<VaultSettings> {
-        let address = if raw.address.is_none() {
-            self.err(
-                at,
-                "missing `address`: the Vault server URL, e.g. \"https://vault.example.com:8200\"",
-            );
-            None
-        } else {
-            self.url(raw.address.as_deref(), &at.key("address"))
-        };
-        let mount = self.mount_path(raw.mount.as_deref(), &at.key("mount"), "secret");
-        let namespace = match raw.namespace.as_deref() {
-            Some(ns) => self.mount_path(Some(ns), &at.key("namespace"), ""),
-            None => None,
-        };
-        let ca_file = self.local_path(raw.ca_file.as_deref(), &at.key("ca_file"));
-        let timeout = self.duration_or(raw.timeout.as_deref(), &at.key("timeout"), DEFAULT_TIMEOUT);
-        let auth = match &raw.auth {
-            None => {
-                self.err(
-                    at,
-                    "missing `auth`: e.g. auth = { method = \"token\", token_env = \"VAULT_TOKEN\" }",
-                );
-                None
-            }
-            Some(a) => self.vault_auth(a, &at.key("auth")),
-        };
-        Some(VaultSettings {
-            address: address?,
-            mount: mount?,
-            namespace,
-            ca_file,
-            auth: auth?,
-            timeout: timeout?,
-        })
-    }
-
-    /// A Vault mount or namespace path: surrounding slashes dropped (`secret/` is common), not empty.
-    fn mount_path(&mut self, value: Option<&str>, at: &FieldPath, default: &str) -> Option<String> {
-        let value = value.unwrap_or(default);
-        let trimmed = value.trim_matches('/');
-        if trimmed.is_empty() || trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            self.err(
-                at,
-                "must be a non-empty path without spaces, e.g. \"secret\"",
-            );
-            return None;
-        }
-        Some(trimmed.to_owned())
-    }
-
-    fn vault_auth(&mut self, raw: &RawVaultAuth, at: &FieldPath) -> Option<VaultAuth> {
-        let Some(method) = raw.method.as_deref() else {
-            self.err(
-                at,
-                "missing `method`: one of \"token\", \"approle\", \"kubernetes\"",
-            );
-            return None;
-        };
-        let token = [
-            ("token_env", raw.token_env.is_some()),
-            ("token_file", raw.token_file.is_some()),
-        ];
-        let approle = [
-            ("role_id_env", raw.role_id_env.is_some()),
-            ("role_id_file", raw.role_id_file.is_some()),
-            ("secret_id_env", raw.secret_id_env.is_some()),
-            ("secret_id_file", raw.secret_id_file.is_some()),
-        ];
-        let kubernetes = [
-            ("role", raw.role.is_some()),
-            ("jwt_file", raw.jwt_file.is_some()),
-        ];
-        let owner = format!("auth method {method:?}");
-        match method {
-            "token" => {
-                self.not_applicable(at, &approle, &owner);
-                self.not_applicable(at, &kubernetes, &owner);
-                self.not_applicable(at, &[("mount", raw.mount.is_some())], &owner);
-                let (token, given) = self.secret(
-                    at,
-                    "token",
-                    raw.token_env.as_deref(),
-                    raw.token_file.as_deref(),
-                    raw.token.is_some(),
-                );
-                if !given {
-                    self.err(at, "method \"token\" needs `token_env` or `token_file`");
-                }
-                token.map(VaultAuth::Token)
-            }
-            "approle" => {
-                self.not_applicable(at, &token, &owner);
-                self.not_applicable(at, &kubernetes, &owner);
-                let (role_id, role_given) = self.secret(
-                    at,
-                    "role_id",
-                    raw.role_id_env.as_deref(),
-                    raw.role_id_file.as_deref(),
-                    raw.role_id.is_some(),
-                );
-                let (secret_id, secret_given) = self.secret(
-                    at,
-                    "secret_id",
-                    raw.secret_id_env.as_deref(),
-                    raw.secret_id_file.as_deref(),
-                    raw.secret_id.is_some(),
-                );
-                if !role_given {
-                    self.err(
-                        at,
-                        "method \"approle\" needs `role_id_env` or `role_id_file`",
-                    );
-                }
-                if !secret_given {
-                    self.err(
-                        at,
-                        "method \"approle\" needs `secret_id_env` or `secret_id_file`",
-                    );
-                }
-                let mount = self.mount_path(raw.mount.as_deref(), &at.key("mount"), "approle");
-                Some(VaultAuth::AppRole {
-                    role_id: role_id?,
-                    secret_id: secret_id?,
-                    mount: mount?,
-                })
-            }
-            "kubernetes" => {
-                self.not_applicable(at, &token, &owner);
-                self.not_applicable(at, &approle, &owner);
-                if raw.jwt.is_some() {
-                    self.err_key(
-                        &at.key("jwt"),
-                        "secrets are never inline: point `jwt_file` at the service-account token (the default is the pod's own)",
-                    );
-                }
-                let role = if raw.role.is_none() {
-                    self.err(at, "method \"kubernetes\" needs `role` (the Vault role bound to this service account)");
-                    None
-                } else {
-                    self.text(raw.role.as_deref(), &at.key("role"))
-                };
-                let jwt_file = match raw.jwt_file.as_deref() {
-                    Some(f) => self.local_path(Some(f), &at.key("jwt_file")),
-                    None => Some(PathBuf::from(DEFAULT_KUBERNETES_JWT)),
-                };
-                let mount = self.mount_path(raw.mount.as_deref(), &at.key("mount"), "kubernetes");
-                Some(VaultAuth::Kubernetes {
-                    role: role?,
-                    jwt_file: jwt_file?,
-                    mount: mount?,
-                })
-            }
-            other => {
-                self.err(
-                    &at.key("method"),
-                    format!("unknown auth method {other:?}: use \"token\", \"approle\" or \"kubernetes\""),
-                );
-                None
-            }
-        }
     }
 
     fn hygiene(&mut self, raw: &RawHygiene, at: &FieldPath) -> HygieneSettings {
@@ -1004,64 +497,5 @@ impl Validator<'_> {
                 .unwrap_or(true),
             exclude_service_accounts: exclude,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn serde_messages_lose_quoted_values_and_internal_names() {
-        assert_eq!(
-            serde_message("invalid type: string \"hunter2\", expected a boolean"),
-            "invalid type: string, expected a boolean"
-        );
-        assert_eq!(
-            serde_message("invalid type: string \"a\\\"b\", expected struct RawStore"),
-            "invalid type: string, expected a table"
-        );
-        assert_eq!(
-            serde_message("invalid value: integer `-12345`, expected usize"),
-            "invalid value: integer, expected a whole number (0 or more)"
-        );
-        assert_eq!(
-            serde_message("invalid type: floating point `1.5`, expected a string"),
-            "invalid type: floating point, expected a string"
-        );
-        assert_eq!(
-            serde_message("unknown field `evry`, expected `every`"),
-            "unknown key `evry`, expected `every`"
-        );
-    }
-
-    #[test]
-    fn unknown_field_lists_do_not_suggest_inline_secrets() {
-        let m =
-            "unknown field `pasword`, expected one of `url`, `password_env`, `password`, `api_key`";
-        assert_eq!(
-            without_inline_secret_fields(m, "zenml.pasword"),
-            "unknown field `pasword`, expected one of `url`, `password_env`"
-        );
-        let m = "unknown field `evry`, expected one of `name`, `api_key`";
-        assert_eq!(without_inline_secret_fields(m, "key[0].evry"), m);
-    }
-
-    #[test]
-    fn durations_read_as_written() {
-        assert_eq!(fmt_duration(Duration::from_secs(40 * 86_400)), "40d");
-        assert_eq!(fmt_duration(Duration::from_secs(90)), "1m30s");
-        assert_eq!(fmt_duration(Duration::from_secs(86_400 + 3_600)), "1d1h");
-        assert_eq!(fmt_duration(Duration::from_millis(1_500)), "1s500ms");
-        assert_eq!(fmt_duration(Duration::ZERO), "0s");
-    }
-
-    #[test]
-    fn env_names() {
-        assert!(is_env_name("ZENML_ROTATOR_PASSWORD"));
-        assert!(is_env_name("_x1"));
-        assert!(!is_env_name("1X"));
-        assert!(!is_env_name("ZENKEY_abc-def"));
-        assert!(!is_env_name(""));
     }
 }

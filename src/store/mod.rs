@@ -1,5 +1,6 @@
-//! Where rotated keys are written: one trait, one file per backend, chosen in one place from
-//! `[stores.NAME]`. The rotation engine only sees `SecretStore`; a new backend slots in here.
+//! Where rotated keys are written: one trait, one folder per backend (its client and, in
+//! `settings.rs`, its `[stores.NAME]` table), chosen in one place from the settings. The rotation
+//! engine only sees `SecretStore`; a new backend slots in here.
 //!
 //! Every backend keeps two things per path: the payload workloads read
 //! (`{"ZENML_STORE_URL": ..., "ZENML_STORE_API_KEY": ...}`) and a non-secret `RotationRecord`
@@ -11,12 +12,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::config::StoreSettings;
 use crate::secret::{ExposeSecret, SecretString};
 
 pub mod aws;
 pub mod file;
 pub mod vault;
+
+// `[stores.NAME]` of every kind, and the one place that hands a table to its kind.
+pub mod settings;
+
+pub use settings::StoreSettings;
 
 pub const MANAGED_BY: &str = "zenml-rotator";
 pub const ENV_URL: &str = "ZENML_STORE_URL";
@@ -195,6 +200,60 @@ pub enum StoreError {
     },
 }
 
+/// The kinds of `StoreError`, for code that decides the kind apart from building the error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    PermissionDenied,
+    Unavailable,
+    Conflict,
+    NotWritable,
+    Other,
+}
+
+impl StoreError {
+    pub fn new(
+        kind: StoreErrorKind,
+        store: &'static str,
+        op: &'static str,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> StoreError {
+        let (path, message) = (path.into(), message.into());
+        match kind {
+            StoreErrorKind::PermissionDenied => StoreError::PermissionDenied {
+                store,
+                op,
+                path,
+                message,
+            },
+            StoreErrorKind::Unavailable => StoreError::Unavailable {
+                store,
+                op,
+                path,
+                message,
+            },
+            StoreErrorKind::Conflict => StoreError::Conflict {
+                store,
+                op,
+                path,
+                message,
+            },
+            StoreErrorKind::NotWritable => StoreError::NotWritable {
+                store,
+                op,
+                path,
+                message,
+            },
+            StoreErrorKind::Other => StoreError::Other {
+                store,
+                op,
+                path,
+                message,
+            },
+        }
+    }
+}
+
 /// A backend that holds the payload of one or more keys.
 #[async_trait]
 pub trait SecretStore: Send + Sync {
@@ -258,7 +317,7 @@ pub trait SecretStore: Send + Sync {
     async fn retire_previous(&self, path: &str) -> Result<(), StoreError>;
 }
 
-/// Connects the store a `[stores.NAME]` section describes. The one place that picks a backend.
+/// Connects the store a `[stores.NAME]` section describes. The one place that picks a client.
 pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn SecretStore>, StoreError> {
     Ok(match settings {
         StoreSettings::File(s) => Arc::new(file::FileStore::new(s)),

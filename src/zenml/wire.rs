@@ -5,6 +5,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
+use super::{ApiKey, ServiceAccount, User};
 use crate::secret::SecretString;
 
 /// The page envelope of every list endpoint.
@@ -156,6 +157,54 @@ fn optional_utc_timestamp<'de, D: Deserializer<'de>>(
         Some(s) => parse_utc(&s)
             .map(Some)
             .ok_or_else(|| serde::de::Error::custom(format!("bad timestamp {s:?}"))),
+    }
+}
+
+impl From<UserResponse> for User {
+    fn from(u: UserResponse) -> Self {
+        User {
+            id: u.id,
+            name: u.name,
+            active: u.body.active,
+            is_service_account: u.body.is_service_account,
+            is_admin: u.body.is_admin,
+        }
+    }
+}
+
+impl From<ServiceAccountResponse> for ServiceAccount {
+    fn from(sa: ServiceAccountResponse) -> Self {
+        ServiceAccount {
+            id: sa.id,
+            name: sa.name,
+            active: sa.body.active,
+            created: sa.body.created,
+            description: sa.metadata.map(|m| m.description).unwrap_or_default(),
+        }
+    }
+}
+
+impl ApiKeyResponse {
+    /// The public key description and, for create/rotate answers, the value.
+    pub(super) fn into_parts(self) -> (ApiKey, Option<SecretString>) {
+        let metadata = self.metadata;
+        let key = ApiKey {
+            id: self.id,
+            name: self.name,
+            description: metadata
+                .as_ref()
+                .map(|m| m.description.clone())
+                .unwrap_or_default(),
+            active: self.body.active,
+            created: self.body.created,
+            updated: self.body.updated,
+            service_account_id: self.body.service_account.id,
+            service_account_name: self.body.service_account.name,
+            retain_period_minutes: metadata.as_ref().and_then(|m| m.retain_period_minutes),
+            last_login: metadata.as_ref().and_then(|m| m.last_login),
+            last_rotated: metadata.as_ref().and_then(|m| m.last_rotated),
+        };
+        (key, self.body.key)
     }
 }
 

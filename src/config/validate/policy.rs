@@ -8,10 +8,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
-use super::{DEFAULT_EVERY, DEFAULT_RETAIN, GAP_HORIZON, IMPLICIT_STORE, Validator, fmt_duration};
+use super::toolkit::Validator;
+use super::{DEFAULT_EVERY, DEFAULT_RETAIN, GAP_HORIZON, IMPLICIT_STORE, fmt_duration};
 use crate::config::error::FieldPath;
 use crate::config::raw::{RawDefaults, RawKey, RawWindow};
-use crate::config::{Cadence, CronSpec, KeyPolicy, MaintenanceWindow, StoreSettings, Strategy};
+use crate::config::{Cadence, KeyPolicy, MaintenanceWindow, StoreSettings, Strategy};
+use crate::cron::CronSpec;
 
 /// Where a setting's value came from; decides where a problem with a combination is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -80,39 +82,30 @@ pub(super) struct Inheritable<'r> {
     delete_after: Option<&'r str>,
 }
 
-impl<'r> From<&'r RawDefaults> for Inheritable<'r> {
-    fn from(d: &'r RawDefaults) -> Self {
-        Inheritable {
-            every: d.every.as_deref(),
-            retain: d.retain.as_deref(),
-            strategy: d.strategy.as_deref(),
-            store: d.store.as_deref(),
-            jitter: d.jitter.as_deref(),
-            schedule: d.schedule.as_deref(),
-            window: d.window.as_ref(),
-            timezone: d.timezone.as_deref(),
-            retire_previous: d.retire_previous,
-            delete_after: d.delete_after.as_deref(),
+/// `[defaults]` and `[[key]]` spell the inheritable settings alike; one conversion serves both.
+macro_rules! inheritable_from {
+    ($raw:ty) => {
+        impl<'r> From<&'r $raw> for Inheritable<'r> {
+            fn from(r: &'r $raw) -> Self {
+                Inheritable {
+                    every: r.every.as_deref(),
+                    retain: r.retain.as_deref(),
+                    strategy: r.strategy.as_deref(),
+                    store: r.store.as_deref(),
+                    jitter: r.jitter.as_deref(),
+                    schedule: r.schedule.as_deref(),
+                    window: r.window.as_ref(),
+                    timezone: r.timezone.as_deref(),
+                    retire_previous: r.retire_previous,
+                    delete_after: r.delete_after.as_deref(),
+                }
+            }
         }
-    }
+    };
 }
 
-impl<'r> From<&'r RawKey> for Inheritable<'r> {
-    fn from(k: &'r RawKey) -> Self {
-        Inheritable {
-            every: k.every.as_deref(),
-            retain: k.retain.as_deref(),
-            strategy: k.strategy.as_deref(),
-            store: k.store.as_deref(),
-            jitter: k.jitter.as_deref(),
-            schedule: k.schedule.as_deref(),
-            window: k.window.as_ref(),
-            timezone: k.timezone.as_deref(),
-            retire_previous: k.retire_previous,
-            delete_after: k.delete_after.as_deref(),
-        }
-    }
-}
+inheritable_from!(RawDefaults);
+inheritable_from!(RawKey);
 
 /// A key's settings with `[defaults]` and the built-in defaults applied.
 struct Resolved {
@@ -177,6 +170,31 @@ fn make<T>(value: Option<T>, (level, at): (Level, FieldPath)) -> Setting<T> {
 
 fn pick<T: Clone>(key: &Option<Setting<T>>, defaults: &Option<Setting<T>>) -> Option<Setting<T>> {
     key.clone().or_else(|| defaults.clone())
+}
+
+/// When a key is due and may be rotated: its cadence and maintenance window in its time zone.
+/// `None` for a value that is invalid (already reported); the window's inner `None` is no window.
+fn timing(resolved: &Resolved) -> (Option<Cadence>, Option<Option<MaintenanceWindow>>) {
+    let tz = resolved.timezone.value;
+    let cadence = match (&resolved.cadence.value, tz) {
+        (Some(RawCadence::Every(d)), _) => Some(Cadence::Every(*d)),
+        (Some(RawCadence::Schedule(expr)), Some(tz)) => {
+            CronSpec::parse(expr, tz).ok().map(Cadence::Schedule)
+        }
+        _ => None,
+    };
+    let window = match (&resolved.window, tz) {
+        (None, _) => Some(None),
+        (Some(w), Some(tz)) => w.value.as_ref().and_then(|spec| {
+            let opens = CronSpec::parse(&spec.expr, tz).ok()?;
+            Some(Some(MaintenanceWindow {
+                opens,
+                duration: spec.duration,
+            }))
+        }),
+        (Some(_), None) => None,
+    };
+    (cadence, window)
 }
 
 impl Validator<'_> {
@@ -483,6 +501,54 @@ impl Validator<'_> {
         seen: &mut Seen,
     ) -> Option<KeyPolicy> {
         let at = FieldPath::root().key("key").index(i);
+        let (name, service_account, api_key) = self.identity(i, k, &at, seen);
+        let layer = self.layer(Inheritable::from(k), &at, Level::Key, scope.store_names);
+        let resolved = self.resolve(&layer, scope.defaults, &FieldPath::root().key("defaults"));
+        self.check_combinations(&resolved, Level::Key);
+        let strategy = resolved.strategy.value;
+        self.check_strategy_only_settings(&layer, strategy);
+        let (store, path) = self.destination(i, k, &at, &resolved, scope, seen);
+        let (cadence, window) = timing(&resolved);
+        let jitter = match &resolved.jitter {
+            None => Some(None),
+            Some(j) => j.value.map(|d| (!d.is_zero()).then_some(d)),
+        };
+        let strategy = strategy?;
+        let retire_previous = match &resolved.retire_previous {
+            None => Some(false),
+            Some(r) => r.value.map(|b| b && strategy == Strategy::Rotate),
+        };
+        let delete_after = match &resolved.delete_after {
+            None => Some(None),
+            Some(d) => d
+                .value
+                .map(|d| (strategy == Strategy::Replace).then_some(d)),
+        };
+        Some(KeyPolicy {
+            name: name?,
+            service_account: service_account?,
+            api_key: api_key?,
+            store: store?,
+            path: path?,
+            strategy,
+            cadence: cadence?,
+            window: window?,
+            jitter: jitter?,
+            retain: resolved.retain.value?,
+            retire_previous: retire_previous?,
+            delete_after: delete_after?,
+        })
+    }
+
+    /// A key's `name`, `service_account` and `api_key`: present, no key material, and neither the
+    /// name nor the (service account, API key) pair used by an earlier key.
+    fn identity(
+        &mut self,
+        i: usize,
+        k: &RawKey,
+        at: &FieldPath,
+        seen: &mut Seen,
+    ) -> (Option<String>, Option<String>, Option<String>) {
         let name = self.required_text(
             k.name.as_deref(),
             &at.key("name"),
@@ -528,13 +594,12 @@ impl Validator<'_> {
                 seen.targets.insert(target, i);
             }
         }
+        (name, service_account, api_key)
+    }
 
-        let layer = self.layer(Inheritable::from(k), &at, Level::Key, scope.store_names);
-        let resolved = self.resolve(&layer, scope.defaults, &FieldPath::root().key("defaults"));
-        self.check_combinations(&resolved, Level::Key);
-        let strategy = resolved.strategy.value;
-        // Set on the key itself for the other strategy: an error, since it would silently do
-        // nothing. Set in [defaults], it applies only to keys of its strategy.
+    /// Set on the key itself for the other strategy: an error, since it would silently do
+    /// nothing. Set in [defaults], it applies only to keys of its strategy.
+    fn check_strategy_only_settings(&mut self, layer: &Layer, strategy: Option<Strategy>) {
         if let (Some(rp), Some(Strategy::Replace)) = (&layer.retire_previous, strategy) {
             if rp.value == Some(true) {
                 self.err(
@@ -549,12 +614,24 @@ impl Validator<'_> {
                 "`delete_after` applies to strategy \"replace\" only: \"rotate\" keeps one API key and never deactivates it, so there is nothing to delete",
             );
         }
+    }
 
+    /// The key's store and `path` in it: the store named (or the implicit one), the path valid
+    /// for that store and used by no earlier key of the same store.
+    fn destination(
+        &mut self,
+        i: usize,
+        k: &RawKey,
+        at: &FieldPath,
+        resolved: &Resolved,
+        scope: &KeyScope<'_>,
+        seen: &mut Seen,
+    ) -> (Option<String>, Option<String>) {
         let store = match &resolved.store {
             Some(s) => s.value.clone(),
             None if scope.implicit_store => Some(IMPLICIT_STORE.to_owned()),
             None => {
-                self.err(&at, "no store: set `store` on this key or in [defaults]");
+                self.err(at, "no store: set `store` on this key or in [defaults]");
                 None
             }
         };
@@ -582,108 +659,17 @@ impl Validator<'_> {
                 seen.destinations.insert(dest, i);
             }
         }
-
-        let tz = resolved.timezone.value;
-        let cadence = match (&resolved.cadence.value, tz) {
-            (Some(RawCadence::Every(d)), _) => Some(Cadence::Every(*d)),
-            (Some(RawCadence::Schedule(expr)), Some(tz)) => {
-                CronSpec::parse(expr, tz).ok().map(Cadence::Schedule)
-            }
-            _ => None,
-        };
-        // Option<Option<_>>: outer None = invalid (reported), inner None = not set.
-        let window = match (&resolved.window, tz) {
-            (None, _) => Some(None),
-            (Some(w), Some(tz)) => w.value.as_ref().and_then(|spec| {
-                let opens = CronSpec::parse(&spec.expr, tz).ok()?;
-                Some(Some(MaintenanceWindow {
-                    opens,
-                    duration: spec.duration,
-                }))
-            }),
-            (Some(_), None) => None,
-        };
-        let jitter = match &resolved.jitter {
-            None => Some(None),
-            Some(j) => j.value.map(|d| (!d.is_zero()).then_some(d)),
-        };
-        let strategy = strategy?;
-        let retire_previous = match &resolved.retire_previous {
-            None => Some(false),
-            Some(r) => r.value.map(|b| b && strategy == Strategy::Rotate),
-        };
-        let delete_after = match &resolved.delete_after {
-            None => Some(None),
-            Some(d) => d
-                .value
-                .map(|d| (strategy == Strategy::Replace).then_some(d)),
-        };
-        Some(KeyPolicy {
-            name: name?,
-            service_account: service_account?,
-            api_key: api_key?,
-            store: store?,
-            path: path?,
-            strategy,
-            cadence: cadence?,
-            window: window?,
-            jitter: jitter?,
-            retain: resolved.retain.value?,
-            retire_previous: retire_previous?,
-            delete_after: delete_after?,
-        })
+        (store, path)
     }
 
     /// A key's `path` as its store understands it; nothing may escape the store's namespace.
     fn store_path(&mut self, store: &StoreSettings, path: &str, at: &FieldPath) -> Option<String> {
-        match store {
-            StoreSettings::File(_) => {
-                if path.contains('/')
-                    || path.contains('\\')
-                    || path == "."
-                    || path == ".."
-                    || path.contains('\0')
-                {
-                    self.err(
-                        at,
-                        "must be a plain file name under the store's dir: no `/`, no `..`, not an absolute path",
-                    );
-                    return None;
-                }
-            }
-            StoreSettings::Vault(_) => {
-                let bad_segment = path
-                    .split('/')
-                    .any(|s| s.is_empty() || s == "." || s == "..");
-                if bad_segment {
-                    self.err(
-                        at,
-                        "must be a relative KV path such as \"zenml/training\": no leading, trailing or double `/`, no `.` or `..` segments",
-                    );
-                    return None;
-                }
-                if path.starts_with("data/") {
-                    self.err(
-                        at,
-                        "is relative to the KV v2 mount, without `data/`: write \"zenml/training\", not \"data/zenml/training\"",
-                    );
-                    return None;
-                }
-            }
-            StoreSettings::Aws(_) => {
-                let valid = path.len() <= 512
-                    && path
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c));
-                if !valid {
-                    self.err(
-                        at,
-                        "must be a Secrets Manager secret name: at most 512 of A-Z a-z 0-9 / _ + = . @ -",
-                    );
-                    return None;
-                }
+        match store.check_path(path) {
+            Ok(()) => Some(path.to_owned()),
+            Err(message) => {
+                self.err(at, message);
+                None
             }
         }
-        Some(path.to_owned())
     }
 }

@@ -4,8 +4,7 @@
 //! and `<name>.meta.json` (the rotator's record, no secret).
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
 
@@ -14,12 +13,19 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{
-    ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, StoreError, StoreSnapshot,
+    ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, StoreError, StoreErrorKind,
+    StoreSnapshot,
 };
-use crate::config::FileSettings;
+use crate::durable;
+pub(crate) use crate::durable::sync_dir;
 use crate::secret::{ExposeSecret, SecretString};
 
-const KIND: &str = "file";
+pub mod settings;
+#[cfg(test)]
+mod tests;
+
+pub use settings::FileSettings;
+use settings::KIND;
 
 pub struct FileStore {
     dir: PathBuf,
@@ -48,33 +54,18 @@ impl FileStore {
 }
 
 fn other(op: &'static str, path: &str, message: String) -> StoreError {
-    StoreError::Other {
-        store: KIND,
-        op,
-        path: path.to_owned(),
-        message,
-    }
+    StoreError::new(StoreErrorKind::Other, KIND, op, path, message)
 }
 
 fn io_error(op: &'static str, path: &str, e: &std::io::Error) -> StoreError {
-    let message = e.to_string();
-    match e.kind() {
-        std::io::ErrorKind::PermissionDenied => StoreError::PermissionDenied {
-            store: KIND,
-            op,
-            path: path.to_owned(),
-            message,
-        },
+    let kind = match e.kind() {
+        std::io::ErrorKind::PermissionDenied => StoreErrorKind::PermissionDenied,
         std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::StorageFull => {
-            StoreError::NotWritable {
-                store: KIND,
-                op,
-                path: path.to_owned(),
-                message,
-            }
+            StoreErrorKind::NotWritable
         }
-        _ => other(op, path, message),
-    }
+        _ => StoreErrorKind::Other,
+    };
+    StoreError::new(kind, KIND, op, path, e.to_string())
 }
 
 fn sibling(file: &Path, suffix: &str) -> PathBuf {
@@ -143,34 +134,9 @@ fn read_value(
     Ok(parse_api_key(text))
 }
 
-/// Writes `bytes` to `target` atomically with mode 0600: a temp file in the same directory,
-/// fsync, rename over the target, fsync the directory (so the rename itself is durable).
+/// Writes `bytes` to `target` atomically with mode 0600 (see `durable::write_atomic`).
 pub(crate) fn write_atomic(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = target.parent().unwrap_or(Path::new("."));
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // An existing temp file keeps its old mode through open(): force it.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, target)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    durable::write_atomic(target, bytes, 0o600)
 }
 
 /// access(2) with W_OK|X_OK: permissions and read-only mounts, without writing anything.
@@ -184,10 +150,6 @@ fn writable_dir(dir: &Path) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 impl FileStore {
@@ -395,180 +357,5 @@ impl SecretStore for FileStore {
                 Err(e) => Err(io_error(OP, path, &e)),
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn payload(key: &str) -> Payload {
-        Payload {
-            zenml_url: "https://zenml.example.com".into(),
-            api_key: SecretString::from(key.to_owned()),
-        }
-    }
-
-    fn record(fp: &str) -> RotationRecord {
-        RotationRecord {
-            policy: "p".into(),
-            fingerprint: fp.into(),
-            ..RotationRecord::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn write_read_back_previous_and_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::new(&FileSettings {
-            dir: dir.path().join("keys"),
-        });
-        let snap = store.preflight("training.env").await.unwrap();
-        assert!(!snap.exists);
-        store
-            .stage(
-                "training.env",
-                &payload("ZENKEY_one"),
-                &record("1"),
-                &snap,
-                "t1",
-            )
-            .await
-            .unwrap();
-        let file = dir.path().join("keys/training.env");
-        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let text = std::fs::read_to_string(&file).unwrap();
-        assert!(text.contains("ZENML_STORE_URL=https://zenml.example.com\n"));
-        assert!(text.contains("ZENML_STORE_API_KEY=ZENKEY_one\n"));
-        assert_eq!(
-            store
-                .read_current("training.env")
-                .await
-                .unwrap()
-                .unwrap()
-                .expose_secret(),
-            "ZENKEY_one"
-        );
-        assert!(store.read_previous("training.env").await.unwrap().is_none());
-
-        let snap2 = store.preflight("training.env").await.unwrap();
-        assert_eq!(snap2.record.as_ref().unwrap().fingerprint, "1");
-        store
-            .stage(
-                "training.env",
-                &payload("ZENKEY_two"),
-                &record("2"),
-                &snap2,
-                "t2",
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            store
-                .read_previous("training.env")
-                .await
-                .unwrap()
-                .unwrap()
-                .expose_secret(),
-            "ZENKEY_one"
-        );
-        // A retry of the same write succeeds without touching the previous value.
-        store
-            .stage(
-                "training.env",
-                &payload("ZENKEY_two"),
-                &record("2"),
-                &snap2,
-                "t2",
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            store
-                .read_previous("training.env")
-                .await
-                .unwrap()
-                .unwrap()
-                .expose_secret(),
-            "ZENKEY_one"
-        );
-        store.retire_previous("training.env").await.unwrap();
-        assert!(store.read_previous("training.env").await.unwrap().is_none());
-        // No temp files left behind.
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("keys"))
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
-            .collect();
-        assert!(leftovers.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_write_behind_our_back_is_a_conflict() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::new(&FileSettings {
-            dir: dir.path().into(),
-        });
-        let snap = store.preflight("k").await.unwrap();
-        std::fs::write(dir.path().join("k"), "ZENML_STORE_API_KEY=someone-else\n").unwrap();
-        let err = store
-            .stage("k", &payload("ZENKEY_x"), &record("x"), &snap, "t")
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
-        assert_eq!(
-            store
-                .read_current("k")
-                .await
-                .unwrap()
-                .unwrap()
-                .expose_secret(),
-            "someone-else"
-        );
-    }
-
-    #[tokio::test]
-    async fn paths_cannot_escape_the_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::new(&FileSettings {
-            dir: dir.path().into(),
-        });
-        for bad in ["../x", "/etc/passwd", "", "a/../../b"] {
-            assert!(store.preflight(bad).await.is_err(), "{bad}");
-        }
-        assert!(store.preflight("team/a.env").await.is_ok());
-    }
-
-    #[tokio::test]
-    async fn preflight_fails_on_a_read_only_directory() {
-        if unsafe { libc::geteuid() } == 0 {
-            // root ignores directory permissions; a read-only bind mount is the real-world case,
-            // covered by the NotWritable mapping. Prove the mapping instead.
-            let e = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
-            assert!(matches!(
-                io_error("preflight", "k", &e),
-                StoreError::NotWritable { .. }
-            ));
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
-        let store = FileStore::new(&FileSettings {
-            dir: dir.path().into(),
-        });
-        let err = store.preflight("k").await.unwrap_err();
-        assert!(matches!(err, StoreError::PermissionDenied { .. }), "{err}");
-    }
-
-    #[test]
-    fn parses_systemd_env_syntax() {
-        assert_eq!(
-            parse_api_key("# c\nZENML_STORE_URL=x\n ZENML_STORE_API_KEY = \"ZENKEY_q\" \n")
-                .unwrap()
-                .expose_secret(),
-            "ZENKEY_q"
-        );
-        assert!(parse_api_key("OTHER=1\n").is_none());
     }
 }

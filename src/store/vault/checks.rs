@@ -1,0 +1,210 @@
+//! Pre-flight checks through Vault's `sys/` API (which vaultrs does not wrap): the token's
+//! capabilities on the exact path, and that the mount is a KV v2 engine.
+
+use std::error::Error as _;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::auth::Authed;
+use super::{STORE, VaultStore};
+use crate::metrics::observe_upstream;
+use crate::secret::ExposeSecret;
+use crate::store::{StoreError, StoreErrorKind};
+
+impl VaultStore {
+    /// A request vaultrs does not wrap, with the same token, namespace and timeout.
+    async fn raw(
+        &self,
+        authed: &Authed,
+        method: reqwest::Method,
+        api_path: &str,
+        body: Option<Value>,
+        op: &'static str,
+        path: &str,
+    ) -> Result<Value, StoreError> {
+        let mut token = reqwest::header::HeaderValue::from_str(authed.token.expose_secret())
+            .map_err(|_| {
+                self.other(
+                    op,
+                    path,
+                    "the token holds characters an HTTP header cannot carry",
+                )
+            })?;
+        token.set_sensitive(true);
+        let mut req = self
+            .http
+            .request(method, format!("{}/v1/{api_path}", self.address))
+            .header("X-Vault-Token", token)
+            .header("X-Vault-Request", "true");
+        if let Some(ns) = &self.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let start = Instant::now();
+        let res = req.send().await;
+        let res = match res {
+            Ok(r) => r,
+            Err(e) => {
+                observe_upstream(STORE, op, start.elapsed());
+                let mut detail = e.to_string();
+                let mut cause = e.source();
+                while let Some(c) = cause {
+                    detail.push_str(": ");
+                    detail.push_str(&c.to_string());
+                    cause = c.source();
+                }
+                return Err(self.unreachable(op, path, e.is_timeout(), &detail));
+            }
+        };
+        let status = res.status().as_u16();
+        let bytes = res.bytes().await;
+        observe_upstream(STORE, op, start.elapsed());
+        let bytes =
+            bytes.map_err(|e| self.unreachable(op, path, e.is_timeout(), &e.to_string()))?;
+        let json: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        if (200..300).contains(&status) {
+            return Ok(json);
+        }
+        let errors: Vec<String> = json
+            .get("errors")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Err(self.status_error(op, path, status, &errors))
+    }
+
+    /// Invariant 2: the token may write the value and its metadata, and read them back.
+    pub(super) async fn check_capabilities(
+        &self,
+        authed: &Authed,
+        path: &str,
+    ) -> Result<(), StoreError> {
+        let data_path = format!("{}/data/{path}", self.mount);
+        let meta_path = format!("{}/metadata/{path}", self.mount);
+        let body = serde_json::json!({ "paths": [data_path, meta_path] });
+        let res = self
+            .raw(
+                authed,
+                reqwest::Method::POST,
+                "sys/capabilities-self",
+                Some(body),
+                "capabilities",
+                path,
+            )
+            .await?;
+        let caps = res.get("data").unwrap_or(&res);
+        let mut missing = Vec::new();
+        for (api_path, needed) in [
+            (&data_path, &["create", "update", "read"][..]),
+            (&meta_path, &["update", "read"][..]),
+        ] {
+            let have: Vec<&str> = caps
+                .get(api_path.as_str())
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if have.contains(&"root") {
+                continue;
+            }
+            let lacking: Vec<&str> = needed
+                .iter()
+                .copied()
+                .filter(|c| have.contains(&"deny") || !have.contains(c))
+                .collect();
+            if !lacking.is_empty() {
+                missing.push(format!(
+                    "{} on {api_path} (it has: {})",
+                    lacking.join(", "),
+                    if have.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        have.join(", ")
+                    }
+                ));
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(self.error(
+                StoreErrorKind::PermissionDenied,
+                "preflight",
+                path,
+                format!("the token lacks {}", missing.join("; ")),
+            ))
+        }
+    }
+
+    /// Once per store: `mount` must be a KV v2 engine itself (not a KV v1 mount, where `data/`
+    /// would silently become part of the key name, nor a folder inside a mount). Skipped when the
+    /// token may not ask.
+    pub(super) async fn check_mount(&self, authed: &Authed, path: &str) -> Result<(), StoreError> {
+        if self.mount_checked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let info = match self
+            .raw(
+                authed,
+                reqwest::Method::GET,
+                &format!("sys/internal/ui/mounts/{}", self.mount),
+                None,
+                "mount_info",
+                path,
+            )
+            .await
+        {
+            Ok(v) => v,
+            Err(e @ StoreError::Unavailable { .. }) => return Err(e),
+            Err(e) => {
+                tracing::debug!(store = STORE, error = %e, "cannot check the KV mount; going on");
+                return Ok(());
+            }
+        };
+        let data = info.get("data").unwrap_or(&Value::Null);
+        let kind = data.get("type").and_then(Value::as_str).unwrap_or("");
+        let version = data
+            .pointer("/options/version")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let at = data
+            .get("path")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .trim_end_matches('/');
+        let not_kv2 =
+            |message: String| self.error(StoreErrorKind::NotWritable, "preflight", path, message);
+        if !at.is_empty() && at != self.mount {
+            return Err(not_kv2(format!(
+                "{} is not a mount but a folder in the mount {at}: set mount = \"{at}\" and put \
+                 the rest in the key's path",
+                self.mount
+            )));
+        }
+        if kind != "kv" || version != "2" {
+            return Err(not_kv2(format!(
+                "{} is a {} engine{}, not KV version 2",
+                self.mount,
+                if kind.is_empty() { "unknown" } else { kind },
+                if version.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (version {version})")
+                }
+            )));
+        }
+        self.mount_checked.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}

@@ -1,0 +1,84 @@
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use super::auth::Lease;
+use super::kv::{ROTATION_TOKEN, ROTATION_VERSION, merge_custom_metadata};
+use super::*;
+use crate::secret::SecretSource;
+
+#[test]
+fn paths() {
+    assert!(valid_path("zenml/training"));
+    assert!(valid_path("a"));
+    for bad in ["", "/a", "a/", "a//b", "a/../b", "./a", "a\nb"] {
+        assert!(!valid_path(bad), "{bad:?}");
+    }
+}
+
+#[test]
+fn merge_keeps_operator_keys_and_drops_stale_record_keys() {
+    let mut existing = HashMap::new();
+    existing.insert("owner".to_owned(), "team-a".to_owned());
+    existing.insert("finalized_at".to_owned(), "2020-01-01T00:00:00Z".to_owned());
+    existing.insert(ROTATION_TOKEN.to_owned(), "old".to_owned());
+    let record = RotationRecord {
+        policy: "p".into(),
+        ..Default::default()
+    };
+    let m = merge_custom_metadata(existing.clone(), &record, Some(("tok", 7)));
+    assert_eq!(m["owner"], "team-a");
+    assert!(!m.contains_key("key_id"), "empty values are left out");
+    assert_eq!(m["managed_by"], "zenml-rotator");
+    assert!(!m.contains_key("finalized_at"));
+    assert_eq!(m[ROTATION_TOKEN], "tok");
+    assert_eq!(m[ROTATION_VERSION], "7");
+    let m = merge_custom_metadata(existing, &record, None);
+    assert_eq!(m[ROTATION_TOKEN], "old");
+}
+
+#[test]
+fn lease_is_due_at_two_thirds() {
+    let l = Lease::new(30, true, Duration::from_secs(30));
+    let now = SystemTime::now();
+    assert!(!l.due(now));
+    assert!(l.due(now + Duration::from_secs(21)));
+    assert!(!l.expired(now + Duration::from_secs(21)));
+    assert!(l.expired(now + Duration::from_secs(31)));
+    let root = Lease::new(0, false, Duration::ZERO);
+    assert!(!root.due(now + Duration::from_secs(1_000_000)));
+}
+
+#[test]
+fn debug_shows_where_credentials_come_from_not_what_they_are() {
+    let settings = VaultSettings {
+        address: "http://127.0.0.1:8200".into(),
+        mount: "secret".into(),
+        namespace: None,
+        ca_file: None,
+        auth: VaultAuth::Token(SecretSource::Env("VAULT_TOKEN".into())),
+        timeout: Duration::from_secs(5),
+    };
+    let store = VaultStore::new(&settings).unwrap();
+    let shown = format!("{store:?}");
+    assert!(shown.contains("token from env VAULT_TOKEN"), "{shown}");
+}
+
+#[test]
+fn bad_settings_are_refused_without_a_panic() {
+    let mut settings = VaultSettings {
+        address: "not a url".into(),
+        mount: "secret".into(),
+        namespace: None,
+        ca_file: None,
+        auth: VaultAuth::Token(SecretSource::Env("VAULT_TOKEN".into())),
+        timeout: Duration::from_secs(5),
+    };
+    assert!(VaultStore::new(&settings).is_err());
+    settings.address = "http://vault:8200/prefix".into();
+    assert!(VaultStore::new(&settings).is_err());
+    settings.address = "http://vault:8200/".into();
+    settings.namespace = Some("team a".into());
+    assert!(VaultStore::new(&settings).is_err());
+    settings.namespace = Some("team-a/".into());
+    assert!(VaultStore::new(&settings).is_ok());
+}
