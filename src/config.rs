@@ -49,7 +49,7 @@ impl Config {
 }
 
 /// A whole, validated policy file. Built only by `Config::load`/`Config::parse`, so holding one
-/// means every check of DESIGN.md passed.
+/// means every rule of the policy file (README, "Policy file") holds.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it came from (for messages and reloads).
@@ -136,10 +136,41 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    pub const ALL: [Strategy; 2] = [Strategy::Rotate, Strategy::Replace];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::Rotate => "rotate",
             Strategy::Replace => "replace",
+        }
+    }
+
+    /// `strategy = "..."` as written in the file.
+    pub fn from_name(name: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Whether `retain` must be whole minutes (ZenML's unit for an in-place rotation's window).
+    pub fn retain_in_whole_minutes(self) -> bool {
+        match self {
+            Strategy::Rotate => true,
+            Strategy::Replace => false,
+        }
+    }
+
+    /// Whether `retire_previous` means anything: a previous value kept beside the current one.
+    pub fn keeps_previous_value(self) -> bool {
+        match self {
+            Strategy::Rotate => true,
+            Strategy::Replace => false,
+        }
+    }
+
+    /// Whether `delete_after` means anything: old keys the rotator deactivates.
+    pub fn deactivates_old_keys(self) -> bool {
+        match self {
+            Strategy::Rotate => false,
+            Strategy::Replace => true,
         }
     }
 }

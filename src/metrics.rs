@@ -1,4 +1,4 @@
-//! The rotator's Prometheus metrics: one registry, the names of DESIGN.md, `policy` as the only
+//! The rotator's Prometheus metrics: one registry, the names the README lists ("Metrics"), `policy` as the only
 //! per-key label. The same values serve `/metrics` in `run` mode (`endpoint`) and the
 //! textfile/Pushgateway of `once` (`export`).
 

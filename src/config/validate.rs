@@ -1,4 +1,4 @@
-//! From the file as written (`raw`) to a `Config`: defaults applied, every rule of DESIGN.md
+//! From the file as written (`raw`) to a `Config`: defaults applied, every rule of the README ("Policy file")
 //! checked, every problem reported with its place. Nothing here reads the credentials the file
 //! names or touches the network: `check` must work on a machine that has neither.
 

@@ -13,8 +13,8 @@ use zeroize::Zeroizing;
 
 use super::decide::InFlight;
 pub use super::decide::Phase;
+use crate::durable::{sync_dir, write_atomic};
 use crate::secret::{ExposeSecret, SecretString, fingerprint};
-use crate::store::file::{sync_dir, write_atomic};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -185,7 +185,7 @@ impl Journal {
                 message: e.to_string(),
             }
         })?);
-        write_atomic(&file, &json).map_err(|source| JournalError::Io { file, source })
+        write_atomic(&file, &json, 0o600).map_err(|source| JournalError::Io { file, source })
     }
 
     /// The entry of one policy, if any.

@@ -228,17 +228,17 @@ impl Validator<'_> {
             layer.retain = Some(make(v, setting("retain")));
         }
         if let Some(s) = raw.strategy {
-            let v = match s {
-                "rotate" => Some(Strategy::Rotate),
-                "replace" => Some(Strategy::Replace),
-                other => {
-                    self.err(
-                        &at.key("strategy"),
-                        format!("unknown strategy {other:?}: use \"rotate\" or \"replace\""),
-                    );
-                    None
-                }
-            };
+            let v = Strategy::from_name(s);
+            if v.is_none() {
+                let names: Vec<String> = Strategy::ALL
+                    .iter()
+                    .map(|s| format!("{:?}", s.as_str()))
+                    .collect();
+                self.err(
+                    &at.key("strategy"),
+                    format!("unknown strategy {s:?}: use {}", names.join(" or ")),
+                );
+            }
             layer.strategy = Some(make(v, setting("strategy")));
         }
         if raw.store.is_some() {
@@ -377,7 +377,7 @@ impl Validator<'_> {
             return;
         };
         // ZenML keeps the previous value for whole minutes only.
-        if strategy == Strategy::Rotate && retain.as_nanos() % 60_000_000_000 != 0 {
+        if strategy.retain_in_whole_minutes() && retain.as_nanos() % 60_000_000_000 != 0 {
             if let Some(at) = report_at(pass, &[r.retain.origin(), r.strategy.origin()]) {
                 self.err(
                     at,
@@ -516,13 +516,13 @@ impl Validator<'_> {
         let strategy = strategy?;
         let retire_previous = match &resolved.retire_previous {
             None => Some(false),
-            Some(r) => r.value.map(|b| b && strategy == Strategy::Rotate),
+            Some(r) => r.value.map(|b| b && strategy.keeps_previous_value()),
         };
         let delete_after = match &resolved.delete_after {
             None => Some(None),
             Some(d) => d
                 .value
-                .map(|d| (strategy == Strategy::Replace).then_some(d)),
+                .map(|d| strategy.deactivates_old_keys().then_some(d)),
         };
         Some(KeyPolicy {
             name: name?,
@@ -600,15 +600,18 @@ impl Validator<'_> {
     /// Set on the key itself for the other strategy: an error, since it would silently do
     /// nothing. Set in [defaults], it applies only to keys of its strategy.
     fn check_strategy_only_settings(&mut self, layer: &Layer, strategy: Option<Strategy>) {
-        if let (Some(rp), Some(Strategy::Replace)) = (&layer.retire_previous, strategy) {
-            if rp.value == Some(true) {
-                self.err(
-                    &rp.at,
-                    "`retire_previous` applies to strategy \"rotate\" only: under \"replace\" the old key is deactivated after retain, so there is no previous value to retire",
-                );
-            }
+        if let Some(rp) = &layer.retire_previous
+            && strategy.is_some_and(|s| !s.keeps_previous_value())
+            && rp.value == Some(true)
+        {
+            self.err(
+                &rp.at,
+                "`retire_previous` applies to strategy \"rotate\" only: under \"replace\" the old key is deactivated after retain, so there is no previous value to retire",
+            );
         }
-        if let (Some(da), Some(Strategy::Rotate)) = (&layer.delete_after, strategy) {
+        if let Some(da) = &layer.delete_after
+            && strategy.is_some_and(|s| !s.deactivates_old_keys())
+        {
             self.err(
                 &da.at,
                 "`delete_after` applies to strategy \"replace\" only: \"rotate\" keeps one API key and never deactivates it, so there is nothing to delete",

@@ -17,7 +17,7 @@ use super::{
     StoreSnapshot,
 };
 use crate::durable;
-pub(crate) use crate::durable::sync_dir;
+use crate::durable::sync_dir;
 use crate::secret::{ExposeSecret, SecretString};
 
 pub mod settings;
