@@ -60,6 +60,7 @@ pub struct Config {
     pub metrics: MetricsSettings,
     pub state: StateSettings,
     pub daemon: DaemonSettings,
+    pub coordination: CoordinationSettings,
     /// `[stores.NAME]`, by name. Holds an implicit `file` store when the file defines none.
     pub stores: BTreeMap<String, StoreSettings>,
     /// `[[key]]`, in file order, with `[defaults]` applied.
@@ -123,6 +124,26 @@ impl Default for DaemonSettings {
             shutdown_timeout: Duration::from_secs(120),
             backoff_initial: Duration::from_secs(30),
             backoff_max: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+/// `[coordination]` (optional): how rotators anywhere share the keys (invariant 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinationSettings {
+    /// How long a claim on a key lasts unless renewed: the longest a crashed holder can keep
+    /// others off a key (default 5m). A holder stops acting at two thirds of it.
+    pub claim_ttl: Duration,
+    /// How far the clocks of two rotators may disagree: a claim counts as expired only this long
+    /// after its expiry time (default 30s).
+    pub max_clock_skew: Duration,
+}
+
+impl Default for CoordinationSettings {
+    fn default() -> Self {
+        CoordinationSettings {
+            claim_ttl: Duration::from_secs(5 * 60),
+            max_clock_skew: Duration::from_secs(30),
         }
     }
 }

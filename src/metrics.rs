@@ -72,6 +72,9 @@ pub struct Metrics {
     pub keys_deactivated_total: IntCounterVec,
     pub journal_entries: IntGauge,
     pub hygiene_findings: IntGaugeVec,
+    pub claim_waits_total: IntCounterVec,
+    pub claims_lost_total: IntCounterVec,
+    pub claim_since_timestamp_seconds: GaugeVec,
     /// Per policy, how many keys wait for deactivation: `pending_deactivations` is the sum.
     pending_by_policy: Mutex<BTreeMap<String, usize>>,
 }
@@ -215,6 +218,20 @@ impl Metrics {
                 "What the last [hygiene] run found, by kind (unused, unmanaged, no_active_key).",
                 &["kind"],
             )?,
+            claim_waits_total: b.counters(
+                "claim_waits_total",
+                "Passes that found another rotator holding the policy's claim and left the key to it.",
+                &["policy"],
+            )?,
+            claims_lost_total: b.counters(
+                "claims_lost_total",
+                "Claims this rotator lost (expired or taken over) before finishing the key.",
+                &["policy"],
+            )?,
+            claim_since_timestamp_seconds: b.gauges(
+                "claim_since_timestamp_seconds",
+                "Since when the policy's claim has been held, while a rotator holds it.",
+            )?,
             pending_by_policy: Mutex::new(BTreeMap::new()),
             registry: b.registry,
         };
@@ -256,6 +273,8 @@ impl Metrics {
             self.errors_total
                 .with_label_values(&[policy, stage.as_str()]);
         }
+        self.claim_waits_total.with_label_values(&[policy]);
+        self.claims_lost_total.with_label_values(&[policy]);
     }
 
     /// Drops every series of a policy that is no longer in the config (after a reload): the
@@ -268,9 +287,12 @@ impl Metrics {
             &self.next_rotation_timestamp_seconds,
             &self.retain_until_timestamp_seconds,
             &self.deactivation_due_timestamp_seconds,
+            &self.claim_since_timestamp_seconds,
         ] {
             remove_policy(g, policy);
         }
+        remove_policy(&self.claim_waits_total, policy);
+        remove_policy(&self.claims_lost_total, policy);
         remove_policy(&self.policy_healthy, policy);
         remove_policy(&self.previous_key_accepted, policy);
         remove_policy(&self.rotations_total, policy);

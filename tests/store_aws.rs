@@ -26,6 +26,7 @@ fn settings(endpoint: &str) -> AwsSettings {
         endpoint_url: Some(endpoint.into()),
         kms_key_id: None,
         timeout: std::time::Duration::from_secs(30),
+        claims: "zenml-rotator/claims".into(),
     }
 }
 

@@ -150,6 +150,7 @@ fn settings_at(addr: &str, auth: VaultAuth) -> VaultSettings {
         ca_file: None,
         auth,
         timeout: Duration::from_secs(10),
+        claims: "zenml-rotator/claims".into(),
     }
 }
 

@@ -157,11 +157,3 @@ fn engine(config: &Config, mode: Mode) -> Result<Engine, ExitCode> {
         ExitCode::FAILURE
     })
 }
-
-/// Holds the state directory for the life of the command, or explains who does.
-fn lock(config: &Config) -> Result<crate::engine::journal::StateLock, ExitCode> {
-    crate::engine::journal::StateLock::acquire(&config.state.dir).map_err(|e| {
-        eprintln!("zenml-rotator: {e}");
-        ExitCode::FAILURE
-    })
-}

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use clap::Args;
 
-use super::{ConfigArg, Output, engine, exit, load, lock, runtime};
+use super::{ConfigArg, Output, engine, exit, load, runtime};
 use crate::engine::Mode;
 use crate::pass::{self, Scope};
 use crate::{metrics, output};
@@ -25,12 +25,12 @@ pub struct OnceArgs {
 pub fn run(args: OnceArgs) -> Result<ExitCode, ExitCode> {
     let config = load(&args.config)?;
     let rt = runtime()?;
-    // The one place a dry run is chosen. It changes nothing, so it may run beside a daemon, and
+    // The one place a dry run is chosen. It changes nothing (it takes no claim either), and
     // what it would export is no measurement.
-    let (mode, _lock) = if args.dry_run {
-        (Mode::DryRun, None)
+    let mode = if args.dry_run {
+        Mode::DryRun
     } else {
-        (Mode::Live, Some(lock(&config)?))
+        Mode::Live
     };
     let engine = engine(&config, mode)?;
     let stop = AtomicBool::new(false);

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use clap::Args;
 
-use super::{ConfigArg, Output, engine, exit, load, lock, runtime};
+use super::{ConfigArg, Output, engine, exit, load, runtime};
 use crate::engine::Mode;
 use crate::engine::failure::Force;
 use crate::pass::{self, Scope};
@@ -38,7 +38,6 @@ pub fn run(args: RotateArgs) -> Result<ExitCode, ExitCode> {
         return Err(ExitCode::FAILURE);
     };
     let rt = runtime()?;
-    let _lock = lock(&config)?;
     let engine = engine(&config, Mode::Live)?;
     let scope = Scope {
         keys: std::slice::from_ref(&policy),

@@ -21,6 +21,7 @@ pub(super) struct RawConfig {
     pub metrics: Option<RawMetrics>,
     pub state: Option<RawState>,
     pub daemon: Option<RawDaemon>,
+    pub coordination: Option<RawCoordination>,
     pub stores: Option<BTreeMap<String, RawStore>>,
     pub key: Option<Vec<RawKey>>,
     pub hygiene: Option<RawHygiene>,
@@ -107,6 +108,13 @@ pub(super) struct RawDaemon {
     pub shutdown_timeout: Option<String>,
     pub backoff_initial: Option<String>,
     pub backoff_max: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCoordination {
+    pub claim_ttl: Option<String>,
+    pub max_clock_skew: Option<String>,
 }
 
 /// One `[stores.NAME]`: `kind` and the keys of every store kind, each read as its kind declares

@@ -360,6 +360,7 @@ kms_key_id = "alias/zr"
             endpoint_url: Some("http://127.0.0.1:5000".into()),
             kms_key_id: Some("alias/zr".into()),
             timeout: Duration::from_secs(30),
+            claims: "zenml-rotator/claims".into(),
         }))
     );
     // Stores defined: no implicit one.

@@ -10,10 +10,12 @@ use std::time::Duration;
 use toml::de::DeTable;
 
 use super::error::{ConfigError, Diagnostic, FieldPath, Locator};
-use super::raw::{RawConfig, RawDaemon, RawHygiene, RawMetrics, RawState, RawStore, RawZenml};
+use super::raw::{
+    RawConfig, RawCoordination, RawDaemon, RawHygiene, RawMetrics, RawState, RawStore, RawZenml,
+};
 use super::{
-    Config, DaemonSettings, FileSettings, HygieneSettings, MetricsSettings, StateSettings,
-    StoreSettings, ZenmlAuth, ZenmlSettings,
+    Config, CoordinationSettings, DaemonSettings, FileSettings, HygieneSettings, MetricsSettings,
+    StateSettings, StoreSettings, ZenmlAuth, ZenmlSettings,
 };
 use crate::secret::SecretSource;
 use crate::store::settings as store_settings;
@@ -30,9 +32,11 @@ use toolkit::{DEFAULT_TIMEOUT, Validator};
 pub(super) const DEFAULT_EVERY: Duration = Duration::from_secs(30 * 86_400);
 pub(super) const DEFAULT_RETAIN: Duration = Duration::from_secs(60 * 60);
 pub(super) const DEFAULT_CONCURRENCY: usize = 4;
+/// The shortest `[coordination] claim_ttl`: a holder must be able to finish a rotation's steps.
+const MIN_CLAIM_TTL: Duration = Duration::from_secs(6);
 pub(super) const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 pub(super) const DEFAULT_STATE_DIR: &str = "/var/lib/zenml-rotator";
-/// The store a key uses when the file defines none (DESIGN: the file store is the embedded default).
+/// The store a key uses when the file defines none (the file store is the embedded default).
 pub(super) const IMPLICIT_STORE: &str = "file";
 /// How far ahead a schedule's gaps are checked: every month length and both DST changes.
 const GAP_HORIZON: Duration = Duration::from_secs(366 * 86_400);
@@ -203,6 +207,12 @@ impl Validator<'_> {
             raw.daemon.as_ref().unwrap_or(&RawDaemon::default()),
             &root.key("daemon"),
         );
+        let coordination = self.coordination(
+            raw.coordination
+                .as_ref()
+                .unwrap_or(&RawCoordination::default()),
+            &root.key("coordination"),
+        );
         let stores = self.stores(raw.stores.as_ref(), &root.key("stores"), &state);
         let defaults = raw.defaults.unwrap_or_default();
         let defaults_at = root.key("defaults");
@@ -249,6 +259,7 @@ impl Validator<'_> {
             metrics,
             state,
             daemon,
+            coordination,
             stores,
             keys,
             hygiene,
@@ -396,6 +407,36 @@ impl Validator<'_> {
                 .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from)
         });
         StateSettings { dir }
+    }
+
+    fn coordination(&mut self, raw: &RawCoordination, at: &FieldPath) -> CoordinationSettings {
+        let d = CoordinationSettings::default();
+        let ttl_at = at.key("claim_ttl");
+        let claim_ttl = self
+            .duration_or(raw.claim_ttl.as_deref(), &ttl_at, d.claim_ttl)
+            .unwrap_or(d.claim_ttl);
+        let max_clock_skew = self
+            .duration_or(
+                raw.max_clock_skew.as_deref(),
+                &at.key("max_clock_skew"),
+                d.max_clock_skew,
+            )
+            .unwrap_or(d.max_clock_skew);
+        // A holder renews at a third of the claim's life and stops at two thirds: a claim
+        // shorter than a few seconds would expire between a rotation's steps.
+        if claim_ttl < MIN_CLAIM_TTL {
+            self.err(
+                &ttl_at,
+                format!(
+                    "must be at least {}: a claim expires while its holder still works on the key",
+                    fmt_duration(MIN_CLAIM_TTL)
+                ),
+            );
+        }
+        CoordinationSettings {
+            claim_ttl,
+            max_clock_skew,
+        }
     }
 
     fn daemon(&mut self, raw: &RawDaemon, at: &FieldPath) -> DaemonSettings {

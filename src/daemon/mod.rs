@@ -107,7 +107,6 @@ async fn serve_metrics(state: &State) -> Result<(), DaemonError> {
 
 pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
     let config = load(&config_path)?;
-    let _lock = crate::engine::journal::StateLock::acquire(&config.state.dir)?;
     let engine = Arc::new(Engine::new(&config, Mode::Live)?);
     for key in &config.keys {
         metrics::get().init_policy(&key.name);

@@ -1,19 +1,24 @@
-//! What a pass does once `decide` has spoken. [`Live`] acts through the policy's strategy;
-//! `--dry-run` swaps in [`super::dry_run::DryRun`], which pre-flights and reports instead, so no
-//! code below the command line asks whether this is a dry run.
+//! What a pass does once `decide` has spoken. [`Live`] takes the key's claim, looks again under it
+//! (the first look may be stale by then: another rotator may just have finished), and acts through
+//! the policy's strategy; `--dry-run` swaps in [`super::dry_run::DryRun`], which pre-flights and
+//! reports instead, so no code below the command line asks whether this is a dry run.
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use chrono::Utc;
 
+use super::claims::{ClaimError, ClaimHandle, Draft};
 use super::context::Context;
-use super::decide::{KeyPlan, Observed, Why};
-use super::events::{Actor, DeactivationReason};
-use super::failure::DisableError;
-use super::failure::{Force, KeyFailure, Outcome};
+use super::decide::{self, KeyPlan, Observed, Why};
+use super::events::{self, Actor, DeactivationReason, Event};
+use super::failure::{DisableError, Force, KeyError, KeyFailure, Outcome};
 use super::guard::{self, Disable};
+use super::observe::observe;
 use crate::config::KeyPolicy;
 use crate::metrics::Stage;
 use crate::strategy;
-use crate::zenml::ApiKey;
+use crate::zenml::{ApiKey, ServiceAccount};
 
 /// Where a key's pass goes after a step.
 pub enum Step {
@@ -32,16 +37,23 @@ pub enum Retired {
     WouldDeactivate,
 }
 
+/// One key's work in a pass: what every step needs besides the observation and the decision.
+pub struct KeyWork<'a> {
+    pub ctx: &'a Context,
+    pub policy: &'a KeyPolicy,
+    pub accounts: &'a BTreeMap<String, ServiceAccount>,
+    /// `rotate NAME [--force]`.
+    pub force: Option<Force>,
+}
+
 #[async_trait]
 pub trait Act: Send + Sync {
-    /// Carries out one decision that is not `blocked`.
+    /// Carries out one decision.
     async fn step(
         &self,
-        ctx: &Context,
-        policy: &KeyPolicy,
+        work: &KeyWork<'_>,
         obs: &Observed,
         plan: KeyPlan,
-        force: Option<Force>,
     ) -> Result<Step, KeyFailure>;
 
     /// Hygiene: takes keys no policy covers out of service, never one a store holds (`policies`
@@ -54,63 +66,97 @@ pub trait Act: Send + Sync {
     ) -> Vec<Result<Retired, DisableError>>;
 }
 
+/// The decisions that need no claim: waiting, and what stops the key. `None`: act.
+pub fn settled(plan: &KeyPlan, work: &KeyWork<'_>) -> Result<Option<Step>, KeyFailure> {
+    let forced = work.force == Some(Force::Yes);
+    Ok(Some(match plan.why {
+        Why::Unreadable | Why::Unusable => return Err(KeyFailure::blocked(plan.reason.clone())),
+        Why::LostRotation | Why::RotatedOutOfBand if !forced => {
+            return Err(KeyFailure::blocked(plan.reason.clone()));
+        }
+        Why::Claimed => return claimed(work, plan.reason.clone()).map(Some),
+        Why::NotDue if work.force.is_none() => Step::Wait(plan.reason.clone()),
+        _ => return Ok(None),
+    }))
+}
+
+/// Another rotator holds the key: a pass waits (and counts it); `rotate NAME` fails, since what
+/// the operator asked for did not happen.
+fn claimed(work: &KeyWork<'_>, reason: String) -> Result<Step, KeyFailure> {
+    events::emit(Event::ClaimedElsewhere {
+        policy: &work.policy.name,
+    });
+    match work.force {
+        None => Ok(Step::Wait(reason)),
+        Some(_) => Err(KeyFailure::new(
+            Stage::Preflight,
+            KeyError::Claimed(format!("{reason} Run it again once that rotation is done.")),
+        )),
+    }
+}
+
+/// What a fresh claim says: the key as observed when it was taken.
+fn draft(policy: &KeyPolicy, obs: &Observed) -> Draft {
+    Draft {
+        policy: policy.name.clone(),
+        service_account_id: obs
+            .service_account
+            .as_ref()
+            .map(|sa| sa.id.to_string())
+            .unwrap_or_default(),
+        key_id: obs
+            .key
+            .as_ref()
+            .map(|k| k.id.to_string())
+            .unwrap_or_default(),
+        previous_last_rotated: obs.key.as_ref().and_then(|k| k.last_rotated),
+        retain_minutes: 0,
+    }
+}
+
 pub struct Live;
 
 #[async_trait]
 impl Act for Live {
     async fn step(
         &self,
-        ctx: &Context,
-        policy: &KeyPolicy,
+        work: &KeyWork<'_>,
         obs: &Observed,
         plan: KeyPlan,
-        force: Option<Force>,
     ) -> Result<Step, KeyFailure> {
-        let strategy = strategy::of(policy.strategy);
-        let forced = force == Some(Force::Yes);
-        Ok(match plan.why {
-            Why::Unreadable | Why::Unusable => return Err(KeyFailure::blocked(plan.reason)),
-            Why::LostRotation | Why::RotatedOutOfBand if !forced => {
-                return Err(KeyFailure::blocked(plan.reason));
+        if let Some(step) = settled(&plan, work)? {
+            return Ok(step);
+        }
+        let (ctx, policy) = (work.ctx, work.policy);
+        let store = ctx.store(&policy.store).await?;
+        let seen = obs.claim.as_ref().map(|c| &c.stored);
+        let rules = ctx.claim_rules();
+        let mut claim = match ClaimHandle::acquire(
+            rules,
+            store,
+            &policy.path,
+            seen,
+            draft(policy, obs),
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(ClaimError::Held { holder, until }) => {
+                let held = ClaimError::Held { holder, until };
+                return claimed(work, format!("{}.", held));
             }
-            Why::LostRotation | Why::RotatedOutOfBand => {
-                drop_journal_entry(ctx, policy)?;
-                Step::Finish(strategy.issue(ctx, policy, obs, Force::Yes).await?)
-            }
-            Why::StaleIntent => {
-                drop_journal_entry(ctx, policy)?;
-                tracing::info!(policy = %policy.name, "dropped a journaled intent whose rotate call never happened");
-                Step::Continue(None)
-            }
-            Why::ResumeJournal => {
-                // The journaled value is the rotation `rotate NAME` asked for: stop there.
-                let o = strategy::rotate::resume(ctx, policy).await?;
-                if matches!(o, Outcome::Rotated { .. }) {
-                    Step::Finish(o)
-                } else {
-                    Step::Continue(Some(o))
-                }
-            }
-            Why::FinalizeDue if forced => match strategy.finalize(ctx, policy, obs).await {
-                Ok(o) => Step::Continue(Some(o)),
-                Err(e) => {
-                    // The operator asked for a rotation whatever the state: a finalize that
-                    // cannot complete (the old value still accepted) must not stand in its way.
-                    tracing::warn!(policy = %policy.name, error = %e, "--force: rotating although the last rotation could not be finalized");
-                    Step::Finish(strategy.issue(ctx, policy, obs, Force::Yes).await?)
-                }
-            },
-            Why::FinalizeDue => Step::Continue(Some(strategy.finalize(ctx, policy, obs).await?)),
-            Why::StoreEmpty | Why::Due => Step::Finish(
-                strategy
-                    .issue(ctx, policy, obs, force.unwrap_or(Force::No))
-                    .await?,
-            ),
-            Why::NotDue => match force {
-                Some(f) => Step::Finish(strategy.issue(ctx, policy, obs, f).await?),
-                None => Step::Wait(plan.reason),
-            },
-        })
+            Err(e) => return Err(KeyFailure::claim(Stage::Preflight, e)),
+        };
+        // Look again under the claim: another rotator may have finished the key meanwhile.
+        let obs = observe(ctx, policy, work.accounts, Some(&claim)).await;
+        let plan = decide::decide(policy, &obs, Utc::now());
+        let result = match settled(&plan, work) {
+            Ok(Some(step)) => Ok(step),
+            Ok(None) => act(work, &obs, plan, &mut claim).await,
+            Err(e) => Err(e),
+        };
+        claim.release().await;
+        result
     }
 
     async fn retire_unused(
@@ -139,6 +185,57 @@ impl Act for Live {
         }
         out
     }
+}
+
+/// Carries out a decision under the key's claim.
+async fn act(
+    work: &KeyWork<'_>,
+    obs: &Observed,
+    plan: KeyPlan,
+    claim: &mut ClaimHandle,
+) -> Result<Step, KeyFailure> {
+    let (ctx, policy, force) = (work.ctx, work.policy, work.force);
+    let strategy = strategy::of(policy.strategy);
+    let forced = force == Some(Force::Yes);
+    Ok(match plan.why {
+        Why::LostRotation | Why::RotatedOutOfBand => {
+            drop_journal_entry(ctx, policy)?;
+            Step::Finish(strategy.issue(ctx, policy, obs, Force::Yes, claim).await?)
+        }
+        Why::StaleIntent => {
+            drop_journal_entry(ctx, policy)?;
+            tracing::info!(policy = %policy.name, "dropped a journaled intent whose rotate call never happened");
+            Step::Continue(None)
+        }
+        Why::ResumeJournal => {
+            // The kept value is the rotation `rotate NAME` asked for: stop there.
+            let o = strategy::rotate::resume(ctx, policy, obs, claim).await?;
+            if matches!(o, Outcome::Rotated { .. }) {
+                Step::Finish(o)
+            } else {
+                Step::Continue(Some(o))
+            }
+        }
+        Why::FinalizeDue if forced => match strategy.finalize(ctx, policy, obs, claim).await {
+            Ok(o) => Step::Continue(Some(o)),
+            Err(e) => {
+                // The operator asked for a rotation whatever the state: a finalize that
+                // cannot complete (the old value still accepted) must not stand in its way.
+                tracing::warn!(policy = %policy.name, error = %e, "--force: rotating although the last rotation could not be finalized");
+                Step::Finish(strategy.issue(ctx, policy, obs, Force::Yes, claim).await?)
+            }
+        },
+        Why::FinalizeDue => Step::Continue(Some(strategy.finalize(ctx, policy, obs, claim).await?)),
+        Why::StoreEmpty | Why::Due | Why::NotDue => Step::Finish(
+            strategy
+                .issue(ctx, policy, obs, force.unwrap_or(Force::No), claim)
+                .await?,
+        ),
+        // `settled` answered these.
+        Why::Unreadable | Why::Unusable | Why::Claimed => {
+            return Err(KeyFailure::blocked(plan.reason));
+        }
+    })
 }
 
 fn drop_journal_entry(ctx: &Context, policy: &KeyPolicy) -> Result<(), KeyFailure> {

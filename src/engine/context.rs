@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::claims::ClaimRules;
 use super::failure::KeyFailure;
 use super::journal::Journal;
 use super::stores::StoreRegistry;
@@ -16,6 +17,7 @@ pub struct Context {
     zenml_url: String,
     stores: StoreRegistry,
     journal: Journal,
+    claims: ClaimRules,
 }
 
 impl Context {
@@ -24,13 +26,20 @@ impl Context {
         zenml_url: &str,
         stores: &BTreeMap<String, StoreSettings>,
         journal: Journal,
+        claims: ClaimRules,
     ) -> Context {
         Context {
             zenml,
             zenml_url: zenml_url.to_owned(),
             stores: StoreRegistry::new(stores),
             journal,
+            claims,
         }
+    }
+
+    /// How this process plays by claims (`[coordination]`).
+    pub fn claim_rules(&self) -> &ClaimRules {
+        &self.claims
     }
 
     pub fn zenml(&self) -> &ZenmlClient {

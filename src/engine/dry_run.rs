@@ -4,10 +4,10 @@
 
 use async_trait::async_trait;
 
-use super::act::{Act, Retired, Step};
+use super::act::{Act, KeyWork, Retired, Step};
 use super::context::Context;
 use super::decide::{Action, KeyPlan, Observed};
-use super::failure::{DisableError, Force, KeyFailure, Outcome};
+use super::failure::{DisableError, KeyFailure, Outcome};
 use crate::config::KeyPolicy;
 use crate::metrics::Stage;
 use crate::zenml::ApiKey;
@@ -18,17 +18,19 @@ pub struct DryRun;
 impl Act for DryRun {
     async fn step(
         &self,
-        ctx: &Context,
-        policy: &KeyPolicy,
+        work: &KeyWork<'_>,
         _obs: &Observed,
         plan: KeyPlan,
-        _force: Option<Force>,
     ) -> Result<Step, KeyFailure> {
+        if plan.action == Action::Blocked {
+            return Err(KeyFailure::blocked(plan.reason));
+        }
         if plan.action == Action::Rotate {
-            // A rotation would start with the store's pre-flight: it writes nothing.
-            let store = ctx.store(&policy.store).await?;
+            // A rotation would start with the store's pre-flight: it writes nothing (and no
+            // claim is taken: a dry run changes nothing anywhere).
+            let store = work.ctx.store(&work.policy.store).await?;
             store
-                .preflight(&policy.path)
+                .preflight(&work.policy.path)
                 .await
                 .map_err(|e| KeyFailure::store(Stage::Preflight, e))?;
         }

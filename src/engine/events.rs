@@ -118,6 +118,21 @@ pub enum Event<'a> {
     },
     /// Rotations in flight in the local journal, after a key finished.
     JournalSize(usize),
+    /// Another rotator held the key's claim: this one left the key to it.
+    ClaimedElsewhere {
+        policy: &'a str,
+    },
+    /// The key's claim, as a pass saw it: held by someone since then, or by nobody.
+    ClaimSeen {
+        policy: &'a str,
+        holder: Option<&'a str>,
+        since: Option<chrono::DateTime<Utc>>,
+    },
+    /// This rotator's claim expired or was taken over before it finished.
+    ClaimLost {
+        policy: &'a str,
+        why: &'a str,
+    },
 }
 
 pub fn emit(event: Event<'_>) {
@@ -166,6 +181,28 @@ pub fn emit(event: Event<'_>) {
         }
         Event::KeyFinished { policy, result } => key_finished(policy, result),
         Event::JournalSize(n) => m.journal_entries.set(i64::try_from(n).unwrap_or(i64::MAX)),
+        Event::ClaimedElsewhere { policy } => {
+            m.claim_waits_total.with_label_values(&[policy]).inc();
+        }
+        Event::ClaimSeen {
+            policy,
+            holder,
+            since,
+        } => match (holder, since) {
+            (Some(_), Some(t)) => m
+                .claim_since_timestamp_seconds
+                .with_label_values(&[policy])
+                .set(t.timestamp() as f64),
+            _ => {
+                let _ = m
+                    .claim_since_timestamp_seconds
+                    .remove_label_values(&[policy]);
+            }
+        },
+        Event::ClaimLost { policy, why } => {
+            m.claims_lost_total.with_label_values(&[policy]).inc();
+            tracing::warn!(policy, %why, "lost the claim on the key before finishing; another rotator finishes it");
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::claims::ClaimError;
 use super::decide::Action;
 use super::journal::JournalError;
 use crate::metrics::Stage;
@@ -52,6 +53,12 @@ pub enum KeyError {
     /// State the rotator cannot work with (no record, a malformed id, an undefined store).
     #[error("{0}")]
     State(String),
+    /// `rotate NAME` found another rotator working on the key.
+    #[error("{0}")]
+    Claimed(String),
+    /// The key's claim could not be taken or was lost mid-way (invariant 7).
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
 }
 
 /// Why a key was not taken out of service.
@@ -100,6 +107,10 @@ impl KeyFailure {
     /// Invariant 1 said no: counted as `rotations_total{result="refused"}`, reported at pre-flight.
     pub fn refused(reason: impl Into<String>) -> KeyFailure {
         KeyFailure::new(Stage::Preflight, KeyError::Refused(reason.into()))
+    }
+
+    pub fn claim(stage: Stage, error: ClaimError) -> KeyFailure {
+        KeyFailure::new(stage, KeyError::Claim(error))
     }
 
     pub fn state(stage: Stage, message: impl Into<String>) -> KeyFailure {

@@ -34,10 +34,6 @@ pub enum JournalError {
         "journal entry {file} is unreadable ({message}); it may hold a key that is in use: inspect it, then move it away"
     )]
     Corrupt { file: PathBuf, message: String },
-    #[error(
-        "another zenml-rotator holds the lock on {dir} (pid {pid}); two rotators must not share a state directory"
-    )]
-    Locked { dir: PathBuf, pid: String },
 }
 
 /// One rotation in flight. `value` is the only secret and is present only in phase `Rotated`.
@@ -103,6 +99,7 @@ impl Entry {
     /// What `decide` sees of this entry: never the value.
     pub fn in_flight(&self) -> InFlight {
         InFlight {
+            holder: None,
             phase: self.phase,
             started_at: self.started_at,
             previous_last_rotated: self.previous_last_rotated,
@@ -140,32 +137,27 @@ fn file_stem(policy: &str) -> String {
 }
 
 impl Journal {
-    /// Opens (creating with mode 0700) `<state_dir>/journal`.
-    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
-        let dir = state_dir.join("journal");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| JournalError::Dir {
-                dir: dir.clone(),
-                source,
-            })?;
-        // A directory that existed before keeps its mode: tighten it.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(
-            |source| JournalError::Dir {
-                dir: dir.clone(),
-                source,
-            },
-        )?;
-        Ok(Journal { dir })
-    }
-
-    /// A journal that is never written (read-only commands over a state dir that may not exist).
-    pub fn read_only(state_dir: &Path) -> Journal {
+    /// The journal under `<state_dir>/journal`. Nothing is created until an entry is written:
+    /// rotators whose stores keep values in flight themselves need no state directory at all.
+    pub fn new(state_dir: &Path) -> Journal {
         Journal {
             dir: state_dir.join("journal"),
         }
+    }
+
+    /// Creates the directory (mode 0700, tightened if it existed) before the first write.
+    fn ensure_dir(&self) -> Result<(), JournalError> {
+        let dir_error = |source| JournalError::Dir {
+            dir: self.dir.clone(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(dir_error)?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(dir_error)
     }
 
     pub fn dir(&self) -> &Path {
@@ -178,6 +170,7 @@ impl Journal {
 
     /// Writes the entry durably (temp file 0600, fsync, rename, fsync dir) before returning.
     pub fn record(&self, entry: &Entry) -> Result<(), JournalError> {
+        self.ensure_dir()?;
         let file = self.path(&entry.policy);
         let json = Zeroizing::new(serde_json::to_vec_pretty(entry).map_err(|e| {
             JournalError::Corrupt {
@@ -254,53 +247,6 @@ fn read_entry(file: &Path) -> Result<Option<Entry>, JournalError> {
         })
 }
 
-/// An exclusive lock on the state directory, held for the life of the process (`once`, `run`,
-/// `rotate`): two rotators working on the same keys would race each other's rotations.
-pub struct StateLock {
-    _file: std::fs::File,
-}
-
-impl StateLock {
-    pub fn acquire(state_dir: &Path) -> Result<StateLock, JournalError> {
-        use std::io::{Read, Seek, Write};
-        use std::os::fd::AsRawFd;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(state_dir)
-            .map_err(|source| JournalError::Dir {
-                dir: state_dir.to_path_buf(),
-                source,
-            })?;
-        let path = state_dir.join("lock");
-        let io = |source| JournalError::Io {
-            file: path.clone(),
-            source,
-        };
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            return Err(JournalError::Locked {
-                dir: state_dir.to_path_buf(),
-                pid: pid.trim().to_owned(),
-            });
-        }
-        file.set_len(0).map_err(io)?;
-        file.rewind().map_err(io)?;
-        write!(file, "{}", std::process::id()).map_err(io)?;
-        Ok(StateLock { _file: file })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,7 +275,7 @@ mod tests {
     #[test]
     fn roundtrip_mode_and_removal() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path()).unwrap();
+        let j = Journal::new(dir.path());
         let e = entry("training").with_value(&SecretString::from("ZENKEY_secret"));
         j.record(&e).unwrap();
         let file = dir.path().join("journal/training.json");
@@ -359,7 +305,7 @@ mod tests {
     #[test]
     fn odd_policy_names_stay_inside_the_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path()).unwrap();
+        let j = Journal::new(dir.path());
         j.record(&entry("../../etc/x")).unwrap();
         let names: Vec<_> = std::fs::read_dir(dir.path().join("journal"))
             .unwrap()
@@ -373,21 +319,8 @@ mod tests {
     #[test]
     fn a_corrupt_entry_is_an_error_not_silently_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path()).unwrap();
+        let j = Journal::new(dir.path());
         std::fs::write(dir.path().join("journal/x.json"), b"{not json").unwrap();
         assert!(matches!(j.entries(), Err(JournalError::Corrupt { .. })));
-    }
-
-    #[test]
-    fn the_state_lock_is_exclusive() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = StateLock::acquire(dir.path()).unwrap();
-        // flock locks are per open file description: a second open in the same process conflicts.
-        assert!(matches!(
-            StateLock::acquire(dir.path()),
-            Err(JournalError::Locked { .. })
-        ));
-        drop(first);
-        assert!(StateLock::acquire(dir.path()).is_ok());
     }
 }

@@ -8,6 +8,7 @@ use crate::config::{Config, KeyPolicy, ZenmlAuth};
 use crate::zenml::{ClientOptions, Credentials, ZenmlClient, ZenmlError};
 
 pub mod act;
+pub mod claims;
 pub mod context;
 pub mod decide;
 pub mod dry_run;
@@ -21,6 +22,7 @@ pub mod stores;
 pub mod writer;
 
 use act::{Act, Live};
+use claims::ClaimRules;
 use context::Context;
 use dry_run::DryRun;
 use journal::{Journal, JournalError};
@@ -77,12 +79,17 @@ impl Engine {
         )?;
         // The one place the mode matters: which journal, and who acts.
         let (journal, act): (Journal, Box<dyn Act>) = match mode {
-            Mode::Live => (Journal::open(&config.state.dir)?, Box::new(Live)),
-            Mode::DryRun => (Journal::read_only(&config.state.dir), Box::new(DryRun)),
-            Mode::ReadOnly => (Journal::read_only(&config.state.dir), Box::new(DryRun)),
+            Mode::Live => (Journal::new(&config.state.dir), Box::new(Live)),
+            Mode::DryRun | Mode::ReadOnly => (Journal::new(&config.state.dir), Box::new(DryRun)),
         };
         Ok(Engine {
-            ctx: Context::new(zenml, &config.zenml.url, &config.stores, journal),
+            ctx: Context::new(
+                zenml,
+                &config.zenml.url,
+                &config.stores,
+                journal,
+                ClaimRules::new(&config.coordination),
+            ),
             act,
             concurrency: config.concurrency.max(1),
         })

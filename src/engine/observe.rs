@@ -1,28 +1,32 @@
-//! Reads everything `decide` needs for one key, and nothing else: the journal, the store's
-//! snapshot, the service account and the key in ZenML, plus what the policy's strategy reads.
-//! Read-only, and publishes nothing: `plan` observes exactly as a pass does.
+//! Reads everything `decide` needs for one key, and nothing else: the journal, the key's claim,
+//! the store's snapshot, the service account and the key in ZenML, plus what the policy's
+//! strategy reads. Read-only, and publishes nothing: `plan` observes exactly as a pass does.
 
 use std::collections::BTreeMap;
 
+use super::claims::ClaimHandle;
 use super::context::Context;
-use super::decide::{Observed, ReadError, Upstream};
+use super::decide::{ClaimSeen, InFlight, Observed, Phase, ReadError, Upstream};
 use crate::config::KeyPolicy;
+use crate::store::{ClaimPhase, Coordination, StoreSnapshot};
 use crate::strategy;
 use crate::zenml::{ServiceAccount, ZenmlError};
 
+/// `held`: the claim this step holds on the key, when it looks again before acting.
 pub async fn observe(
     ctx: &Context,
     policy: &KeyPolicy,
     accounts: &BTreeMap<String, ServiceAccount>,
+    held: Option<&ClaimHandle>,
 ) -> Observed {
     let mut obs = Observed::default();
-    match ctx.journal().get(&policy.name) {
-        Ok(entry) => obs.in_flight = entry.as_ref().map(|e| e.in_flight()),
+    let journaled = match ctx.journal().get(&policy.name) {
+        Ok(entry) => entry.as_ref().map(|e| e.in_flight()),
         Err(e) => {
             obs.read_error = Some(ReadError::new(Upstream::Journal, e));
             return obs;
         }
-    }
+    };
     let store = match ctx.store(&policy.store).await {
         Ok(s) => s,
         Err(e) => {
@@ -37,6 +41,22 @@ pub async fn observe(
             return obs;
         }
     };
+    if store.coordination() == Coordination::Shared {
+        match store.read_claim(&policy.path).await {
+            Ok(stored) => {
+                obs.claim = stored.map(|stored| ClaimSeen {
+                    stale_at: ctx.claim_rules().stale_at(&stored.claim),
+                    held_here: held.is_some_and(|h| h.version() == Some(stored.version.as_str())),
+                    stored,
+                })
+            }
+            Err(e) => {
+                obs.read_error = Some(ReadError::new(Upstream::Store, e));
+                return obs;
+            }
+        }
+    }
+    obs.in_flight = in_flight(obs.claim.as_ref(), &snapshot, journaled);
     let Some(sa) = accounts.get(&policy.service_account) else {
         obs.snapshot = Some(snapshot);
         return obs;
@@ -56,4 +76,35 @@ pub async fn observe(
     }
     obs.snapshot = Some(snapshot);
     obs
+}
+
+/// The rotation in flight, if any: a claim whose holder left a rotation unfinished (its value kept
+/// in the claim, or staged under its token), else this host's journal. A value beats an intent.
+fn in_flight(
+    claim: Option<&ClaimSeen>,
+    snapshot: &StoreSnapshot,
+    journaled: Option<InFlight>,
+) -> Option<InFlight> {
+    let from_claim = claim
+        .filter(|c| c.active() && !(c.held_here && c.stored.claim.phase == ClaimPhase::Claimed))
+        .map(|c| {
+            let claim = &c.stored.claim;
+            let staged = snapshot.pending.as_deref() == Some(claim.token.as_str());
+            InFlight {
+                holder: Some(claim.holder.clone()),
+                phase: if claim.phase == ClaimPhase::Rotated || staged {
+                    Phase::Rotated
+                } else {
+                    Phase::Intent
+                },
+                started_at: claim.since,
+                previous_last_rotated: claim.previous_last_rotated,
+                fingerprint: claim.fingerprint.clone(),
+            }
+        });
+    match (from_claim, journaled) {
+        (Some(c), Some(j)) if c.phase == Phase::Intent && j.phase == Phase::Rotated => Some(j),
+        (Some(c), _) => Some(c),
+        (None, j) => j,
+    }
 }

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::{DateTime, Utc};
 
 use super::Engine;
-use super::act::Step;
-use super::decide::{self, Action, KeyPlan, Observed, ReadError, Upstream};
+use super::act::{KeyWork, Step};
+use super::decide::{self, KeyPlan, Observed, ReadError, Upstream};
 use super::events::{self, Event};
 use super::failure::{Force, KeyFailure, KeyReport, Outcome};
 use super::observe::observe;
@@ -41,7 +41,7 @@ pub async fn plan(engine: &Engine, keys: &[KeyPolicy], now: DateTime<Utc>) -> Ve
         .for_each_key(keys, |policy| {
             let accounts = accounts.clone();
             async move {
-                let obs = observe(engine.ctx(), &policy, &accounts).await;
+                let obs = observe(engine.ctx(), &policy, &accounts, None).await;
                 let readable = obs.read_error.is_none();
                 (decide::decide(&policy, &obs, now), readable)
             }
@@ -121,11 +121,17 @@ fn rotated(result: &Result<Vec<Outcome>, KeyFailure>) -> bool {
         .is_ok_and(|o| o.iter().any(|o| matches!(o, Outcome::Rotated { .. })))
 }
 
-/// What a pass publishes of a decision: the gauges of its times, and the strategy's own.
+/// What a pass publishes of a decision: the gauges of its times, the claim, and the strategy's own.
 fn publish(policy: &KeyPolicy, plan: &KeyPlan, obs: &Observed) {
     events::emit(Event::Decided {
         plan,
         key: obs.key.as_ref(),
+    });
+    let claim = obs.claim.as_ref().filter(|c| c.active());
+    events::emit(Event::ClaimSeen {
+        policy: &policy.name,
+        holder: claim.map(|c| c.stored.claim.holder.as_str()),
+        since: claim.map(|c| c.stored.claim.since),
     });
     strategy::of(policy.strategy).publish(policy, obs);
 }
@@ -139,7 +145,7 @@ async fn refresh(
     accounts: &BTreeMap<String, ServiceAccount>,
     next_due: &mut Option<DateTime<Utc>>,
 ) {
-    let obs = observe(engine.ctx(), policy, accounts).await;
+    let obs = observe(engine.ctx(), policy, accounts, None).await;
     if obs.read_error.is_none() {
         let plan = decide::decide(policy, &obs, Utc::now());
         publish(policy, &plan, &obs);
@@ -154,20 +160,19 @@ async fn reconcile(
     force: Option<Force>,
     next_due: &mut Option<DateTime<Utc>>,
 ) -> Result<Vec<Outcome>, KeyFailure> {
+    let work = KeyWork {
+        ctx: engine.ctx(),
+        policy,
+        accounts,
+        force,
+    };
     let mut outcomes = Vec::new();
     for _ in 0..3 {
-        let obs = observe(engine.ctx(), policy, accounts).await;
+        let obs = observe(engine.ctx(), policy, accounts, None).await;
         let plan = decide::decide(policy, &obs, Utc::now());
         publish(policy, &plan, &obs);
         *next_due = plan.wake_at.or(plan.next_due);
-        if plan.action == Action::Blocked && force != Some(Force::Yes) {
-            return Err(KeyFailure::blocked(plan.reason));
-        }
-        match engine
-            .act()
-            .step(engine.ctx(), policy, &obs, plan, force)
-            .await?
-        {
+        match engine.act().step(&work, &obs, plan).await? {
             Step::Continue(outcome) => outcomes.extend(outcome),
             Step::Finish(outcome) => {
                 outcomes.push(outcome);

@@ -28,6 +28,7 @@ pub fn render(plans: &[KeyPlan], hygiene: &[PlanRow], format: OutputFormat) -> S
                     age(h.age_seconds),
                     time(h.next_due),
                     h.action.as_str().to_string(),
+                    dash(),
                     h.reason.clone(),
                 ]
             });
@@ -43,6 +44,7 @@ pub fn render(plans: &[KeyPlan], hygiene: &[PlanRow], format: OutputFormat) -> S
                         age(p.age_seconds),
                         time(p.next_due),
                         p.action.as_str().to_string(),
+                        claim(p),
                         p.reason.clone(),
                     ]
                 })
@@ -58,10 +60,19 @@ pub fn render(plans: &[KeyPlan], hygiene: &[PlanRow], format: OutputFormat) -> S
                     "AGE",
                     "NEXT DUE",
                     "ACTION",
+                    "CLAIMED BY",
                     "REASON",
                 ],
                 &rows,
             )
         }
+    }
+}
+
+/// `holder until time`, or `-` while nobody holds the key's claim.
+fn claim(p: &KeyPlan) -> String {
+    match &p.claim_holder {
+        Some(holder) => format!("{holder} until {}", time(p.claim_expires_at)),
+        None => "-".into(),
     }
 }

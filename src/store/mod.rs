@@ -15,12 +15,14 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crate::secret::{ExposeSecret, SecretString};
 
 pub mod aws;
+pub mod claim;
 pub mod file;
 pub mod vault;
 
 // `[stores.NAME]` of every kind, and the one place that hands a table to its kind.
 pub mod settings;
 
+pub use claim::{Claim, ClaimPhase, Coordination, StoredClaim};
 pub use settings::StoreSettings;
 
 pub const MANAGED_BY: &str = "zenml-rotator";
@@ -315,6 +317,37 @@ pub trait SecretStore: Send + Sync {
     /// Removes the previous value so no store keeps a dead value that looks usable
     /// (`retire_previous`: destroy the KV v2 version, drop `AWSPREVIOUS`, delete `.previous`).
     async fn retire_previous(&self, path: &str) -> Result<(), StoreError>;
+
+    /// How rotators of this store's keys stay out of each other's way (invariant 7).
+    fn coordination(&self) -> Coordination;
+
+    /// The claim on the key at `path`, if one was ever written (`Coordination::Shared` only).
+    async fn read_claim(&self, path: &str) -> Result<Option<StoredClaim>, StoreError>;
+
+    /// Writes the claim on the key at `path` atomically: creates it when `expected` is `None`,
+    /// else replaces exactly the version `expected`. `Conflict` when another rotator wrote first.
+    /// Returns the new version. Writes `claim.value` where the store keeps the value in the claim.
+    async fn write_claim(
+        &self,
+        path: &str,
+        claim: &Claim,
+        expected: Option<&str>,
+    ) -> Result<String, StoreError>;
+
+    /// Where a new value waits between ZenML's answer and the store write.
+    fn keeps_value(&self) -> ValueKept;
+}
+
+/// Where a store keeps a new value between ZenML's answer and the store write, so another
+/// rotator can finish the rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKept {
+    /// In the claim document (Vault).
+    InClaim,
+    /// Staged under the claim's token (AWS `AWSPENDING`).
+    Staged,
+    /// Nowhere another host can see: the local journal (file store).
+    Journal,
 }
 
 /// Connects the store a `[stores.NAME]` section describes. The one place that picks a client.

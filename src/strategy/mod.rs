@@ -8,9 +8,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::{KeyPolicy, Strategy};
+use crate::engine::claims::{ClaimError, ClaimHandle};
 use crate::engine::context::Context;
 use crate::engine::decide::Observed;
+use crate::engine::events::{self, Event};
 use crate::engine::failure::{Force, KeyFailure, Outcome};
+use crate::metrics::Stage;
 use crate::store::{SecretStore, StoreSnapshot};
 use crate::zenml::ServiceAccount;
 
@@ -39,22 +42,43 @@ pub trait KeyStrategy: Send + Sync {
     /// None by default.
     fn publish(&self, _policy: &KeyPolicy, _obs: &Observed) {}
 
-    /// Issues a new value and stores it (`rotate`/`replace`): invariants 1 to 3 hold on the way.
+    /// Issues a new value and stores it (`rotate`/`replace`), under the key's claim:
+    /// invariants 1 to 3 and 7 hold on the way.
     async fn issue(
         &self,
         ctx: &Context,
         policy: &KeyPolicy,
         obs: &Observed,
         force: Force,
+        claim: &mut ClaimHandle,
     ) -> Result<Outcome, KeyFailure>;
 
-    /// The clean-up after a retain window ended (`finalize`).
+    /// The clean-up after a retain window ended (`finalize`), under the key's claim.
     async fn finalize(
         &self,
         ctx: &Context,
         policy: &KeyPolicy,
         obs: &Observed,
+        claim: &mut ClaimHandle,
     ) -> Result<Outcome, KeyFailure>;
+}
+
+/// Before a step that changes ZenML or the store: the claim must still be this rotator's
+/// (renewed when due). A lost claim ends the key's work here; whoever holds it now finishes.
+pub async fn still_ours(
+    claim: &mut ClaimHandle,
+    policy: &KeyPolicy,
+    stage: Stage,
+) -> Result<(), KeyFailure> {
+    claim.ensure().await.map_err(|e| {
+        if let ClaimError::Lost { why } = &e {
+            events::emit(Event::ClaimLost {
+                policy: &policy.name,
+                why,
+            });
+        }
+        KeyFailure::claim(stage, e)
+    })
 }
 
 /// The strategy a policy names.

@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use uuid::Uuid;
 
-use super::KeyStrategy;
+use super::{KeyStrategy, still_ours};
 use crate::config::KeyPolicy;
+use crate::engine::claims::ClaimHandle;
 use crate::engine::context::Context;
 use crate::engine::decide::{
     self, Family, Observed, ReadError, ReplaceWork, Upstream, names, zenml_retain_until,
@@ -76,8 +77,9 @@ impl KeyStrategy for Replacement {
         policy: &KeyPolicy,
         obs: &Observed,
         force: Force,
+        claim: &mut ClaimHandle,
     ) -> Result<Outcome, KeyFailure> {
-        replace(ctx, policy, obs, force).await
+        replace(ctx, policy, obs, force, claim).await
     }
 
     async fn finalize(
@@ -85,8 +87,9 @@ impl KeyStrategy for Replacement {
         ctx: &Context,
         policy: &KeyPolicy,
         obs: &Observed,
+        claim: &mut ClaimHandle,
     ) -> Result<Outcome, KeyFailure> {
-        retire(ctx, policy, obs).await
+        retire(ctx, policy, obs, claim).await
     }
 }
 
@@ -193,6 +196,7 @@ async fn replace(
     policy: &KeyPolicy,
     obs: &Observed,
     force: Force,
+    claim: &mut ClaimHandle,
 ) -> Result<Outcome, KeyFailure> {
     let started = Instant::now();
     let Some(sa) = obs.service_account.as_ref().filter(|sa| sa.active) else {
@@ -219,6 +223,7 @@ async fn replace(
     let store = ctx.store(&policy.store).await?;
     let snapshot = preflight_store(&store, policy).await?;
 
+    still_ours(claim, policy, Stage::Preflight).await?;
     let name = generation_name(&policy.api_key, now);
     let description = format!(
         "{CREATED_MARK} replacement key of policy {:?}, created {} to replace {}",
@@ -266,6 +271,7 @@ async fn replace(
         retire_at,
     };
     let token = Uuid::new_v4().to_string();
+    still_ours(claim, policy, Stage::Store).await?;
     store_value(ctx, policy, &store, &token, &new.value, &record, &snapshot).await?;
     let key_id = new.key.id.to_string();
     events::emit(Event::Rotated {
@@ -296,7 +302,12 @@ async fn replace(
 
 /// The clean-up `decide` found due: record a value its record lags behind, remove orphans,
 /// deactivate replaced keys whose window ended, delete keys past `delete_after`.
-async fn retire(ctx: &Context, policy: &KeyPolicy, obs: &Observed) -> Result<Outcome, KeyFailure> {
+async fn retire(
+    ctx: &Context,
+    policy: &KeyPolicy,
+    obs: &Observed,
+    claim: &mut ClaimHandle,
+) -> Result<Outcome, KeyFailure> {
     let Some(family) = &obs.family else {
         return Err(KeyFailure::state(
             Stage::Finalize,
@@ -307,6 +318,7 @@ async fn retire(ctx: &Context, policy: &KeyPolicy, obs: &Observed) -> Result<Out
     let record = obs.snapshot.as_ref().and_then(|s| s.record.as_ref());
     let now = Utc::now();
     let work = decide::replace_work(policy, obs.key.as_ref(), record, family, now);
+    still_ours(claim, policy, Stage::Finalize).await?;
     if let Some(key) = &work.adopt {
         return adopt(ctx, policy, obs, &store, key).await;
     }

@@ -1,18 +1,21 @@
 //! Strategy `rotate`: in place, with ZenML's retain window (`zenml service-account api-key SA
-//! rotate KEY --retain N`). The new value exists only in ZenML's answer, so it is journaled
-//! (mode 0600, fsync) before anything else happens, then verified, stored and read back; after
-//! the window, the previous value is confirmed rejected. A journaled value is replayed by the
-//! next pass ([`resume`]), whatever the policy's strategy is by then.
+//! rotate KEY --retain N`), under the key's claim. The new value exists only in ZenML's answer,
+//! so before anything else happens it is kept where another rotator will find it (the claim in
+//! Vault, `AWSPENDING` in AWS; for the file store, the local journal, which is also the fallback
+//! when the store cannot be reached), then verified, stored and read back; after the window the
+//! previous value is confirmed rejected. A kept value is finished by the next pass ([`resume`]),
+//! by whichever rotator holds the claim then, whatever the policy's strategy is by then.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use chrono::{Duration as ChronoDuration, Utc};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use uuid::Uuid;
 
-use super::KeyStrategy;
+use super::{KeyStrategy, still_ours};
 use crate::config::KeyPolicy;
+use crate::engine::claims::ClaimHandle;
 use crate::engine::context::Context;
 use crate::engine::decide::{Observed, zenml_retain_until};
 use crate::engine::events::{self, Event};
@@ -21,8 +24,8 @@ use crate::engine::journal::{Entry, Phase};
 use crate::engine::writer::{check_key, preflight_store, store_value};
 use crate::fault;
 use crate::metrics::Stage;
-use crate::secret::{SecretString, fingerprint};
-use crate::store::{RotationRecord, SecretStore, StoreError, StoreSnapshot};
+use crate::secret::{ExposeSecret, SecretString, fingerprint};
+use crate::store::{Payload, RotationRecord, SecretStore, StoreError, StoreSnapshot, ValueKept};
 use crate::time::rfc3339;
 use crate::zenml::{ApiKey, KeyCheck, ServiceAccount, ZenmlError};
 
@@ -40,8 +43,9 @@ impl KeyStrategy for InPlace {
         policy: &KeyPolicy,
         obs: &Observed,
         force: Force,
+        claim: &mut ClaimHandle,
     ) -> Result<Outcome, KeyFailure> {
-        rotate(ctx, policy, obs, force).await
+        rotate(ctx, policy, obs, force, claim).await
     }
 
     async fn finalize(
@@ -49,8 +53,9 @@ impl KeyStrategy for InPlace {
         ctx: &Context,
         policy: &KeyPolicy,
         obs: &Observed,
+        claim: &mut ClaimHandle,
     ) -> Result<Outcome, KeyFailure> {
-        finalize(ctx, policy, obs).await
+        finalize(ctx, policy, obs, claim).await
     }
 }
 
@@ -76,6 +81,7 @@ async fn rotate(
     policy: &KeyPolicy,
     obs: &Observed,
     force: Force,
+    claim: &mut ClaimHandle,
 ) -> Result<Outcome, KeyFailure> {
     let started = Instant::now();
     let (sa, key) = usable(obs)?;
@@ -84,10 +90,16 @@ async fn rotate(
     let store = ctx.store(&policy.store).await?;
     let snapshot = preflight_store(&store, policy).await?;
 
-    let entry = entry_for(policy, sa, key, Uuid::new_v4().to_string());
-    ctx.journal()
-        .record(&entry)
-        .map_err(|e| KeyFailure::journal(Stage::Preflight, "cannot journal the intent: ", e))?;
+    claim.begin_rotation(key.last_rotated, retain_minutes(policy));
+    let entry = entry_for(policy, sa, key, claim.token().to_owned());
+    if store.keeps_value() == ValueKept::Journal {
+        // No claim another host can read: the journal holds the intent.
+        ctx.journal()
+            .record(&entry)
+            .map_err(|e| KeyFailure::journal(Stage::Preflight, "cannot journal the intent: ", e))?;
+    }
+    still_ours(claim, policy, Stage::Preflight).await?;
+    claim.mark_in_flight();
     fault::point("before_rotate");
     let new = match ctx
         .zenml()
@@ -99,20 +111,125 @@ async fn rotate(
             if !outcome_unknown(&e) {
                 // The server refused: nothing changed, so the intent goes.
                 let _ = ctx.journal().remove(&policy.name);
+                claim.clear_in_flight();
             }
             return Err(KeyFailure::zenml(Stage::Rotate, e));
         }
     };
-    // The value exists only in memory: journal it before anything else happens.
+    // The value exists only in memory: keep it before anything else happens.
     let mut entry = entry.with_value(&new.value);
     entry.rotated_at = new.key.last_rotated;
-    if let Err(e) = ctx.journal().record(&entry) {
-        // Keep going: storing the value is now the only way to keep it.
-        tracing::error!(policy = %policy.name, error = %e, "could not journal the new value; storing it directly");
-    }
+    keep(ctx, policy, &store, &snapshot, claim, &entry, &new.value).await;
     tracing::info!(policy = %policy.name, key_id = %key.id, fingerprint = %fingerprint(&new.value), "rotated in ZenML");
     fault::point("after_rotate");
-    complete(ctx, policy, &store, &entry, &new.value, snapshot, started).await
+    let kept = Kept::from_entry(&entry);
+    complete(
+        ctx, policy, &store, &kept, &new.value, snapshot, started, claim,
+    )
+    .await
+}
+
+/// Keeps a new value where another rotator will find it (the claim, `AWSPENDING`) or, for the
+/// file store and whenever that fails, in the local journal (0600, fsync). A value kept nowhere
+/// leaves the claim to expire instead of being released, so the next pass sees a lost answer.
+async fn keep(
+    ctx: &Context,
+    policy: &KeyPolicy,
+    store: &Arc<dyn SecretStore>,
+    snapshot: &StoreSnapshot,
+    claim: &mut ClaimHandle,
+    entry: &Entry,
+    value: &SecretString,
+) {
+    let fp = fingerprint(value);
+    let kept = match store.keeps_value() {
+        ValueKept::Journal => None,
+        ValueKept::InClaim => claim
+            .keep(Some(value), entry.rotated_at, &fp)
+            .await
+            .err()
+            .map(|e| e.to_string()),
+        ValueKept::Staged => {
+            let payload = Payload {
+                zenml_url: ctx.zenml_url().to_owned(),
+                api_key: SecretString::from(value.expose_secret().to_owned()),
+            };
+            let record = provisional_record(policy, entry);
+            store
+                .stage(&policy.path, &payload, &record, snapshot, &entry.token)
+                .await
+                .err()
+                .map(|e| e.to_string())
+        }
+    };
+    let in_store = store.keeps_value() != ValueKept::Journal && kept.is_none();
+    if let Some(why) = &kept {
+        tracing::error!(policy = %policy.name, error = %why, "could not keep the new value in the store; journaling it locally");
+    }
+    if in_store {
+        claim.clear_in_flight();
+        return;
+    }
+    match ctx.journal().record(entry) {
+        Ok(()) => claim.clear_in_flight(),
+        // Keep going: storing the value is now the only way to keep it.
+        Err(e) => {
+            tracing::error!(policy = %policy.name, error = %e, "could not journal the new value; storing it directly")
+        }
+    }
+}
+
+/// The record a value is staged with before it is verified (AWS tags a secret it creates).
+fn provisional_record(policy: &KeyPolicy, entry: &Entry) -> RotationRecord {
+    RotationRecord {
+        policy: policy.name.clone(),
+        service_account: entry.service_account.clone(),
+        api_key: entry.api_key.clone(),
+        key_id: entry.key_id.clone(),
+        fingerprint: entry.fingerprint.clone().unwrap_or_default(),
+        rotated_at: entry.rotated_at,
+        retain_until: None,
+        finalized_at: None,
+        retiring_key_id: None,
+        retire_at: None,
+    }
+}
+
+/// A rotation ZenML answered, as kept: in this host's journal or in a claim.
+struct Kept {
+    token: String,
+    service_account: String,
+    service_account_id: String,
+    key_id: String,
+    rotated_at: Option<DateTime<Utc>>,
+    retain_minutes: u32,
+    fingerprint: Option<String>,
+}
+
+impl Kept {
+    fn from_entry(entry: &Entry) -> Kept {
+        Kept {
+            token: entry.token.clone(),
+            service_account: entry.service_account.clone(),
+            service_account_id: entry.service_account_id.clone(),
+            key_id: entry.key_id.clone(),
+            rotated_at: entry.rotated_at,
+            retain_minutes: entry.retain_minutes,
+            fingerprint: entry.fingerprint.clone(),
+        }
+    }
+
+    fn from_claim(policy: &KeyPolicy, claim: &crate::store::Claim) -> Kept {
+        Kept {
+            token: claim.token.clone(),
+            service_account: policy.service_account.clone(),
+            service_account_id: claim.service_account_id.clone(),
+            key_id: claim.key_id.clone(),
+            rotated_at: claim.rotated_at,
+            retain_minutes: claim.retain_minutes,
+            fingerprint: claim.fingerprint.clone(),
+        }
+    }
 }
 
 fn entry_for(policy: &KeyPolicy, sa: &ServiceAccount, key: &ApiKey, token: String) -> Entry {
@@ -137,47 +254,52 @@ fn entry_for(policy: &KeyPolicy, sa: &ServiceAccount, key: &ApiKey, token: Strin
 }
 
 /// Verify, store, read back, promote, record; then forget the journal entry.
+#[allow(clippy::too_many_arguments)]
 async fn complete(
     ctx: &Context,
     policy: &KeyPolicy,
     store: &Arc<dyn SecretStore>,
-    entry: &Entry,
+    kept: &Kept,
     value: &SecretString,
     snapshot: StoreSnapshot,
     started: Instant,
+    claim: &mut ClaimHandle,
 ) -> Result<Outcome, KeyFailure> {
-    let sa_id = Uuid::parse_str(&entry.service_account_id).map_err(|_| {
+    let sa_id = Uuid::parse_str(&kept.service_account_id).map_err(|_| {
         KeyFailure::state(
             Stage::Verify,
-            format!("malformed id {:?} in the journal", entry.service_account_id),
+            format!(
+                "malformed service account id {:?} kept for the rotation",
+                kept.service_account_id
+            ),
         )
     })?;
     if check_key(ctx, value).await? == KeyCheck::Rejected {
         return Err(KeyFailure::new(
             Stage::Verify,
             KeyError::Value(format!(
-                "ZenML rejects the new value ({}); it stays in the journal and the next pass checks again",
+                "ZenML rejects the new value ({}); it stays kept and the next pass checks again",
                 fingerprint(value)
             )),
         ));
     }
     // ZenML's own timestamp, so later passes can tell our rotation from someone else's. The
-    // journaled one first: if the key was rotated again between a crash and this replay, the
-    // key's timestamp is that other rotation's, and recording it would hide that the value
-    // stored here is now the previous generation, alive only until that window ends.
+    // kept one first: if the key was rotated again between a crash and this replay, the key's
+    // timestamp is that other rotation's, and recording it would hide that the value stored
+    // here is now the previous generation, alive only until that window ends.
     let key_now = ctx
         .zenml()
-        .get_api_key(sa_id, &entry.key_id)
+        .get_api_key(sa_id, &kept.key_id)
         .await
         .map_err(|e| KeyFailure::zenml(Stage::Verify, e))?;
-    let rotated_at = entry
+    let rotated_at = kept
         .rotated_at
         .or(key_now.last_rotated)
         .unwrap_or_else(Utc::now);
-    let retain = ChronoDuration::minutes(i64::from(entry.retain_minutes));
+    let retain = ChronoDuration::minutes(i64::from(kept.retain_minutes));
     let record = RotationRecord {
         policy: policy.name.clone(),
-        service_account: entry.service_account.clone(),
+        service_account: kept.service_account.clone(),
         api_key: key_now.name.clone(),
         key_id: key_now.id.to_string(),
         fingerprint: fingerprint(value),
@@ -187,7 +309,10 @@ async fn complete(
         retiring_key_id: None,
         retire_at: None,
     };
-    store_value(ctx, policy, store, &entry.token, value, &record, &snapshot).await?;
+    // Fenced twice: by the claim, and by the store's check-and-set against the pre-flight.
+    still_ours(claim, policy, Stage::Store).await?;
+    store_value(ctx, policy, store, &kept.token, value, &record, &snapshot).await?;
+    claim.clear_in_flight();
     ctx.journal().remove(&policy.name).map_err(|e| {
         KeyFailure::journal(Stage::Store, "stored, but the journal entry stays: ", e)
     })?;
@@ -208,9 +333,79 @@ async fn complete(
     })
 }
 
-/// Replays a journaled value: store it if ZenML still accepts it, drop it if not.
-pub async fn resume(ctx: &Context, policy: &KeyPolicy) -> Result<Outcome, KeyFailure> {
+/// Finishes a rotation whose value was kept (by this rotator or one that is gone): stores it if
+/// ZenML still accepts it, drops it if not.
+pub async fn resume(
+    ctx: &Context,
+    policy: &KeyPolicy,
+    obs: &Observed,
+    claim: &mut ClaimHandle,
+) -> Result<Outcome, KeyFailure> {
     let started = Instant::now();
+    // Where the policy stores the key now: `complete` writes to the policy's path, so the
+    // pre-flight snapshot it checks-and-sets against must come from that same place, even if
+    // the policy file moved the key since the crash.
+    let store = ctx.store(&policy.store).await?;
+    let from_claim = obs.in_flight.as_ref().is_some_and(|f| f.holder.is_some());
+    let (kept, value) = if from_claim {
+        kept_in_claim(policy, &store, claim).await?
+    } else {
+        kept_in_journal(ctx, policy).await?
+    };
+    if check_key(ctx, &value).await? == KeyCheck::Rejected {
+        tracing::warn!(policy = %policy.name, fingerprint = kept.fingerprint.as_deref().unwrap_or("?"),
+            "the kept value is no longer accepted by ZenML (rotated again or deactivated elsewhere); dropping it");
+        ctx.journal()
+            .remove(&policy.name)
+            .map_err(|e| KeyFailure::journal(Stage::Store, "", e))?;
+        return Ok(Outcome::Waited {
+            reason: "dropped a kept value ZenML no longer accepts".into(),
+        });
+    }
+    tracing::info!(policy = %policy.name, fingerprint = kept.fingerprint.as_deref().unwrap_or("?"), "storing a kept rotation");
+    let fail = |e| KeyFailure::store(Stage::Store, e);
+    let snapshot = store.preflight(&policy.path).await.map_err(fail)?;
+    // A pending version with our own token is ours: staging again with it is idempotent.
+    let snapshot = StoreSnapshot {
+        pending: snapshot.pending.filter(|p| p != &kept.token),
+        ..snapshot
+    };
+    if let Some(pending) = &snapshot.pending {
+        store
+            .discard_staged(&policy.path, pending)
+            .await
+            .map_err(fail)?;
+    }
+    complete(ctx, policy, &store, &kept, &value, snapshot, started, claim).await
+}
+
+/// The value a holder that is gone kept: in its claim (Vault), or staged under its token (AWS).
+async fn kept_in_claim(
+    policy: &KeyPolicy,
+    store: &Arc<dyn SecretStore>,
+    claim: &ClaimHandle,
+) -> Result<(Kept, SecretString), KeyFailure> {
+    let held = claim.claim();
+    let value = match &held.value {
+        Some(v) => Some(SecretString::from(v.expose_secret().to_owned())),
+        None => store
+            .read_staged(&policy.path, &held.token)
+            .await
+            .map_err(|e| KeyFailure::store(Stage::Store, e))?,
+    };
+    let value = value.ok_or_else(|| {
+        KeyFailure::state(Stage::Store, "the claim's rotation kept no value after all")
+    })?;
+    let mut kept = Kept::from_claim(policy, held);
+    kept.fingerprint.get_or_insert_with(|| fingerprint(&value));
+    Ok((kept, value))
+}
+
+/// The value this host's journal kept.
+async fn kept_in_journal(
+    ctx: &Context,
+    policy: &KeyPolicy,
+) -> Result<(Kept, SecretString), KeyFailure> {
     let entry = ctx
         .journal()
         .get(&policy.name)
@@ -222,41 +417,14 @@ pub async fn resume(ctx: &Context, policy: &KeyPolicy) -> Result<Outcome, KeyFai
             "the journal entry holds no value",
         ));
     };
-    // Where the policy stores the key now: `complete` writes to the policy's path, so the
-    // pre-flight snapshot it checks-and-sets against must come from that same place, even if
-    // the policy file moved the key since the crash.
-    let store = ctx.store(&policy.store).await?;
     if (entry.store.as_str(), entry.path.as_str()) != (policy.store.as_str(), policy.path.as_str())
     {
         tracing::warn!(policy = %policy.name, journaled_store = %entry.store, journaled_path = %entry.path,
             store = %policy.store, path = %policy.path,
             "the policy's store or path changed since the rotation started; replaying into the current one");
     }
-    if check_key(ctx, value).await? == KeyCheck::Rejected {
-        tracing::warn!(policy = %policy.name, fingerprint = entry.fingerprint.as_deref().unwrap_or("?"),
-            "the journaled value is no longer accepted by ZenML (rotated again or deactivated elsewhere); dropping it");
-        ctx.journal()
-            .remove(&policy.name)
-            .map_err(|e| KeyFailure::journal(Stage::Store, "", e))?;
-        return Ok(Outcome::Waited {
-            reason: "dropped a journaled value ZenML no longer accepts".into(),
-        });
-    }
-    tracing::info!(policy = %policy.name, fingerprint = entry.fingerprint.as_deref().unwrap_or("?"), "replaying a journaled rotation into the store");
-    let fail = |e| KeyFailure::store(Stage::Store, e);
-    let snapshot = store.preflight(&policy.path).await.map_err(fail)?;
-    // A pending version with our own token is ours: staging again with it is idempotent.
-    let snapshot = StoreSnapshot {
-        pending: snapshot.pending.filter(|p| p != &entry.token),
-        ..snapshot
-    };
-    if let Some(pending) = &snapshot.pending {
-        store
-            .discard_staged(&policy.path, pending)
-            .await
-            .map_err(fail)?;
-    }
-    complete(ctx, policy, &store, &entry, value, snapshot, started).await
+    let value = SecretString::from(value.expose_secret().to_owned());
+    Ok((Kept::from_entry(&entry), value))
 }
 
 /// After the window: confirm the previous value is rejected, then mark the rotation final.
@@ -264,6 +432,7 @@ async fn finalize(
     ctx: &Context,
     policy: &KeyPolicy,
     obs: &Observed,
+    claim: &mut ClaimHandle,
 ) -> Result<Outcome, KeyFailure> {
     let store = ctx.store(&policy.store).await?;
     let Some(mut record) = obs.snapshot.as_ref().and_then(|s| s.record.clone()) else {
@@ -300,6 +469,7 @@ async fn finalize(
         },
         None => "no previous value is stored".into(),
     };
+    still_ours(claim, policy, Stage::Finalize).await?;
     if policy.retire_previous {
         store.retire_previous(&policy.path).await.map_err(fail)?;
     }

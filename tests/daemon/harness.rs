@@ -117,7 +117,7 @@ pub fn accepted(v: &SecretString) -> bool {
 }
 
 pub fn journal_entries(dir: &Path) -> BTreeMap<String, zenml_rotator::engine::journal::Entry> {
-    zenml_rotator::engine::journal::Journal::read_only(&state_dir(dir))
+    zenml_rotator::engine::journal::Journal::new(&state_dir(dir))
         .entries()
         .unwrap()
 }

@@ -12,7 +12,7 @@ use crate::common::stores::{VaultAdmin, aws, aws_state, file_state, zenml_state}
 use crate::common::{aws_endpoint, new_service_account_with_key, unique, zenml, zenml_admin};
 use crate::parse_time;
 
-const PLAN_FIELDS: [&str; 10] = [
+const PLAN_FIELDS: [&str; 12] = [
     "policy",
     "service_account",
     "api_key",
@@ -23,6 +23,8 @@ const PLAN_FIELDS: [&str; 10] = [
     "next_due",
     "action",
     "reason",
+    "claim_holder",
+    "claim_expires_at",
 ];
 
 #[tokio::test(flavor = "multi_thread")]

@@ -145,6 +145,7 @@ impl Rig {
                     ca_file: None,
                     auth: VaultAuth::Token(SecretSource::File(token)),
                     timeout: Duration::from_secs(10),
+                    claims: "zenml-rotator/claims".into(),
                 }))
                 .await
                 .unwrap()
@@ -170,6 +171,7 @@ fn aws_settings() -> AwsSettings {
         endpoint_url: Some(common::aws_endpoint()),
         kms_key_id: None,
         timeout: std::time::Duration::from_secs(30),
+        claims: "zenml-rotator/claims".into(),
     }
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::config::{KeyPolicy, Strategy};
-use crate::store::StoreSnapshot;
+use crate::store::{ClaimPhase, StoreSnapshot, StoredClaim};
 use crate::time::rfc3339;
 use crate::zenml::{ApiKey, ServiceAccount};
 
@@ -65,6 +65,8 @@ pub enum Why {
     Due,
     /// Not due yet, inside the retain window or outside a maintenance window.
     NotDue,
+    /// Another rotator holds the key's claim: it is working on the key.
+    Claimed,
 }
 
 /// How far a rotation in flight got.
@@ -77,10 +79,12 @@ pub enum Phase {
     Rotated,
 }
 
-/// A rotation in flight, as the engine found it kept (the local journal): what `decide` needs
-/// of it, never the value.
+/// A rotation in flight, as the engine found it kept (the local journal, or the claim of a holder
+/// that is gone): what `decide` needs of it, never the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlight {
+    /// The claim's holder that began it; `None` for this host's journal.
+    pub holder: Option<String>,
     pub phase: Phase,
     pub started_at: DateTime<Utc>,
     /// ZenML's `last_rotated` of the key when the rotation started: if it moved and no value was
@@ -115,12 +119,36 @@ impl ReadError {
     }
 }
 
+/// The key's claim as observed (`store::claim`).
+#[derive(Debug, Clone)]
+pub struct ClaimSeen {
+    pub stored: StoredClaim,
+    /// When others may take it over: its expiry plus the clock skew allowed.
+    pub stale_at: DateTime<Utc>,
+    /// The claim this very step holds (taken before looking again): never in anyone's way.
+    pub held_here: bool,
+}
+
+impl ClaimSeen {
+    /// Whether it keeps this rotator off the key at `now`.
+    pub fn blocks(&self, now: DateTime<Utc>) -> bool {
+        !self.held_here && self.stored.claim.phase != ClaimPhase::Released && now < self.stale_at
+    }
+
+    /// Whether it is in force at all (not released): `plan` shows its holder.
+    pub fn active(&self) -> bool {
+        self.stored.claim.phase != ClaimPhase::Released
+    }
+}
+
 /// What was observed of one key, read-only.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     pub service_account: Option<ServiceAccount>,
     pub key: Option<ApiKey>,
     pub snapshot: Option<StoreSnapshot>,
+    /// The key's claim, where the store keeps claims.
+    pub claim: Option<ClaimSeen>,
     pub in_flight: Option<InFlight>,
     /// The policy's other keys, for strategies that use more than one key (`replace`).
     pub family: Option<Family>,
@@ -155,6 +183,9 @@ pub struct KeyPlan {
     pub next_due: Option<DateTime<Utc>>,
     pub action: Action,
     pub reason: String,
+    /// Who holds the key's claim and until when (by the holder's clock), while one is in force.
+    pub claim_holder: Option<String>,
+    pub claim_expires_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub why: Why,
     /// Until when the previous value (or the replaced keys) stays valid.
@@ -220,7 +251,7 @@ pub fn decide(policy: &KeyPolicy, obs: &Observed, now: DateTime<Utc>) -> KeyPlan
 
 /// The checks every strategy shares, then the strategy's own rules.
 fn decide_action(policy: &KeyPolicy, obs: &Observed, now: DateTime<Utc>) -> KeyPlan {
-    let plan = KeyPlan {
+    let mut plan = KeyPlan {
         policy: policy.name.clone(),
         service_account: policy.service_account.clone(),
         api_key: policy.api_key.clone(),
@@ -234,14 +265,30 @@ fn decide_action(policy: &KeyPolicy, obs: &Observed, now: DateTime<Utc>) -> KeyP
         next_due: None,
         action: Action::Blocked,
         reason: String::new(),
+        claim_holder: None,
+        claim_expires_at: None,
         why: Why::Unreadable,
         retain_until: None,
         follow_up_at: None,
         wake_at: None,
     };
+    if let Some(c) = obs.claim.as_ref().filter(|c| c.active() && !c.held_here) {
+        plan.claim_holder = Some(c.stored.claim.holder.clone());
+        plan.claim_expires_at = Some(c.stored.claim.expires_at);
+    }
 
     if let Some(err) = &obs.read_error {
         return plan.blocked(Why::Unreadable, err.to_string());
+    }
+    if let Some(c) = obs.claim.as_ref().filter(|c| c.blocks(now)) {
+        plan.next_due = Some(c.stale_at);
+        let reason = format!(
+            "Claimed by {} until {}: another rotator is working on this key.",
+            c.stored.claim.holder,
+            rfc3339(c.stored.claim.expires_at)
+        );
+        plan.set(Action::Wait, Why::Claimed, reason);
+        return plan;
     }
     let Some(sa) = &obs.service_account else {
         let reason = format!(
@@ -272,14 +319,20 @@ fn store_unread(plan: KeyPlan) -> KeyPlan {
     plan.blocked(Why::Unreadable, "The store could not be read.".into())
 }
 
-/// A journaled new value waits to be stored: that comes before anything else.
+/// A kept new value waits to be stored: that comes before anything else.
 fn resume(mut plan: KeyPlan, in_flight: &InFlight, now: DateTime<Utc>) -> KeyPlan {
     plan.next_due = Some(now);
-    let reason = format!(
-        "Resume the rotation started at {}: store the journaled new value ({}).",
-        rfc3339(in_flight.started_at),
-        in_flight.fingerprint.as_deref().unwrap_or("?")
-    );
+    let fingerprint = in_flight.fingerprint.as_deref().unwrap_or("?");
+    let reason = match &in_flight.holder {
+        None => format!(
+            "Resume the rotation started at {}: store the journaled new value ({fingerprint}).",
+            rfc3339(in_flight.started_at),
+        ),
+        Some(holder) => format!(
+            "Finish the rotation {holder} started at {} and left unfinished: store its new value ({fingerprint}).",
+            rfc3339(in_flight.started_at),
+        ),
+    };
     plan.set(Action::Rotate, Why::ResumeJournal, reason);
     plan
 }

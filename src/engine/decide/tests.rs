@@ -87,6 +87,7 @@ mod replace_tests {
                 record,
                 ..StoreSnapshot::default()
             }),
+            claim: None,
             in_flight: None,
             family: Some(Family {
                 keys: family,
@@ -306,6 +307,7 @@ mod rotate_tests {
                 record,
                 ..StoreSnapshot::default()
             }),
+            claim: None,
             in_flight: None,
             family: None,
             read_error: None,
@@ -488,6 +490,7 @@ mod rotate_tests {
         let rotated = "2026-03-01T00:00:00Z";
         let mut obs = observed(Some(rotated), Some(ours(rotated, None)));
         obs.in_flight = Some(InFlight {
+            holder: None,
             phase: Phase::Rotated,
             started_at: at("2026-03-05T00:00:00Z"),
             previous_last_rotated: Some(at(rotated)),

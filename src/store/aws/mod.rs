@@ -16,10 +16,14 @@ use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::ProvideCredentials;
 use aws_smithy_http_client::tls;
 
-use super::{Payload, RotationRecord, SecretStore, StoreError, StoreSnapshot};
+use super::{
+    Claim, Coordination, Payload, RotationRecord, SecretStore, StoreError, StoreSnapshot,
+    StoredClaim, ValueKept,
+};
 use crate::secret::SecretString;
 
 mod calls;
+mod claims;
 mod errors;
 pub mod settings;
 mod state;
@@ -77,6 +81,8 @@ pub struct AwsStore {
     client: Client,
     kms_key_id: Option<String>,
     timeout: Duration,
+    /// Claims on keys are secrets named `<claims>/<path>`.
+    claims: String,
 }
 
 impl AwsStore {
@@ -150,6 +156,7 @@ impl AwsStore {
             client: Client::new(&sdk),
             kms_key_id: settings.kms_key_id.clone(),
             timeout,
+            claims: settings.claims.trim_matches('/').to_owned(),
         })
     }
 
@@ -398,6 +405,27 @@ impl SecretStore for AwsStore {
                 .await?;
         }
         Ok(())
+    }
+
+    fn coordination(&self) -> Coordination {
+        Coordination::Shared
+    }
+
+    async fn read_claim(&self, path: &str) -> Result<Option<StoredClaim>, StoreError> {
+        self.read_claim_secret(path).await
+    }
+
+    async fn write_claim(
+        &self,
+        path: &str,
+        claim: &Claim,
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        self.write_claim_secret(path, claim, expected).await
+    }
+
+    fn keeps_value(&self) -> ValueKept {
+        ValueKept::Staged
     }
 }
 

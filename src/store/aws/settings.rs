@@ -15,6 +15,8 @@ pub struct AwsSettings {
     pub kms_key_id: Option<String>,
     /// Budget of one operation, retries included (default 30s).
     pub timeout: Duration,
+    /// Claims on keys are secrets named `<claims>/<path>` (default `zenml-rotator/claims`).
+    pub claims: String,
 }
 
 /// The keys of an AWS store's table. Credentials are never among them: they come from the SDK's
@@ -24,6 +26,7 @@ pub(crate) const FIELDS: &[Field] = &[
     Field::text("endpoint_url"),
     Field::text("kms_key_id"),
     Field::text("timeout"),
+    Field::text("claims"),
     Field::inline("access_key_id"),
     Field::inline("secret_access_key"),
 ];
@@ -33,13 +36,30 @@ pub(crate) fn validate(v: &mut Validator, raw: &RawTable, at: &FieldPath) -> Opt
     let region = v.text(raw.text("region"), &at.key("region"));
     let endpoint_url = v.url(raw.text("endpoint_url"), &at.key("endpoint_url"));
     let kms_key_id = v.text(raw.text("kms_key_id"), &at.key("kms_key_id"));
-    let timeout = v.duration_or(raw.text("timeout"), &at.key("timeout"), DEFAULT_TIMEOUT)?;
+    let timeout = v.duration_or(raw.text("timeout"), &at.key("timeout"), DEFAULT_TIMEOUT);
+    let claims = claims_prefix(v, raw.text("claims"), &at.key("claims"));
     Some(AwsSettings {
         region,
         endpoint_url,
         kms_key_id,
-        timeout,
+        timeout: timeout?,
+        claims: claims?,
     })
+}
+
+/// Claims on keys are secrets named `<claims>/<path>` (see `store::claim`).
+pub(crate) const DEFAULT_CLAIMS: &str = "zenml-rotator/claims";
+
+fn claims_prefix(v: &mut Validator, value: Option<&str>, at: &FieldPath) -> Option<String> {
+    let prefix = value.unwrap_or(DEFAULT_CLAIMS).trim_matches('/');
+    if prefix.is_empty() || check_path(prefix).is_err() {
+        v.err(
+            at,
+            "must be a Secrets Manager name prefix such as \"zenml-rotator/claims\": A-Z a-z 0-9 / _ + = . @ -",
+        );
+        return None;
+    }
+    Some(prefix.to_owned())
 }
 
 /// AWS access keys typed into any store's table: refused, once per table.

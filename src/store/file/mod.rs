@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{
-    ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, StoreError, StoreErrorKind,
-    StoreSnapshot,
+    Claim, Coordination, ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, StoreError,
+    StoreErrorKind, StoreSnapshot, StoredClaim, ValueKept,
 };
 use crate::durable;
 use crate::durable::sync_dir;
@@ -357,5 +357,35 @@ impl SecretStore for FileStore {
                 Err(e) => Err(io_error(OP, path, &e)),
             }
         })
+    }
+
+    /// One host only: a lock file beside each value (`.<path>.lock`), held while a rotator works
+    /// on the key. Two hosts that keep the same ZenML key in their own file stores would both
+    /// rotate it: the README says not to.
+    fn coordination(&self) -> Coordination {
+        Coordination::LockFile(self.dir.clone())
+    }
+
+    async fn read_claim(&self, _path: &str) -> Result<Option<StoredClaim>, StoreError> {
+        Ok(None)
+    }
+
+    async fn write_claim(
+        &self,
+        path: &str,
+        _claim: &Claim,
+        _expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        Err(StoreError::new(
+            StoreErrorKind::NotWritable,
+            KIND,
+            "write_claim",
+            path,
+            "the file store keeps no claims: it locks the file beside the value",
+        ))
+    }
+
+    fn keeps_value(&self) -> ValueKept {
+        ValueKept::Journal
     }
 }

@@ -93,7 +93,8 @@ impl VaultStore {
     ) -> Result<(), StoreError> {
         let data_path = format!("{}/data/{path}", self.mount);
         let meta_path = format!("{}/metadata/{path}", self.mount);
-        let body = serde_json::json!({ "paths": [data_path, meta_path] });
+        let claim_path = format!("{}/data/{}", self.mount, self.claim_path(path));
+        let body = serde_json::json!({ "paths": [data_path, meta_path, claim_path] });
         let res = self
             .raw(
                 authed,
@@ -109,6 +110,7 @@ impl VaultStore {
         for (api_path, needed) in [
             (&data_path, &["create", "update", "read"][..]),
             (&meta_path, &["update", "read"][..]),
+            (&claim_path, &["create", "update", "read"][..]),
         ] {
             let have: Vec<&str> = caps
                 .get(api_path.as_str())

@@ -33,14 +33,15 @@ use tokio::sync::Mutex;
 use vaultrs::api::kv2::requests::SetSecretRequestOptions;
 
 use super::{
-    ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, StoreError, StoreErrorKind,
-    StoreSnapshot,
+    Claim, Coordination, ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, StoreError,
+    StoreErrorKind, StoreSnapshot, StoredClaim, ValueKept,
 };
 use crate::metrics::observe_upstream;
 use crate::secret::{ExposeSecret, SecretString};
 
 mod auth;
 mod checks;
+mod claims;
 mod errors;
 mod kv;
 pub mod settings;
@@ -62,6 +63,8 @@ pub struct VaultStore {
     timeout: Duration,
     http: reqwest::Client,
     session: Mutex<Option<Session>>,
+    /// The KV path prefix of claims, under the same mount.
+    claims: String,
     /// Set once pre-flight has confirmed `mount` is a KV v2 engine.
     mount_checked: AtomicBool,
 }
@@ -133,6 +136,7 @@ impl VaultStore {
             timeout: settings.timeout,
             http,
             session: Mutex::new(None),
+            claims: settings.claims.trim_matches('/').to_owned(),
             mount_checked: AtomicBool::new(false),
         })
     }
@@ -394,5 +398,28 @@ impl SecretStore for VaultStore {
                 .await;
         observe_upstream(STORE, "destroy", start.elapsed());
         res.map_err(|e| self.map_error(OP, path, e))
+    }
+
+    fn coordination(&self) -> Coordination {
+        Coordination::Shared
+    }
+
+    async fn read_claim(&self, path: &str) -> Result<Option<StoredClaim>, StoreError> {
+        self.check_path("read_claim", path)?;
+        self.read_claim_doc(path).await
+    }
+
+    async fn write_claim(
+        &self,
+        path: &str,
+        claim: &Claim,
+        expected: Option<&str>,
+    ) -> Result<String, StoreError> {
+        self.check_path("write_claim", path)?;
+        self.write_claim_doc(path, claim, expected).await
+    }
+
+    fn keeps_value(&self) -> ValueKept {
+        ValueKept::InClaim
     }
 }

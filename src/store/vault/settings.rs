@@ -20,6 +20,8 @@ pub struct VaultSettings {
     pub auth: VaultAuth,
     /// Per-request timeout (default 30s).
     pub timeout: Duration,
+    /// Where claims live, under the same mount: `<claims>/<path>` (default `zenml-rotator/claims`).
+    pub claims: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +52,7 @@ pub(crate) const FIELDS: &[Field] = &[
     Field::text("ca_file"),
     Field::text("timeout"),
     Field::table("auth", AUTH_FIELDS),
+    Field::text("claims"),
 ];
 
 /// The keys of `auth = { ... }`: `method` and those of every method, plus the inline secrets
@@ -127,6 +130,7 @@ pub(crate) fn validate(v: &mut Validator, raw: &RawTable, at: &FieldPath) -> Opt
     };
     let ca_file = v.local_path(raw.text("ca_file"), &at.key("ca_file"));
     let timeout = v.duration_or(raw.text("timeout"), &at.key("timeout"), DEFAULT_TIMEOUT);
+    let claims = claims_path(v, raw.text("claims"), &at.key("claims"));
     let auth = match raw.table("auth") {
         None => {
             v.err(
@@ -144,7 +148,20 @@ pub(crate) fn validate(v: &mut Validator, raw: &RawTable, at: &FieldPath) -> Opt
         ca_file,
         auth: auth?,
         timeout: timeout?,
+        claims: claims?,
     })
+}
+
+/// Where claims on keys live (see `store::claim`): a KV path prefix under the mount.
+pub(crate) const DEFAULT_CLAIMS: &str = "zenml-rotator/claims";
+
+fn claims_path(v: &mut Validator, value: Option<&str>, at: &FieldPath) -> Option<String> {
+    let prefix = value.unwrap_or(DEFAULT_CLAIMS).trim_matches('/');
+    if let Err(why) = check_path(prefix) {
+        v.err(at, why);
+        return None;
+    }
+    Some(prefix.to_owned())
 }
 
 /// A Vault mount or namespace path: surrounding slashes dropped (`secret/` is common), not empty.

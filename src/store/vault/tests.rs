@@ -57,6 +57,7 @@ fn debug_shows_where_credentials_come_from_not_what_they_are() {
         ca_file: None,
         auth: VaultAuth::Token(SecretSource::Env("VAULT_TOKEN".into())),
         timeout: Duration::from_secs(5),
+        claims: "zenml-rotator/claims".into(),
     };
     let store = VaultStore::new(&settings).unwrap();
     let shown = format!("{store:?}");
@@ -72,6 +73,7 @@ fn bad_settings_are_refused_without_a_panic() {
         ca_file: None,
         auth: VaultAuth::Token(SecretSource::Env("VAULT_TOKEN".into())),
         timeout: Duration::from_secs(5),
+        claims: "zenml-rotator/claims".into(),
     };
     assert!(VaultStore::new(&settings).is_err());
     settings.address = "http://vault:8200/prefix".into();
