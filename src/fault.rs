@@ -27,3 +27,18 @@ pub fn point(name: &str) {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn point(_name: &str) {}
+
+/// Test-only: the host name claims carry (`ZR_FAULT_HOST`), so one machine can play rotators on
+/// several hosts. `None` outside fault-injection builds.
+#[cfg(feature = "fault-injection")]
+pub fn host() -> Option<String> {
+    std::env::var("ZR_FAULT_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn host() -> Option<String> {
+    None
+}

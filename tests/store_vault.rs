@@ -104,20 +104,11 @@ impl Root {
         v["auth"]["client_token"].as_str().unwrap().to_owned()
     }
 
-    /// A policy that lets a token rotate every key under `secret/<prefix>/`.
+    /// The shipped policy, for every key under `<mount>/<prefix>/`.
     async fn rotator_policy(&self, mount: &str, prefix: &str) -> String {
         let name = unique("zr-rotator");
-        self.policy(
-            &name,
-            &format!(
-                r#"
-path "{mount}/data/{prefix}/*"     {{ capabilities = ["create", "update", "read"] }}
-path "{mount}/metadata/{prefix}/*" {{ capabilities = ["update", "read"] }}
-path "{mount}/destroy/{prefix}/*"  {{ capabilities = ["update"] }}
-"#
-            ),
-        )
-        .await;
+        self.policy(&name, &common::stores::shipped_vault_policy(mount, prefix))
+            .await;
         name
     }
 
@@ -556,6 +547,7 @@ async fn a_read_only_token_fails_preflight_naming_the_missing_capabilities() {
             r#"
 path "secret/data/{prefix}/*"     {{ capabilities = ["read"] }}
 path "secret/metadata/{prefix}/*" {{ capabilities = ["read"] }}
+path "secret/data/zenml-rotator/claims/{prefix}/*" {{ capabilities = ["read"] }}
 "#
         ),
     )

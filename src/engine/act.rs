@@ -15,6 +15,7 @@ use super::events::{self, Actor, DeactivationReason, Event};
 use super::failure::{DisableError, Force, KeyError, KeyFailure, Outcome};
 use super::guard::{self, Disable};
 use super::observe::observe;
+use super::writer::preflight_store;
 use crate::config::KeyPolicy;
 use crate::metrics::Stage;
 use crate::strategy;
@@ -131,21 +132,16 @@ impl Act for Live {
         let store = ctx.store(&policy.store).await?;
         let seen = obs.claim.as_ref().map(|c| &c.stored);
         let rules = ctx.claim_rules();
-        let mut claim = match ClaimHandle::acquire(
-            rules,
-            store,
-            &policy.path,
-            seen,
-            draft(policy, obs),
-        )
-        .await
-        {
+        let taken =
+            ClaimHandle::acquire(rules, store.clone(), &policy.path, seen, draft(policy, obs));
+        let mut claim = match taken.await {
             Ok(c) => c,
-            Err(ClaimError::Held { holder, until }) => {
-                let held = ClaimError::Held { holder, until };
-                return claimed(work, format!("{}.", held));
+            Err(held @ ClaimError::Held { .. }) => return claimed(work, format!("{held}.")),
+            Err(e) => {
+                // The store refused the claim: its pre-flight names what is missing, if it can.
+                preflight_store(&store, policy).await?;
+                return Err(KeyFailure::claim(Stage::Preflight, e));
             }
-            Err(e) => return Err(KeyFailure::claim(Stage::Preflight, e)),
         };
         // Look again under the claim: another rotator may have finished the key meanwhile.
         let obs = observe(ctx, policy, work.accounts, Some(&claim)).await;

@@ -10,7 +10,6 @@
 //! rotated without keeping the answer leaves the claim to expire instead of releasing it, and the
 //! next pass sees the lost answer. File stores lock a file beside the value instead (one host).
 
-use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -35,6 +34,9 @@ pub fn holder_id() -> &'static str {
 }
 
 fn host_name() -> String {
+    if let Some(host) = crate::fault::host() {
+        return host;
+    }
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
@@ -43,6 +45,31 @@ fn host_name() -> String {
         Ok(name) if rc == 0 && !name.is_empty() => name.to_owned(),
         _ => "unknown-host".to_owned(),
     }
+}
+
+/// Whether `holder` names a process of this host that no longer runs: this process's own pid
+/// under another name (an earlier life of a restarted process), or a pid that does not exist.
+/// A pid reused since by another process reads as alive: the claim then simply expires.
+fn holder_gone(holder: &str) -> bool {
+    let mut parts = holder.rsplitn(3, '/');
+    let (Some(_random), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    if host != host_name() || holder == holder_id() {
+        return false;
+    }
+    let Ok(pid) = pid.parse::<i32>() else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    if u32::try_from(pid).is_ok_and(|p| p == std::process::id()) {
+        return true;
+    }
+    // SAFETY: signal 0 only asks whether the process exists; nothing is sent.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 /// How a process plays by the claims of a policy file's `[coordination]`.
@@ -60,8 +87,12 @@ impl ClaimRules {
         }
     }
 
-    /// When others may take the claim over: its expiry, plus the clock skew allowed.
+    /// When others may take the claim over: its expiry, plus the clock skew allowed; at once
+    /// when its holder was a process on this host that is gone (crashed, killed, restarted).
     pub fn stale_at(&self, claim: &Claim) -> DateTime<Utc> {
+        if holder_gone(&claim.holder) {
+            return claim.since.min(Utc::now());
+        }
         let skew = chrono::Duration::from_std(self.skew).unwrap_or(chrono::Duration::zero());
         claim.expires_at + skew
     }
@@ -101,6 +132,8 @@ pub struct ClaimHandle {
     dirty: bool,
     /// A write found another rotator's claim: this handle must not act any more.
     lost: bool,
+    /// The value the claim kept is stored (or dropped as dead): nothing in flight is left.
+    settled: bool,
 }
 
 /// What a fresh claim says about the key it guards.
@@ -171,6 +204,7 @@ impl ClaimHandle {
             fresh,
             dirty: false,
             lost: false,
+            settled: false,
         };
         if handle.lock.is_none() {
             if let Err(e) = handle.write().await {
@@ -301,6 +335,12 @@ impl ClaimHandle {
         self.in_flight = false;
     }
 
+    /// The kept value is stored (or found dead and dropped): releasing the claim loses nothing.
+    pub fn settle(&mut self) {
+        self.in_flight = false;
+        self.settled = true;
+    }
+
     /// Keeps the new value in the claim (phase `Rotated`), where the store keeps it there, or
     /// records that it is staged under the token.
     pub async fn keep(
@@ -320,7 +360,8 @@ impl ClaimHandle {
     }
 
     /// Gives the claim up: anyone may claim the key now. A claim whose rotation may have left a
-    /// value nobody kept is not released: it expires, and the next pass sees the lost answer.
+    /// value nobody kept is not released: it expires, and the next pass sees the lost answer; nor
+    /// is one that keeps a value not stored yet: the next pass (of any rotator) stores it.
     pub async fn release(mut self) {
         if self.lost {
             return;
@@ -328,6 +369,11 @@ impl ClaimHandle {
         if self.in_flight {
             tracing::warn!(policy = %self.claim.policy, holder = %self.claim.holder,
                 "leaving the claim to expire: ZenML may have issued a value that was not kept");
+            return;
+        }
+        if self.claim.phase == ClaimPhase::Rotated && !self.settled {
+            tracing::warn!(policy = %self.claim.policy, holder = %self.claim.holder,
+                "keeping the claim: it holds a new value that is not stored yet; the next pass stores it");
             return;
         }
         if self.lock.is_some() {
@@ -357,7 +403,7 @@ fn lock_file(dir: &Path, path: &str) -> Result<std::fs::File, ClaimError> {
         )))
     };
     std::fs::create_dir_all(dir).map_err(store_error)?;
-    let mut handle = std::fs::OpenOptions::new()
+    let handle = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -368,17 +414,10 @@ fn lock_file(dir: &Path, path: &str) -> Result<std::fs::File, ClaimError> {
     // SAFETY: flock on a file descriptor we own; no memory is involved.
     let rc = unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
-        let mut holder = String::new();
-        let _ = handle.read_to_string(&mut holder);
         return Err(ClaimError::Held {
-            holder: holder.trim().to_owned(),
+            holder: "another process on this host".to_owned(),
             until: None,
         });
     }
-    let written = handle
-        .set_len(0)
-        .and_then(|()| handle.rewind())
-        .and_then(|()| write!(handle, "{}", holder_id()));
-    written.map_err(store_error)?;
     Ok(handle)
 }

@@ -320,6 +320,7 @@ mod tests {
     fn a_corrupt_entry_is_an_error_not_silently_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new(dir.path());
+        std::fs::create_dir_all(dir.path().join("journal")).unwrap();
         std::fs::write(dir.path().join("journal/x.json"), b"{not json").unwrap();
         assert!(matches!(j.entries(), Err(JournalError::Corrupt { .. })));
     }

@@ -80,28 +80,25 @@ pub async fn observe(
 
 /// The rotation in flight, if any: a claim whose holder left a rotation unfinished (its value kept
 /// in the claim, or staged under its token), else this host's journal. A value beats an intent.
+/// The claim this step holds counts only for the value it carries over: its own intent is the
+/// rotation about to happen.
 fn in_flight(
     claim: Option<&ClaimSeen>,
     snapshot: &StoreSnapshot,
     journaled: Option<InFlight>,
 ) -> Option<InFlight> {
-    let from_claim = claim
-        .filter(|c| c.active() && !(c.held_here && c.stored.claim.phase == ClaimPhase::Claimed))
-        .map(|c| {
-            let claim = &c.stored.claim;
-            let staged = snapshot.pending.as_deref() == Some(claim.token.as_str());
-            InFlight {
-                holder: Some(claim.holder.clone()),
-                phase: if claim.phase == ClaimPhase::Rotated || staged {
-                    Phase::Rotated
-                } else {
-                    Phase::Intent
-                },
-                started_at: claim.since,
-                previous_last_rotated: claim.previous_last_rotated,
-                fingerprint: claim.fingerprint.clone(),
-            }
-        });
+    let from_claim = claim.filter(|c| c.active()).and_then(|c| {
+        let claim = &c.stored.claim;
+        let staged = snapshot.pending.as_deref() == Some(claim.token.as_str());
+        let kept = claim.phase == ClaimPhase::Rotated || staged;
+        (kept || !c.held_here).then(|| InFlight {
+            holder: Some(claim.holder.clone()),
+            phase: if kept { Phase::Rotated } else { Phase::Intent },
+            started_at: claim.since,
+            previous_last_rotated: claim.previous_last_rotated,
+            fingerprint: claim.fingerprint.clone(),
+        })
+    });
     match (from_claim, journaled) {
         (Some(c), Some(j)) if c.phase == Phase::Intent && j.phase == Phase::Rotated => Some(j),
         (Some(c), _) => Some(c),

@@ -312,7 +312,7 @@ async fn complete(
     // Fenced twice: by the claim, and by the store's check-and-set against the pre-flight.
     still_ours(claim, policy, Stage::Store).await?;
     store_value(ctx, policy, store, &kept.token, value, &record, &snapshot).await?;
-    claim.clear_in_flight();
+    claim.settle();
     ctx.journal().remove(&policy.name).map_err(|e| {
         KeyFailure::journal(Stage::Store, "stored, but the journal entry stays: ", e)
     })?;
@@ -358,6 +358,7 @@ pub async fn resume(
         ctx.journal()
             .remove(&policy.name)
             .map_err(|e| KeyFailure::journal(Stage::Store, "", e))?;
+        claim.settle();
         return Ok(Outcome::Waited {
             reason: "dropped a kept value ZenML no longer accepts".into(),
         });

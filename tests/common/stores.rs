@@ -135,7 +135,8 @@ impl VaultAdmin {
         let caps = serde_json::to_string(capabilities).unwrap();
         let hcl = format!(
             "path \"secret/data/{prefix}/*\" {{ capabilities = {caps} }}\n\
-             path \"secret/metadata/{prefix}/*\" {{ capabilities = {caps} }}\n"
+             path \"secret/metadata/{prefix}/*\" {{ capabilities = {caps} }}\n\
+             path \"secret/data/zenml-rotator/claims/{prefix}/*\" {{ capabilities = {caps} }}\n"
         );
         self.ok(
             reqwest::Method::PUT,
@@ -153,9 +154,24 @@ impl VaultAdmin {
         v["auth"]["client_token"].as_str().unwrap().to_owned()
     }
 
-    /// A token that may rotate every key under `secret/<prefix>/`.
+    /// A token with exactly the policy `deploy/vault/zenml-rotator.hcl` ships, for the keys
+    /// under `secret/<prefix>/`.
     pub async fn rotator_token(&self, prefix: &str) -> String {
-        self.token_with(prefix, &["create", "update", "read"]).await
+        let name = unique("zr-engine");
+        self.ok(
+            reqwest::Method::PUT,
+            &format!("sys/policies/acl/{name}"),
+            Some(json!({ "policy": shipped_vault_policy("secret", prefix) })),
+        )
+        .await;
+        let v = self
+            .ok(
+                reqwest::Method::POST,
+                "auth/token/create",
+                Some(json!({ "policies": [name], "ttl": "1h" })),
+            )
+            .await;
+        v["auth"]["client_token"].as_str().unwrap().to_owned()
     }
 
     pub async fn seal(&self) {
@@ -400,4 +416,20 @@ pub fn payload_of(raw: &str) -> (String, String) {
         obj["ZENML_STORE_URL"].as_str().unwrap().to_owned(),
         obj["ZENML_STORE_API_KEY"].as_str().unwrap().to_owned(),
     )
+}
+
+/// The Vault policy the repository ships (`deploy/vault/zenml-rotator.hcl`), for the KV v2 mount
+/// `mount` and the keys under `<prefix>/` instead of the example's `secret` and `zenml/`.
+pub fn shipped_vault_policy(mount: &str, prefix: &str) -> String {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/vault/zenml-rotator.hcl"
+    );
+    let text = std::fs::read_to_string(file).expect("deploy/vault/zenml-rotator.hcl");
+    assert!(
+        text.contains("\"secret/data/zenml/*\""),
+        "the shipped policy changed shape"
+    );
+    text.replace("\"secret/", &format!("\"{mount}/"))
+        .replace("/zenml/*\"", &format!("/{prefix}/*\""))
 }

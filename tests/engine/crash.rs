@@ -1,7 +1,8 @@
 //! Invariant 3: a crash between ZenML's rotate and the store write (fault points of the
-//! `fault-injection` build) leaves the new value in the journal; the next `once` stores it,
-//! checks it logs in and empties the journal, without rotating again. The same when the store
-//! itself fails at the write, and when the crash came before the rotate call (intent only).
+//! `fault-injection` build) leaves the new value kept where the next rotator finds it (the claim
+//! in Vault, `AWSPENDING` in AWS, the journal for the file store); the next `once` stores it,
+//! checks it logs in and lets go of it, without rotating again. The same when the store itself
+//! fails at the write, and when the crash came before the rotate call (intent only).
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -54,6 +55,31 @@ async fn journaled_value(rig: &Rig) -> String {
     value
 }
 
+/// The value kept in the Vault claim on `path` after a crash past the rotate call: phase
+/// `rotated`, a value ZenML accepts, and no journal entry (the state directory is not needed).
+async fn claimed_value(rig: &Rig, root: &VaultAdmin, path: &str) -> String {
+    let claim = root
+        .data(&format!("zenml-rotator/claims/{path}"), None)
+        .await;
+    assert_eq!(claim["phase"], "rotated", "{claim}");
+    let value = claim["value"].as_str().expect("the value").to_owned();
+    assert_eq!(check(&zenml_admin(), &value).await, KeyCheck::Accepted);
+    assert!(rig.journal_files().is_empty(), "{:?}", rig.journal_names());
+    value
+}
+
+/// The Vault claim on `path` once the rotation is done: released, holding no value.
+async fn released(root: &VaultAdmin, path: &str) {
+    let claim = root
+        .data(&format!("zenml-rotator/claims/{path}"), None)
+        .await;
+    assert_eq!(claim["phase"], "released", "{claim}");
+    assert!(
+        claim.get("value").is_none(),
+        "a released claim keeps no value"
+    );
+}
+
 /// `once` after the crash: exit 0, `k` rotated (by the replay), journal empty.
 fn replay(rig: &Rig) -> Ran {
     let ran = rig.expect(&["once", "--output", "json"], 0);
@@ -63,7 +89,7 @@ fn replay(rig: &Rig) -> Ran {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_crash_after_the_rotate_call_is_replayed_into_vault() {
+async fn a_crash_after_the_rotate_call_is_finished_from_the_vault_claim() {
     let admin = zenml_admin();
     let (sa, old) = new_service_account_with_key(&admin, "eng-crash-ar").await;
     let root = VaultAdmin::shared();
@@ -83,9 +109,10 @@ async fn a_crash_after_the_rotate_call_is_replayed_into_vault() {
         serde_json::Value::Null,
         "nothing stored yet"
     );
-    let value = journaled_value(&rig).await;
+    let value = claimed_value(&rig, &root, &path).await;
 
     replay(&rig);
+    released(&root, &path).await;
     let (_, stored) = payload_of(&root.data(&path, None).await.to_string());
     assert_eq!(stored, value, "the journaled value is what landed");
     assert_eq!(
@@ -129,9 +156,10 @@ async fn a_crash_before_the_store_write_is_replayed_into_the_file() {
 }
 
 /// The store fails at the write itself: a private OpenBao sealed at the fault point. The run fails
-/// at stage `store` with the value journaled; once the server is unsealed, `once` completes it.
+/// at stage `store` with the value kept in its claim; once the server is unsealed, `once`
+/// completes it.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_store_sealed_at_the_write_keeps_the_value_in_the_journal_until_it_is_back() {
+async fn a_store_sealed_at_the_write_keeps_the_value_in_the_claim_until_it_is_back() {
     let admin = zenml_admin();
     let (sa, _old) = new_service_account_with_key(&admin, "eng-crash-seal").await;
     let bao = PrivateBao::start();
@@ -152,15 +180,15 @@ async fn a_store_sealed_at_the_write_keeps_the_value_in_the_journal_until_it_is_
     assert!(detail.contains("sealed"), "{detail}");
     let rotated = key_now(&admin, sa.id).await.last_rotated;
     assert!(rotated.is_some());
-    let value = journaled_value(&rig).await;
 
     // Still sealed: the next pass cannot store either, and keeps the value.
     let ran = rig.expect(&["once", "--output", "json"], 1);
     failed_at(&ran, "k", "preflight");
-    assert_eq!(journaled_value(&rig).await, value);
 
     bao.unseal().await;
+    let value = claimed_value(&rig, &bao.root(), "zr/k").await;
     replay(&rig);
+    released(&bao.root(), "zr/k").await;
     let (_, stored) = payload_of(&bao.root().data("zr/k", None).await.to_string());
     assert_eq!(stored, value);
     assert_eq!(
@@ -232,41 +260,46 @@ async fn a_crash_before_the_rotate_call_leaves_an_intent_the_next_pass_clears() 
     );
 }
 
-/// The policy's path changed between the crash and the replay: the journaled value goes where
-/// the policy now points, checked-and-set against what is there (not against the old path).
+/// The policy's path changed between the crash and the replay: the journaled value (the file
+/// store keeps it in the journal) goes where the policy now points, checked-and-set against what
+/// is there (not against the old path). Vault and AWS keep it in the old path's claim instead: the
+/// README says to let a rotation finish before moving a key.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_after_the_path_changed_writes_to_the_new_path() {
     let admin = zenml_admin();
     let (sa, old) = new_service_account_with_key(&admin, "eng-crash-moved").await;
     let old = old.value.expose_secret().to_owned();
-    let root = VaultAdmin::shared();
-    let prefix = unique("eng-moved");
-    let (before, after) = (format!("{prefix}/before"), format!("{prefix}/after"));
-    let token = root.rotator_token(&prefix).await;
-    // The new path already holds the workload's value, written by hand.
-    root.write(
-        &after,
-        json!({ "ZENML_STORE_URL": zenml().url, "ZENML_STORE_API_KEY": old }),
-    )
-    .await;
     let mut rig = Rig::new();
-    rig.vault_store("vault", &root.addr, &token)
-        .key("k", &sa.name, "vault", &before, "");
+    rig.file_store("local")
+        .key("k", &sa.name, "local", "before.env", "");
     rig.write();
+    // The new path already holds the workload's value, written by hand.
+    std::fs::create_dir_all(rig.keys_dir()).unwrap();
+    std::fs::write(
+        rig.keys_dir().join("after.env"),
+        format!(
+            "ZENML_STORE_URL={}\nZENML_STORE_API_KEY={old}\n",
+            zenml().url
+        ),
+    )
+    .unwrap();
     crash_at(&rig, "after_rotate", &["once"]);
     let value = journaled_value(&rig).await;
 
-    rig.clear_keys().key("k", &sa.name, "vault", &after, "");
+    rig.clear_keys()
+        .key("k", &sa.name, "local", "after.env", "");
     rig.write();
     replay(&rig);
-    let (_, stored) = payload_of(&root.data(&after, None).await.to_string());
-    assert_eq!(stored, value);
-    assert_eq!(root.metadata(&after).await["current_version"], 2);
-    assert_eq!(root.metadata(&before).await, serde_json::Value::Null);
+    let env = env_file(&std::fs::read_to_string(rig.keys_dir().join("after.env")).unwrap());
+    assert_eq!(env["ZENML_STORE_API_KEY"], value);
+    let previous = std::fs::read_to_string(rig.keys_dir().join("after.env.previous")).unwrap();
+    assert_eq!(env_file(&previous)["ZENML_STORE_API_KEY"], old);
+    assert!(!rig.keys_dir().join("before.env").exists());
 }
 
-/// A crash after the new version was staged (`AWSPENDING`) but before it was promoted: the replay
-/// reuses the journaled ClientRequestToken, so AWS ends with that version current and no other.
+/// A crash after the new version was staged (`AWSPENDING`) but before it was promoted: the next
+/// pass finds the claim's token and that version, and finishes with the same ClientRequestToken,
+/// so AWS ends with that version current and no other. No journal is needed.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_aws_replay_resumes_with_the_same_client_request_token() {
     let admin = zenml_admin();
@@ -291,11 +324,21 @@ async fn an_aws_replay_resumes_with_the_same_client_request_token() {
     rig.write();
 
     crash_at(&rig, "after_stage", &["rotate", "k"]);
-    let token = rig.journal_entry("k").unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let value = journaled_value(&rig).await;
+    let claim: serde_json::Value = serde_json::from_str(
+        &aws_value(
+            &client,
+            &format!("zenml-rotator/claims/{name}"),
+            "AWSCURRENT",
+        )
+        .await
+        .expect("a claim"),
+    )
+    .unwrap();
+    let token = claim["token"].as_str().unwrap().to_owned();
+    assert!(claim.get("value").is_none(), "AWS claims hold no value");
+    assert!(rig.journal_files().is_empty(), "{:?}", rig.journal_names());
+    let (_, value) = payload_of(&aws_value(&client, &name, "AWSPENDING").await.unwrap());
+    assert_eq!(check(&admin, &value).await, KeyCheck::Accepted);
     let versions = aws_versions(&client, &name).await;
     assert_eq!(versions.len(), 2, "{versions:?}");
     assert_eq!(

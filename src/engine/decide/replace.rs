@@ -215,9 +215,14 @@ pub(super) fn decide(
         plan.age_seconds = Some((now - plan.last_rotated.unwrap_or(k.created)).num_seconds());
     }
 
-    // A journal entry can only come from an in-place rotation (the policy was `rotate` before):
-    // a value in it must still reach the store; a bare intent is dropped.
-    if let Some(in_flight) = &obs.in_flight {
+    // A kept value can only come from an in-place rotation (the policy was `rotate` before): it
+    // must still reach the store; a bare journaled intent is dropped. A claim left without a value
+    // by an interrupted replacement says nothing the orphan rules do not see.
+    if let Some(in_flight) = obs
+        .in_flight
+        .as_ref()
+        .filter(|f| f.phase == Phase::Rotated || f.holder.is_none())
+    {
         if in_flight.phase == Phase::Rotated {
             return resume(plan, in_flight, now);
         }
