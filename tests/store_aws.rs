@@ -802,3 +802,11 @@ fn kind(e: &StoreError) -> &'static str {
         StoreError::Other { .. } => "Other",
     }
 }
+
+/// Claims in Secrets Manager (a claim secret, `AWSCURRENT` moved with `RemoveFromVersionId`):
+/// what moto enforces of the rules the coordination of rotators rests on.
+#[tokio::test]
+async fn claims_are_compare_and_set_on_moto() {
+    let store: std::sync::Arc<dyn SecretStore> = std::sync::Arc::new(store().await);
+    common::claims::claims_are_compare_and_set(store, &common::unique("zr-claims")).await;
+}

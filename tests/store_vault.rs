@@ -1091,3 +1091,13 @@ async fn tokens_and_values_never_reach_errors_or_debug_output() {
         assert!(!text.contains(&token), "{text}");
     }
 }
+
+/// Claims in Vault (KV v2 check-and-set on a claim document), with exactly the shipped policy:
+/// what OpenBao enforces of the rules the coordination of rotators rests on.
+#[tokio::test]
+async fn claims_are_compare_and_set_on_openbao() {
+    let root = Root::new();
+    let (store, prefix, _token, _dir) = rotator_store(&root).await;
+    let store: std::sync::Arc<dyn SecretStore> = std::sync::Arc::new(store);
+    common::claims::claims_are_compare_and_set(store, &format!("{prefix}/k")).await;
+}

@@ -169,9 +169,9 @@ impl ClaimHandle {
                         until: Some(c.expires_at),
                     });
                 }
+                // Taken over with the rotation it guards, and when that began.
                 Claim {
                     holder: holder_id().to_owned(),
-                    since: now,
                     ..c.clone()
                 }
             }

@@ -42,7 +42,8 @@ pub struct Claim {
     pub policy: String,
     /// Valid until then, by the holder's clock (others allow `max_clock_skew`).
     pub expires_at: DateTime<Utc>,
-    /// When the holder first took it (renewals keep it): how long the key has been claimed.
+    /// When the rotation it guards began (renewals and takeovers keep it): how long the key has
+    /// been in the works.
     pub since: DateTime<Utc>,
     pub phase: ClaimPhase,
     /// The rotation's id: the AWS `ClientRequestToken` of the staged value.

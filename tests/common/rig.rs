@@ -75,6 +75,12 @@ impl Rig {
         self
     }
 
+    /// Any other table, as written (e.g. `[coordination]\nclaim_ttl = "10s"`).
+    pub fn section(&mut self, text: &str) -> &mut Self {
+        self.stores.push(format!("{text}\n"));
+        self
+    }
+
     pub fn env(&mut self, name: &str, value: &str) -> &mut Self {
         self.env.push((name.to_owned(), value.to_owned()));
         self

@@ -1,0 +1,385 @@
+//! Invariant 7, one writer per key everywhere: rotators with their own state directories (as on
+//! other hosts) over the same keys at once never rotate a key twice and leave only working values;
+//! `rotate --force` beside a rotation in flight waits for its claim; a holder killed after ZenML
+//! answered is finished by another rotator once its claim expired, with its state directory gone;
+//! a holder paused past its claim cannot overwrite the newer value when it wakes; and `once` needs
+//! no state directory at all when every key lives in Vault or AWS.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use zenml_rotator::secret::ExposeSecret;
+use zenml_rotator::zenml::{KeyCheck, NewApiKey, ServiceAccount};
+
+use crate::common::rig::{Ran, Rig};
+use crate::common::stores::{VaultAdmin, aws, aws_value, check, payload_of};
+use crate::common::{aws_endpoint, new_service_account_with_key, unique, zenml_admin};
+use crate::key_now;
+
+/// Claims short enough for a test to outwait, with little clock skew allowed.
+const SHORT_CLAIMS: &str = "[coordination]\nclaim_ttl = \"8s\"\nmax_clock_skew = \"1s\"";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Vault,
+    Aws,
+}
+
+/// A rig (its own policy file and state directory: another host) over the given keys.
+fn rig_for(kind: Kind, token: &str, keys: &[(String, String)], extra: &str) -> Rig {
+    let root = VaultAdmin::shared();
+    let mut rig = Rig::new();
+    match kind {
+        Kind::Vault => rig.vault_store("store", &root.addr, token),
+        Kind::Aws => rig.aws_store("store", &aws_endpoint()),
+    };
+    if !extra.is_empty() {
+        rig.section(extra);
+    }
+    for (i, (sa, path)) in keys.iter().enumerate() {
+        rig.key(&format!("k{i:02}"), sa, "store", path, "");
+    }
+    rig.write();
+    rig
+}
+
+/// The API key value stored at `path`.
+async fn stored(kind: Kind, path: &str) -> Option<String> {
+    let raw = match kind {
+        Kind::Vault => {
+            let data = VaultAdmin::shared().data(path, None).await;
+            if data.is_null() {
+                return None;
+            }
+            data.to_string()
+        }
+        Kind::Aws => aws_value(&aws().await, path, "AWSCURRENT").await?,
+    };
+    Some(payload_of(&raw).1)
+}
+
+/// The claim on the key at `path`, as the store keeps it.
+async fn claim_doc(kind: Kind, path: &str) -> Value {
+    let name = format!("zenml-rotator/claims/{path}");
+    match kind {
+        Kind::Vault => VaultAdmin::shared().data(&name, None).await,
+        Kind::Aws => match aws_value(&aws().await, &name, "AWSCURRENT").await {
+            Some(raw) => serde_json::from_str(&raw).unwrap(),
+            None => Value::Null,
+        },
+    }
+}
+
+fn spawn(rig: &Rig, args: &[&str], env: &[(&str, &str)]) -> (Child, Command) {
+    let mut cmd = rig.cmd(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    (child, cmd)
+}
+
+fn finish(child: Child, cmd: &Command) -> Ran {
+    Ran::new(cmd, child.wait_with_output().unwrap())
+}
+
+async fn wait_for<F, Fut>(what: &str, limit: Duration, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !ready().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sleeps until others may take the claim on `path` over: its expiry plus the skew allowed.
+async fn outwait_claim(kind: Kind, path: &str) {
+    let doc = claim_doc(kind, path).await;
+    let expires = crate::parse_time(doc["expires_at"].as_str().expect("a claim"));
+    let wait = (expires - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(1500)).await;
+}
+
+/// Every key rotated exactly once: ZenML still accepts its original value (a second rotation
+/// inside the one-hour window would have cut it off), and the stored value logs in.
+async fn rotated_once_and_stored(kind: Kind, keys: &[(ServiceAccount, NewApiKey, String)]) {
+    let admin = zenml_admin();
+    let (mut twice, mut refused) = (Vec::new(), Vec::new());
+    for (sa, original, path) in keys {
+        assert!(
+            key_now(&admin, sa.id).await.last_rotated.is_some(),
+            "{path} rotated"
+        );
+        if check(&admin, original.value.expose_secret()).await != KeyCheck::Accepted {
+            twice.push(path.clone());
+        }
+        let value = stored(kind, path).await.unwrap_or_default();
+        if check(&admin, &value).await != KeyCheck::Accepted {
+            refused.push(path.clone());
+        }
+    }
+    assert!(twice.is_empty(), "rotated twice: {twice:?}");
+    assert!(
+        refused.is_empty(),
+        "stored values ZenML refuses: {refused:?}"
+    );
+}
+
+async fn three_rotators_at_once(kind: Kind) {
+    let admin = zenml_admin();
+    let accounts = futures_util::future::join_all(
+        (0..20).map(|_| new_service_account_with_key(&admin, "eng-coord")),
+    )
+    .await;
+    let prefix = unique("eng-coord");
+    let token = VaultAdmin::shared().rotator_token(&prefix).await;
+    let keys: Vec<(ServiceAccount, NewApiKey, String)> = accounts
+        .into_iter()
+        .enumerate()
+        .map(|(i, (sa, key))| (sa, key, format!("{prefix}/k{i:02}")))
+        .collect();
+    let names: Vec<(String, String)> = keys
+        .iter()
+        .map(|(sa, _, path)| (sa.name.clone(), path.clone()))
+        .collect();
+    let rigs: Vec<Rig> = (0..3).map(|_| rig_for(kind, &token, &names, "")).collect();
+    let running: Vec<(Child, Command)> = rigs
+        .iter()
+        .map(|rig| spawn(rig, &["once", "--output", "json"], &[]))
+        .collect();
+    let runs: Vec<Ran> = running
+        .into_iter()
+        .map(|(child, cmd)| finish(child, &cmd))
+        .collect();
+    // Each key is rotated by exactly one of them; the others find it claimed or done.
+    for i in 0..keys.len() {
+        let policy = format!("k{i:02}");
+        let rotations: usize = runs
+            .iter()
+            .map(|r| {
+                r.results_of(&policy)
+                    .iter()
+                    .filter(|x| *x == "rotated")
+                    .count()
+            })
+            .sum();
+        let all: Vec<Vec<String>> = runs.iter().map(|r| r.results_of(&policy)).collect();
+        assert_eq!(rotations, 1, "{policy}: {all:?}");
+    }
+    for run in &runs {
+        assert_eq!(run.output.status.code(), Some(0), "{}", run.describe());
+    }
+    rotated_once_and_stored(kind, &keys).await;
+    for (_, _, path) in &keys {
+        assert_eq!(claim_doc(kind, path).await["phase"], "released", "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_rotators_at_once_rotate_each_vault_key_once() {
+    three_rotators_at_once(Kind::Vault).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_rotators_at_once_rotate_each_aws_key_once() {
+    three_rotators_at_once(Kind::Aws).await;
+}
+
+/// One key of one service account at `<prefix>/k00`, and a token for it.
+async fn one_key(tag: &str) -> (ServiceAccount, NewApiKey, String, String) {
+    let admin = zenml_admin();
+    let (sa, key) = new_service_account_with_key(&admin, tag).await;
+    let prefix = unique(tag);
+    let token = VaultAdmin::shared().rotator_token(&prefix).await;
+    (sa, key, format!("{prefix}/k00"), token)
+}
+
+/// A daemon rotating a key holds its claim: `rotate --force` by hand says so, fails and changes
+/// nothing; `plan` names the holder. The daemon's rotation is the only one.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_by_hand_beside_a_daemon_rotating_the_key_waits_for_its_claim() {
+    let (sa, original, path, token) = one_key("eng-coord-hand").await;
+    let keys = [(sa.name.clone(), path.clone())];
+    let daemon_rig = rig_for(
+        Kind::Vault,
+        &token,
+        &keys,
+        "[metrics]\nlisten = \"127.0.0.1:0\"",
+    );
+    // The daemon pauses 10 s right after ZenML's answer, holding the claim.
+    let (mut daemon, _) = spawn(
+        &daemon_rig,
+        &["run"],
+        &[("ZR_FAULT_EXEC", "after_rotate:sleep 10")],
+    );
+    wait_for("the daemon's claim", Duration::from_secs(60), || async {
+        claim_doc(Kind::Vault, &path).await["phase"] == "rotated"
+    })
+    .await;
+    let hand = rig_for(Kind::Vault, &token, &keys, "");
+    let plan = hand.expect(&["plan", "--output", "json"], 0);
+    let rows: Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert_eq!(rows[0]["action"], "wait", "{}", plan.describe());
+    assert!(rows[0]["claim_holder"].is_string(), "{}", plan.describe());
+    assert!(
+        rows[0]["claim_expires_at"].is_string(),
+        "{}",
+        plan.describe()
+    );
+    let ran = hand.expect(&["rotate", "k00", "--force", "--output", "json"], 1);
+    let (_, result, detail) = ran.rows().remove(0);
+    assert_eq!(result, "failed", "{}", ran.describe());
+    assert!(detail.contains("laimed by"), "{detail}");
+
+    wait_for(
+        "the daemon's store write",
+        Duration::from_secs(60),
+        || async { claim_doc(Kind::Vault, &path).await["phase"] == "released" },
+    )
+    .await;
+    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
+    let _ = daemon.wait();
+    rotated_once_and_stored(Kind::Vault, &[(sa, original, path)]).await;
+}
+
+/// A holder on another host is SIGKILLed after ZenML answered and before the store write, and its
+/// state directory is gone: another rotator waits for the claim to expire (counting the wait),
+/// then stores the value the dead holder kept in its claim. ZenML rotated once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_holder_is_finished_by_another_rotator_once_its_claim_expired() {
+    let (sa, original, path, token) = one_key("eng-coord-kill").await;
+    let keys = [(sa.name.clone(), path.clone())];
+    let holder = rig_for(Kind::Vault, &token, &keys, SHORT_CLAIMS);
+    let (child, cmd) = spawn(
+        &holder,
+        &["once"],
+        &[
+            ("ZR_FAULT_HOST", "elsewhere"),
+            ("ZR_FAULT_EXEC", "after_rotate:kill -KILL $PPID"),
+        ],
+    );
+    let ran = finish(child, &cmd);
+    assert_eq!(ran.output.status.code(), None, "killed: {}", ran.describe());
+    std::fs::remove_dir_all(holder.state_dir()).ok();
+    let claim = claim_doc(Kind::Vault, &path).await;
+    assert_eq!(claim["phase"], "rotated", "{claim}");
+    assert!(claim["holder"].as_str().unwrap().starts_with("elsewhere/"));
+    let kept = claim["value"].as_str().unwrap().to_owned();
+
+    let textfile = std::env::temp_dir().join(format!("{}.prom", unique("zr-waits")));
+    let other = rig_for(
+        Kind::Vault,
+        &token,
+        &keys,
+        &format!(
+            "{SHORT_CLAIMS}\n[metrics]\ntextfile = {:?}",
+            textfile.display().to_string()
+        ),
+    );
+    let waited = other.expect(&["once", "--output", "json"], 0);
+    assert_eq!(waited.results_of("k00"), ["wait"], "{}", waited.describe());
+    assert!(waited.rows()[0].2.contains("Claimed by elsewhere/"));
+    let metrics = std::fs::read_to_string(&textfile).unwrap();
+    assert!(
+        metrics.contains("zenml_rotator_claim_waits_total{policy=\"k00\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(stored(Kind::Vault, &path).await, None, "nothing stored yet");
+
+    outwait_claim(Kind::Vault, &path).await;
+    let done = other.expect(&["once", "--output", "json"], 0);
+    assert_eq!(done.results_of("k00"), ["rotated"], "{}", done.describe());
+    assert_eq!(
+        stored(Kind::Vault, &path).await.as_deref(),
+        Some(kept.as_str())
+    );
+    assert_eq!(claim_doc(Kind::Vault, &path).await["phase"], "released");
+    rotated_once_and_stored(Kind::Vault, &[(sa, original, path)]).await;
+}
+
+/// A holder paused (SIGSTOP) right after ZenML answered, past its claim: another rotator takes
+/// the claim over and finishes, then rotates again by hand. Woken (SIGCONT), the old holder finds
+/// its claim gone and stops: the newer value stays, and its lost claim is counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_holder_paused_past_its_claim_cannot_overwrite_the_newer_value() {
+    let (sa, _original, path, token) = one_key("eng-coord-stop").await;
+    let keys = [(sa.name.clone(), path.clone())];
+    let textfile = std::env::temp_dir().join(format!("{}.prom", unique("zr-lost")));
+    let holder = rig_for(
+        Kind::Vault,
+        &token,
+        &keys,
+        &format!(
+            "{SHORT_CLAIMS}\n[metrics]\ntextfile = {:?}",
+            textfile.display().to_string()
+        ),
+    );
+    let (child, cmd) = spawn(
+        &holder,
+        &["once", "--output", "json"],
+        &[("ZR_FAULT_EXEC", "after_rotate:kill -STOP $PPID")],
+    );
+    wait_for(
+        "the paused holder's claim",
+        Duration::from_secs(60),
+        || async { claim_doc(Kind::Vault, &path).await["phase"] == "rotated" },
+    )
+    .await;
+    outwait_claim(Kind::Vault, &path).await;
+
+    let other = rig_for(Kind::Vault, &token, &keys, SHORT_CLAIMS);
+    let done = other.expect(&["once", "--output", "json"], 0);
+    assert_eq!(done.results_of("k00"), ["rotated"], "{}", done.describe());
+    let forced = other.expect(&["rotate", "k00", "--force", "--output", "json"], 0);
+    assert_eq!(
+        forced.results_of("k00"),
+        ["rotated"],
+        "{}",
+        forced.describe()
+    );
+    let newer = stored(Kind::Vault, &path).await.unwrap();
+
+    let _ = Command::new("kill")
+        .args(["-CONT", &child.id().to_string()])
+        .status();
+    let woke = finish(child, &cmd);
+    assert_eq!(woke.output.status.code(), Some(1), "{}", woke.describe());
+    let (_, result, detail) = woke.rows().remove(0);
+    assert_eq!(result, "failed", "{}", woke.describe());
+    assert!(detail.contains("claim on this key was lost"), "{detail}");
+    assert_eq!(stored(Kind::Vault, &path).await, Some(newer.clone()));
+    assert_eq!(check(&zenml_admin(), &newer).await, KeyCheck::Accepted);
+    let metrics = std::fs::read_to_string(&textfile).unwrap();
+    assert!(
+        metrics.contains("zenml_rotator_claims_lost_total{policy=\"k00\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// With every key in Vault or AWS, `once` needs no state directory: here it is a file, so it
+/// could not even be created.
+#[tokio::test(flavor = "multi_thread")]
+async fn once_needs_no_state_directory_for_vault_and_aws_keys() {
+    let (sa, original, path, token) = one_key("eng-coord-nostate").await;
+    let admin = zenml_admin();
+    let (aws_sa, aws_original) = new_service_account_with_key(&admin, "eng-coord-nostate").await;
+    let aws_path = unique("eng-coord-nostate");
+    let root = VaultAdmin::shared();
+    let mut rig = Rig::new();
+    rig.vault_store("vault", &root.addr, &token)
+        .aws_store("aws", &aws_endpoint())
+        .key("v", &sa.name, "vault", &path, "")
+        .key("a", &aws_sa.name, "aws", &aws_path, "");
+    rig.write();
+    std::fs::write(rig.state_dir(), b"not a directory").unwrap();
+    let ran = rig.expect(&["once", "--output", "json"], 0);
+    assert_eq!(ran.results_of("v"), ["rotated"], "{}", ran.describe());
+    assert_eq!(ran.results_of("a"), ["rotated"], "{}", ran.describe());
+    rotated_once_and_stored(Kind::Vault, &[(sa, original, path)]).await;
+    rotated_once_and_stored(Kind::Aws, &[(aws_sa, aws_original, aws_path)]).await;
+}
