@@ -191,7 +191,7 @@ impl Journal {
         let file = self.path(policy);
         match std::fs::remove_file(&file) {
             Ok(()) => sync_dir(&self.dir).map_err(|source| JournalError::Io { file, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) if absent(&e) => Ok(()),
             Err(source) => Err(JournalError::Io { file, source }),
         }
     }
@@ -201,7 +201,7 @@ impl Journal {
         let mut out = BTreeMap::new();
         let rd = match std::fs::read_dir(&self.dir) {
             Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) if absent(&e) => return Ok(out),
             Err(source) => {
                 return Err(JournalError::Dir {
                     dir: self.dir.clone(),
@@ -227,10 +227,19 @@ impl Journal {
     }
 }
 
+/// No journal there: the directory (or its parent) does not exist or is no directory at all, as
+/// when the rotator runs without a state directory (every store keeps its values in flight).
+fn absent(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
+}
+
 fn read_entry(file: &Path) -> Result<Option<Entry>, JournalError> {
     let bytes = match std::fs::read(file) {
         Ok(b) => Zeroizing::new(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if absent(&e) => return Ok(None),
         Err(source) => {
             return Err(JournalError::Io {
                 file: file.to_path_buf(),
