@@ -75,6 +75,7 @@ pub struct Metrics {
     pub claim_waits_total: IntCounterVec,
     pub claims_lost_total: IntCounterVec,
     pub claim_since_timestamp_seconds: GaugeVec,
+    pub recoveries_total: IntCounterVec,
     /// Per policy, how many keys wait for deactivation: `pending_deactivations` is the sum.
     pending_by_policy: Mutex<BTreeMap<String, usize>>,
 }
@@ -232,6 +233,11 @@ impl Metrics {
                 "claim_since_timestamp_seconds",
                 "Since when the policy's claim has been held, while a rotator holds it.",
             )?,
+            recoveries_total: b.counters(
+                "recoveries_total",
+                "Rotations whose new value nobody kept, healed (result success) or not yet (failure).",
+                &["policy", "result"],
+            )?,
             pending_by_policy: Mutex::new(BTreeMap::new()),
             registry: b.registry,
         };
@@ -275,6 +281,9 @@ impl Metrics {
         }
         self.claim_waits_total.with_label_values(&[policy]);
         self.claims_lost_total.with_label_values(&[policy]);
+        for result in ["success", "failure"] {
+            self.recoveries_total.with_label_values(&[policy, result]);
+        }
     }
 
     /// Drops every series of a policy that is no longer in the config (after a reload): the
@@ -293,6 +302,7 @@ impl Metrics {
         }
         remove_policy(&self.claim_waits_total, policy);
         remove_policy(&self.claims_lost_total, policy);
+        remove_policy(&self.recoveries_total, policy);
         remove_policy(&self.policy_healthy, policy);
         remove_policy(&self.previous_key_accepted, policy);
         remove_policy(&self.rotations_total, policy);

@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 /// Descriptions of keys the rotator creates start with this: only such keys are ever treated as
 /// orphans of an interrupted run (a person's key that happens to match the name is left alone).
 pub const CREATED_MARK: &str = "zenml-rotator:";
+/// Descriptions of the rescue keys a recovery creates (strategy `rotate`) start with this.
+pub const RESCUE_MARK: &str = "zenml-rotator: rescue key";
 /// Appended to the description of every key the rotator deactivates; `delete_after` deletes only
 /// keys carrying it.
 pub const DEACTIVATED_MARK: &str = "deactivated by zenml-rotator at";

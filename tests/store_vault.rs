@@ -180,6 +180,8 @@ fn record(key_id: &str) -> RotationRecord {
         finalized_at: None,
         retiring_key_id: None,
         retire_at: None,
+        rescue_for: None,
+        rescue_until: None,
     }
 }
 

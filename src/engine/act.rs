@@ -18,7 +18,7 @@ use super::observe::observe;
 use super::writer::preflight_store;
 use crate::config::KeyPolicy;
 use crate::metrics::Stage;
-use crate::strategy;
+use crate::strategy::{self, Recovery};
 use crate::zenml::{ApiKey, ServiceAccount};
 
 /// Where a key's pass goes after a step.
@@ -69,14 +69,20 @@ pub trait Act: Send + Sync {
 
 /// The decisions that need no claim: waiting, and what stops the key. `None`: act.
 pub fn settled(plan: &KeyPlan, work: &KeyWork<'_>) -> Result<Option<Step>, KeyFailure> {
-    let forced = work.force == Some(Force::Yes);
-    Ok(Some(match plan.why {
-        Why::Unreadable | Why::Unusable => return Err(KeyFailure::blocked(plan.reason.clone())),
-        Why::LostRotation | Why::RotatedOutOfBand if !forced => {
+    Ok(Some(match (plan.why.clone(), work.force) {
+        (Why::Unreadable | Why::Unusable, _) => {
             return Err(KeyFailure::blocked(plan.reason.clone()));
         }
-        Why::Claimed => return claimed(work, plan.reason.clone()).map(Some),
-        Why::NotDue if work.force.is_none() => Step::Wait(plan.reason.clone()),
+        (Why::Claimed, _) => return claimed(work, plan.reason.clone()).map(Some),
+        (Why::NotDue | Why::Rescued, None) => Step::Wait(plan.reason.clone()),
+        // `rotate NAME` while a rescue key stands in: rotating now would cut off the key's old
+        // value before its window ends, as invariant 1 would say of any rotation.
+        (Why::Rescued, Some(Force::No)) => {
+            return Err(KeyFailure::refused(format!(
+                "refused: {} Pass --force to rotate the key now, cutting off its previous value.",
+                plan.reason
+            )));
+        }
         _ => return Ok(None),
     }))
 }
@@ -195,8 +201,10 @@ async fn act(
     let forced = force == Some(Force::Yes);
     Ok(match plan.why {
         Why::LostRotation | Why::RotatedOutOfBand => {
-            drop_journal_entry(ctx, policy)?;
-            Step::Finish(strategy.issue(ctx, policy, obs, Force::Yes, claim).await?)
+            Step::Finish(recover(work, obs, Recovery::Rescue, claim).await?)
+        }
+        Why::StoredRefused | Why::ReturnFromRescue | Why::Rescued => {
+            Step::Finish(recover(work, obs, Recovery::Return, claim).await?)
         }
         Why::StaleIntent => {
             drop_journal_entry(ctx, policy)?;
@@ -232,6 +240,26 @@ async fn act(
             return Err(KeyFailure::blocked(plan.reason));
         }
     })
+}
+
+/// A recovery, counted whichever way it ends.
+async fn recover(
+    work: &KeyWork<'_>,
+    obs: &Observed,
+    how: Recovery,
+    claim: &mut ClaimHandle,
+) -> Result<Outcome, KeyFailure> {
+    let strategy = strategy::of(work.policy.strategy);
+    let result = strategy
+        .recover(work.ctx, work.policy, obs, how, claim)
+        .await;
+    if let Err(e) = &result {
+        events::emit(Event::RecoveryFailed {
+            policy: &work.policy.name,
+            error: &e.to_string(),
+        });
+    }
+    result
 }
 
 fn drop_journal_entry(ctx: &Context, policy: &KeyPolicy) -> Result<(), KeyFailure> {

@@ -25,7 +25,7 @@ impl Act for DryRun {
         if plan.action == Action::Blocked {
             return Err(KeyFailure::blocked(plan.reason));
         }
-        if plan.action == Action::Rotate {
+        if matches!(plan.action, Action::Rotate | Action::Recover) {
             // A rotation would start with the store's pre-flight: it writes nothing (and no
             // claim is taken: a dry run changes nothing anywhere).
             let store = work.ctx.store(&work.policy.store).await?;

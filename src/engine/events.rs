@@ -128,6 +128,17 @@ pub enum Event<'a> {
         holder: Option<&'a str>,
         since: Option<chrono::DateTime<Utc>>,
     },
+    /// A rotation whose new value nobody kept was healed.
+    Recovered {
+        policy: &'a str,
+        detail: &'a str,
+        took: Duration,
+    },
+    /// A recovery failed (the next pass tries again).
+    RecoveryFailed {
+        policy: &'a str,
+        error: &'a str,
+    },
     /// This rotator's claim expired or was taken over before it finished.
     ClaimLost {
         policy: &'a str,
@@ -199,6 +210,23 @@ pub fn emit(event: Event<'_>) {
                     .remove_label_values(&[policy]);
             }
         },
+        Event::Recovered {
+            policy,
+            detail,
+            took,
+        } => {
+            m.recoveries_total
+                .with_label_values(&[policy, "success"])
+                .inc();
+            m.rotation_duration_seconds.observe(took.as_secs_f64());
+            tracing::warn!(policy, %detail, "recovered a rotation whose new value nobody kept");
+        }
+        Event::RecoveryFailed { policy, error } => {
+            m.recoveries_total
+                .with_label_values(&[policy, "failure"])
+                .inc();
+            tracing::error!(policy, %error, "recovery failed; the next pass tries again");
+        }
         Event::ClaimLost { policy, why } => {
             m.claims_lost_total.with_label_values(&[policy]).inc();
             tracing::warn!(policy, %why, "lost the claim on the key before finishing; another rotator finishes it");
@@ -237,7 +265,7 @@ fn key_finished(policy: &str, result: &Result<Vec<Outcome>, KeyFailure>) {
                 .set(Utc::now().timestamp() as f64);
             let rotated = outcomes
                 .iter()
-                .filter(|o| matches!(o, Outcome::Rotated { .. }))
+                .filter(|o| matches!(o, Outcome::Rotated { .. } | Outcome::Recovered { .. }))
                 .count();
             if rotated > 0 {
                 m.rotations_total

@@ -176,6 +176,13 @@ pub enum Outcome {
     Finalized { detail: String },
     /// Nothing to do now.
     Waited { reason: String },
+    /// A rotation whose new value nobody kept was healed (a rescue key stored, or the key rotated
+    /// again and stored).
+    Recovered {
+        key_id: String,
+        fingerprint: String,
+        detail: String,
+    },
     /// `--dry-run`: what a real pass would have done.
     WouldDo { action: Action, reason: String },
 }

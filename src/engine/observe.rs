@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::claims::ClaimHandle;
+use super::claims::{ClaimHandle, holder_id};
 use super::context::Context;
 use super::decide::{ClaimSeen, InFlight, Observed, Phase, ReadError, Upstream};
 use crate::config::KeyPolicy;
@@ -47,6 +47,7 @@ pub async fn observe(
                 obs.claim = stored.map(|stored| ClaimSeen {
                     stale_at: ctx.claim_rules().stale_at(&stored.claim),
                     held_here: held.is_some_and(|h| h.version() == Some(stored.version.as_str())),
+                    mine: stored.claim.holder == holder_id(),
                     stored,
                 })
             }

@@ -16,6 +16,7 @@ fn describe(o: &Outcome) -> (String, String) {
             format!("key {key_id}: new value {fingerprint} stored and verified"),
         ),
         Outcome::Finalized { detail } => ("finalized".into(), detail.clone()),
+        Outcome::Recovered { detail, .. } => ("recovered".into(), detail.clone()),
         Outcome::Waited { reason } => ("wait".into(), reason.clone()),
         Outcome::WouldDo { action, reason } => {
             (format!("would {}", action.as_str()), reason.clone())

@@ -81,6 +81,11 @@ pub struct RotationRecord {
     /// Strategy `replace`: the ZenML id of the key being retired, and when it is deactivated.
     pub retiring_key_id: Option<String>,
     pub retire_at: Option<DateTime<Utc>>,
+    /// Strategy `rotate`, recovering from a rotation whose new value nobody kept: the stored key
+    /// (`key_id`) is a rescue key standing in for the policy's own key (this id) until
+    /// `rescue_until`, when the policy's key is rotated again.
+    pub rescue_for: Option<String>,
+    pub rescue_until: Option<DateTime<Utc>>,
 }
 
 /// RFC 3339 with as many sub-second digits as the time has: ZenML's microseconds survive, so a
@@ -114,8 +119,12 @@ impl RotationRecord {
         put("retain_until", &self.retain_until);
         put("finalized_at", &self.finalized_at);
         put("retire_at", &self.retire_at);
+        put("rescue_until", &self.rescue_until);
         if let Some(id) = &self.retiring_key_id {
             m.insert("retiring_key_id".into(), id.clone());
+        }
+        if let Some(id) = &self.rescue_for {
+            m.insert("rescue_for".into(), id.clone());
         }
         m
     }
@@ -137,6 +146,8 @@ impl RotationRecord {
             finalized_at: parse_ts(m.get("finalized_at")),
             retiring_key_id: m.get("retiring_key_id").cloned(),
             retire_at: parse_ts(m.get("retire_at")),
+            rescue_for: m.get("rescue_for").cloned(),
+            rescue_until: parse_ts(m.get("rescue_until")),
         })
     }
 }
@@ -384,6 +395,8 @@ mod tests {
             finalized_at: None,
             retiring_key_id: Some("5678".into()),
             retire_at: Some(t),
+            rescue_for: Some("9abc".into()),
+            rescue_until: Some(t),
         };
         let m = r.to_map();
         assert_eq!(m["managed_by"], "zenml-rotator");

@@ -61,6 +61,35 @@ pub trait KeyStrategy: Send + Sync {
         obs: &Observed,
         claim: &mut ClaimHandle,
     ) -> Result<Outcome, KeyFailure>;
+
+    /// Heals a rotation whose new value nobody kept (`recover`), under the key's claim. Only a
+    /// strategy whose rotations can lose a value needs it: by default there is nothing to heal.
+    async fn recover(
+        &self,
+        _ctx: &Context,
+        policy: &KeyPolicy,
+        _obs: &Observed,
+        _how: Recovery,
+        _claim: &mut ClaimHandle,
+    ) -> Result<Outcome, KeyFailure> {
+        Err(KeyFailure::state(
+            Stage::Rotate,
+            format!(
+                "strategy {:?} keeps no value that could be lost: nothing to recover",
+                policy.strategy.as_str()
+            ),
+        ))
+    }
+}
+
+/// What a recovery does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// The stored value still works: a rescue key stands in until its window ends.
+    Rescue,
+    /// The window ended (or the stored value is dead): rotate the policy's own key again, its
+    /// previous generation (the value nobody kept) cut off at once, and retire any rescue key.
+    Return,
 }
 
 /// Before a step that changes ZenML or the store: the claim must still be this rotator's

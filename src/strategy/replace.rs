@@ -269,6 +269,8 @@ async fn replace(
         finalized_at: None,
         retiring_key_id: current.map(|k| k.id.to_string()),
         retire_at,
+        rescue_for: None,
+        rescue_until: None,
     };
     let token = Uuid::new_v4().to_string();
     still_ours(claim, policy, Stage::Store).await?;
@@ -443,6 +445,8 @@ async fn adopt(
         finalized_at: None,
         retiring_key_id: previous.map(|k| k.id.to_string()),
         retire_at,
+        rescue_for: None,
+        rescue_until: None,
     };
     store
         .set_record(&policy.path, &record)

@@ -10,6 +10,7 @@ mod crash;
 mod many;
 mod plan;
 mod preflight;
+mod recovery;
 mod secrets;
 mod stores;
 mod window;

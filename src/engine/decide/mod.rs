@@ -19,12 +19,14 @@ mod tests;
 
 pub use replace::{ReplaceWork, names, needs_stored_key, replace_work};
 
-/// The four actions a plan can say (README, "What a pass does for each key").
+/// The actions a plan can say (README, "What a pass does for each key").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Rotate,
     Finalize,
+    /// Heal a rotation whose new value nobody kept, without cutting anyone off.
+    Recover,
     Wait,
     Blocked,
 }
@@ -34,6 +36,7 @@ impl Action {
         match self {
             Action::Rotate => "rotate",
             Action::Finalize => "finalize",
+            Action::Recover => "recover",
             Action::Wait => "wait",
             Action::Blocked => "blocked",
         }
@@ -47,14 +50,23 @@ pub enum Why {
     ResumeJournal,
     /// A journaled intent whose rotate call never happened: drop it and decide afresh.
     StaleIntent,
-    /// ZenML rotated but the new value never reached the journal.
+    /// ZenML rotated but nobody kept the new value (a crash, a lost answer): recover with a
+    /// rescue key while the stored value still works.
     LostRotation,
     /// Nothing observable yet (ZenML or the store could not be read).
     Unreadable,
     /// The service account or key is missing or inactive.
     Unusable,
-    /// Someone rotated the key outside the rotator; the stored value dies with the window.
+    /// Someone rotated the key outside the rotator; the stored value dies with the window:
+    /// recover like a lost answer.
     RotatedOutOfBand,
+    /// The stored value no longer works (its window ended, its rescue key is gone): replace it
+    /// at once; nobody can be using a working copy of it.
+    StoredRefused,
+    /// A rescue key stands in for the policy's key until the lost rotation's window ends.
+    Rescued,
+    /// The lost rotation's window ended: rotate the policy's key again and retire the rescue key.
+    ReturnFromRescue,
     /// The strategy has clean-up due after a retain window: under `rotate`, confirm the previous
     /// value is dead; under `replace`, deactivate replaced keys, remove orphans of an interrupted
     /// run, repair a record behind its value, delete keys past `delete_after` ([`ReplaceWork`]).
@@ -127,12 +139,17 @@ pub struct ClaimSeen {
     pub stale_at: DateTime<Utc>,
     /// The claim this very step holds (taken before looking again): never in anyone's way.
     pub held_here: bool,
+    /// Held by this process from an earlier pass that left it (a lost answer): not in the way.
+    pub mine: bool,
 }
 
 impl ClaimSeen {
     /// Whether it keeps this rotator off the key at `now`.
     pub fn blocks(&self, now: DateTime<Utc>) -> bool {
-        !self.held_here && self.stored.claim.phase != ClaimPhase::Released && now < self.stale_at
+        !self.held_here
+            && !self.mine
+            && self.stored.claim.phase != ClaimPhase::Released
+            && now < self.stale_at
     }
 
     /// Whether it is in force at all (not released): `plan` shows its holder.

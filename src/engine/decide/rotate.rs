@@ -9,7 +9,7 @@ use super::{
 };
 use crate::config::KeyPolicy;
 use crate::schedule::{self, KeyTimes};
-use crate::store::StoreSnapshot;
+use crate::store::{RotationRecord, StoreSnapshot};
 use crate::time::rfc3339;
 use crate::zenml::{ApiKey, ServiceAccount};
 
@@ -51,29 +51,46 @@ pub(super) fn decide(
     if let Some(in_flight) = &obs.in_flight {
         return in_flight_first(policy, obs, key, in_flight, plan, now);
     }
-    if let Some(reason) = rotated_out_of_band(policy, key, snapshot, retain_until) {
-        return plan.blocked(Why::RotatedOutOfBand, reason);
+    let key_id = key.id.to_string();
+    if let Some(record) = snapshot
+        .record
+        .as_ref()
+        .filter(|r| r.rescue_for.as_deref() == Some(key_id.as_str()))
+    {
+        return rescued(obs, record, plan, now);
+    }
+    if rotated_out_of_band(key, snapshot) {
+        return lost(key, plan, Lost::OutOfBand, now);
     }
     let ours = snapshot
         .record
         .as_ref()
-        .filter(|r| r.key_id == key.id.to_string() && r.rotated_at.is_some());
+        .filter(|r| r.key_id == key_id && r.rotated_at.is_some());
+    // The previous value's window ends (and a rescue key that stood in before is retired) then.
+    let finalize_at = ours.and(retain_until).map(|until| {
+        ours.and_then(|r| r.retire_at)
+            .map_or(until, |retire| until.max(retire))
+    });
     // While the key waits, the end of the window of an unfinalized rotation of ours needs a look.
-    plan.follow_up_at = ours.filter(|r| r.finalized_at.is_none()).and(retain_until);
+    plan.follow_up_at = ours.filter(|r| r.finalized_at.is_none()).and(finalize_at);
 
     // The previous value's window has ended: confirm it is dead.
     if let Some(record) = ours.filter(|r| r.finalized_at.is_none())
-        && retain_until.is_some_and(|u| u <= now)
+        && finalize_at.is_some_and(|u| u <= now)
     {
         let then = if due.due_now {
             " The key is also due and rotates right after."
         } else {
             ""
         };
+        let retiring = match &record.retiring_key_id {
+            Some(id) => format!(" Retire the rescue key {id} that stood in before."),
+            None => String::new(),
+        };
         let reason = format!(
-            "The retain window of the rotation at {} ended at {}: confirm the previous value is rejected.{then}",
+            "The retain window of the rotation at {} ended at {}: confirm the previous value is rejected.{retiring}{then}",
             record.rotated_at.map(rfc3339).unwrap_or_default(),
-            retain_until.map(rfc3339).unwrap_or_default(),
+            finalize_at.map(rfc3339).unwrap_or_default(),
         );
         plan.set(Action::Finalize, Why::FinalizeDue, reason);
         return plan;
@@ -119,18 +136,7 @@ fn in_flight_first(
                 _ => false,
             };
             if moved {
-                let reason = format!(
-                    "ZenML rotated the key at {} but the new value never reached the journal \
-                     (the process stopped between the rotate call and the journal write); the \
-                     stored value works until {}. Run `zenml-rotator rotate {} --force` to issue \
-                     and store a new value.",
-                    key.last_rotated.map(rfc3339).unwrap_or_default(),
-                    plan.retain_until
-                        .map(rfc3339)
-                        .unwrap_or_else(|| "now".into()),
-                    policy.name
-                );
-                return plan.blocked(Why::LostRotation, reason);
+                return lost(key, plan, Lost::Answer, now);
             }
             // The rotate call never happened: the pass drops the intent and then does what a
             // decision without it says. Returned here, so no later rule overwrites the `why`
@@ -148,29 +154,111 @@ fn in_flight_first(
     }
 }
 
-/// Someone rotated the key after the rotation the store records: the stored value dies with
-/// that rotation's window.
-fn rotated_out_of_band(
-    policy: &KeyPolicy,
-    key: &ApiKey,
-    snapshot: &StoreSnapshot,
-    retain_until: Option<DateTime<Utc>>,
-) -> Option<String> {
-    let record = snapshot.record.as_ref()?;
-    let last = key.last_rotated?;
-    let recorded = record.rotated_at?;
-    if record.key_id != key.id.to_string() || last <= recorded || same_instant(last, recorded) {
-        return None;
+/// Someone rotated the key after the rotation the store records.
+fn rotated_out_of_band(key: &ApiKey, snapshot: &StoreSnapshot) -> bool {
+    let (Some(record), Some(last)) = (snapshot.record.as_ref(), key.last_rotated) else {
+        return false;
+    };
+    record.key_id == key.id.to_string()
+        && record
+            .rotated_at
+            .is_some_and(|recorded| last > recorded && !same_instant(last, recorded))
+}
+
+/// How the key came to hold a value nobody kept.
+enum Lost {
+    /// A rotation of ours whose answer never reached anyone (a crash, a cut connection).
+    Answer,
+    /// A rotation outside the rotator.
+    OutOfBand,
+}
+
+/// ZenML holds a new value nobody kept. While the stored value still works (the previous
+/// generation, until the window ends), a rescue key stands in; once it stopped working, nobody
+/// can be using it, and the key is simply rotated again.
+fn lost(key: &ApiKey, mut plan: KeyPlan, how: Lost, now: DateTime<Utc>) -> KeyPlan {
+    let at = key.last_rotated.map(rfc3339).unwrap_or_default();
+    let (what, why) = match how {
+        Lost::Answer => (
+            format!(
+                "ZenML rotated the key at {at} but nobody kept the new value (a crash or a lost answer)"
+            ),
+            Why::LostRotation,
+        ),
+        Lost::OutOfBand => (
+            format!("The key was rotated outside zenml-rotator at {at}"),
+            Why::RotatedOutOfBand,
+        ),
+    };
+    plan.next_due = Some(now);
+    match plan.retain_until.filter(|u| *u > now) {
+        Some(until) => {
+            let reason = format!(
+                "{what}; the stored value works until {}. Recover: store a rescue key (a new key of \
+                 the service account) now; when that window ends, rotate the key again (cutting off \
+                 the value nobody has) and retire the rescue key.",
+                rfc3339(until)
+            );
+            plan.set(Action::Recover, why, reason);
+        }
+        None => {
+            let reason = format!(
+                "{what}, and the stored value stopped working at {}: the stored value is refused: \
+                 replacing it.",
+                plan.retain_until.map(rfc3339).unwrap_or_else(|| at.clone())
+            );
+            plan.set(Action::Rotate, Why::StoredRefused, reason);
+        }
     }
-    Some(format!(
-        "The key was rotated outside zenml-rotator at {}; the stored value stops working at {}. \
-         Run `zenml-rotator rotate {} --force` to issue and store a new value now.",
-        rfc3339(last),
-        retain_until
-            .map(rfc3339)
-            .unwrap_or_else(|| "once the window ends".into()),
-        policy.name
-    ))
+    plan
+}
+
+/// A rescue key stands in for the policy's key (`record.key_id`, for `record.rescue_for`).
+fn rescued(
+    obs: &Observed,
+    record: &RotationRecord,
+    mut plan: KeyPlan,
+    now: DateTime<Utc>,
+) -> KeyPlan {
+    let rescue = obs
+        .family
+        .as_ref()
+        .and_then(|f| f.keys.iter().find(|k| k.id.to_string() == record.key_id));
+    let until = record.rescue_until.unwrap_or(now);
+    plan.retain_until = Some(until);
+    match rescue {
+        Some(r) if r.active && until > now => {
+            plan.next_due = Some(until);
+            plan.follow_up_at = Some(until);
+            let reason = format!(
+                "Rescue key {:?} ({}) stands in for the key until {}, when the window of the \
+                 rotation nobody kept ends; then the key is rotated again and the rescue key retired.",
+                r.name,
+                r.id,
+                rfc3339(until)
+            );
+            plan.set(Action::Wait, Why::Rescued, reason);
+        }
+        Some(r) if r.active => {
+            plan.next_due = Some(now);
+            let reason = format!(
+                "The window of the rotation nobody kept ended at {}: rotate the key again (its \
+                 unknown value is cut off), store it, and retire rescue key {:?} after the retain window.",
+                rfc3339(until),
+                r.name
+            );
+            plan.set(Action::Recover, Why::ReturnFromRescue, reason);
+        }
+        _ => {
+            plan.next_due = Some(now);
+            let reason = format!(
+                "The stored rescue key {} is deleted or deactivated: the stored value is refused: replacing it.",
+                record.key_id
+            );
+            plan.set(Action::Rotate, Why::StoredRefused, reason);
+        }
+    }
+    plan
 }
 
 /// The store holds no working value for this key: fill it, unless that would cut off the

@@ -69,6 +69,8 @@ mod replace_tests {
             finalized_at: None,
             retiring_key_id: retiring.map(|k| k.id.to_string()),
             retire_at: retire_at.map(at),
+            rescue_for: None,
+            rescue_until: None,
         }
     }
 
@@ -358,13 +360,22 @@ mod rotate_tests {
                 Action::Rotate,
                 Why::Due,
             ),
-            // Someone else rotated after us: our stored value is the old generation now.
+            // Someone else rotated after us: our stored value is the old generation now, alive
+            // until that rotation's window ends: a rescue key stands in.
+            (
+                "2026-03-01T12:30:00Z",
+                Some("2026-03-01T12:00:00Z"),
+                Some(ours(rotated, Some("2026-03-01T01:01:00Z"))),
+                Action::Recover,
+                Why::RotatedOutOfBand,
+            ),
+            // Seen only after that window: the stored value is dead, replaced at once.
             (
                 "2026-03-02T00:00:00Z",
                 Some("2026-03-01T12:00:00Z"),
                 Some(ours(rotated, Some("2026-03-01T01:01:00Z"))),
-                Action::Blocked,
-                Why::RotatedOutOfBand,
+                Action::Rotate,
+                Why::StoredRefused,
             ),
         ];
         for (now, last, record, action, why) in cases {
@@ -397,7 +408,12 @@ mod rotate_tests {
             &observed(Some("2026-03-01T00:00:00.750000Z"), Some(record)),
             now,
         );
-        assert_eq!(plan.why, Why::RotatedOutOfBand, "{}", plan.reason);
+        assert_ne!(plan.action, Action::Wait, "{}", plan.reason);
+        assert!(
+            plan.reason.contains("outside zenml-rotator"),
+            "{}",
+            plan.reason
+        );
         // A record kept with whole seconds (older versions) matches its own second only.
         let legacy = ours("2026-03-01T00:00:00Z", Some("2026-03-01T01:01:00Z"));
         let plan = decide(
@@ -411,7 +427,12 @@ mod rotate_tests {
             &observed(Some("2026-03-01T00:00:01.100000Z"), Some(legacy)),
             now,
         );
-        assert_eq!(plan.why, Why::RotatedOutOfBand, "{}", plan.reason);
+        assert_ne!(plan.action, Action::Wait, "{}", plan.reason);
+        assert!(
+            plan.reason.contains("outside zenml-rotator"),
+            "{}",
+            plan.reason
+        );
     }
 
     #[test]

@@ -38,6 +38,8 @@ fn record_keys() -> BTreeSet<String> {
         finalized_at: Some(t),
         retiring_key_id: Some(String::new()),
         retire_at: Some(t),
+        rescue_for: Some(String::new()),
+        rescue_until: Some(t),
     }
     .to_map()
     .into_keys()

@@ -10,14 +10,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+
+mod recover;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use uuid::Uuid;
 
-use super::{KeyStrategy, still_ours};
+use super::{KeyStrategy, Recovery, still_ours};
 use crate::config::KeyPolicy;
 use crate::engine::claims::ClaimHandle;
 use crate::engine::context::Context;
-use crate::engine::decide::{Observed, zenml_retain_until};
+use crate::engine::decide::{Family, Observed, ReadError, Upstream, zenml_retain_until};
 use crate::engine::events::{self, Event};
 use crate::engine::failure::{Force, KeyError, KeyFailure, Outcome};
 use crate::engine::journal::{Entry, Phase};
@@ -37,6 +39,47 @@ impl KeyStrategy for InPlace {
         policy.api_key.clone()
     }
 
+    /// The rescue key standing in for the policy's key, or retiring since it returned.
+    async fn observe(
+        &self,
+        ctx: &Context,
+        _policy: &KeyPolicy,
+        sa: &ServiceAccount,
+        _store: &Arc<dyn SecretStore>,
+        snapshot: &StoreSnapshot,
+        obs: &mut Observed,
+    ) {
+        let Some(record) = snapshot.record.as_ref() else {
+            return;
+        };
+        let rescue = record
+            .rescue_for
+            .is_some()
+            .then_some(record.key_id.as_str());
+        let ids: Vec<&str> = [rescue, record.retiring_key_id.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut keys = Vec::new();
+        for id in ids {
+            match ctx.zenml().get_api_key(sa.id, id).await {
+                Ok(k) => keys.push(k),
+                Err(ZenmlError::NotFound { .. }) => {}
+                Err(e) => {
+                    obs.read_error = Some(ReadError::new(Upstream::Zenml, e));
+                    return;
+                }
+            }
+        }
+        obs.family = Some(Family {
+            keys,
+            stored_key_id: None,
+        });
+    }
+
     async fn issue(
         &self,
         ctx: &Context,
@@ -45,7 +88,11 @@ impl KeyStrategy for InPlace {
         force: Force,
         claim: &mut ClaimHandle,
     ) -> Result<Outcome, KeyFailure> {
-        rotate(ctx, policy, obs, force, claim).await
+        let run = Run {
+            retain_minutes: retain_minutes(policy),
+            force,
+        };
+        rotate(ctx, policy, obs, run, claim).await
     }
 
     async fn finalize(
@@ -56,6 +103,28 @@ impl KeyStrategy for InPlace {
         claim: &mut ClaimHandle,
     ) -> Result<Outcome, KeyFailure> {
         finalize(ctx, policy, obs, claim).await
+    }
+
+    async fn recover(
+        &self,
+        ctx: &Context,
+        policy: &KeyPolicy,
+        obs: &Observed,
+        how: Recovery,
+        claim: &mut ClaimHandle,
+    ) -> Result<Outcome, KeyFailure> {
+        match how {
+            Recovery::Rescue => recover::rescue(ctx, policy, obs, claim).await,
+            Recovery::Return => {
+                let run = Run {
+                    // Its previous generation is the value nobody kept: cut off at once.
+                    retain_minutes: 0,
+                    force: Force::Yes,
+                };
+                let outcome = rotate(ctx, policy, obs, run, claim).await?;
+                Ok(recover::returned(outcome))
+            }
+        }
     }
 }
 
@@ -76,22 +145,35 @@ fn check_window(policy: &KeyPolicy, key: &ApiKey, force: Force) -> Result<(), Ke
     Ok(())
 }
 
+/// One in-place rotation: the retain ZenML keeps the previous value for, and how invariant 1 is
+/// treated.
+pub(super) struct Run {
+    pub retain_minutes: u32,
+    pub force: Force,
+}
+
 async fn rotate(
     ctx: &Context,
     policy: &KeyPolicy,
     obs: &Observed,
-    force: Force,
+    run: Run,
     claim: &mut ClaimHandle,
 ) -> Result<Outcome, KeyFailure> {
     let started = Instant::now();
     let (sa, key) = usable(obs)?;
-    check_window(policy, key, force)?;
+    check_window(policy, key, run.force)?;
     // Invariant 2: the destination must be writable now, before ZenML changes anything.
     let store = ctx.store(&policy.store).await?;
     let snapshot = preflight_store(&store, policy).await?;
 
-    claim.begin_rotation(key.last_rotated, retain_minutes(policy));
-    let entry = entry_for(policy, sa, key, claim.token().to_owned());
+    claim.begin_rotation(key.last_rotated, run.retain_minutes);
+    let entry = entry_for(
+        policy,
+        sa,
+        key,
+        claim.token().to_owned(),
+        run.retain_minutes,
+    );
     if store.keeps_value() == ValueKept::Journal {
         // No claim another host can read: the journal holds the intent.
         ctx.journal()
@@ -103,7 +185,7 @@ async fn rotate(
     fault::point("before_rotate");
     let new = match ctx
         .zenml()
-        .rotate_api_key(sa.id, &key.id.to_string(), retain_minutes(policy))
+        .rotate_api_key(sa.id, &key.id.to_string(), run.retain_minutes)
         .await
     {
         Ok(new) => new,
@@ -192,6 +274,8 @@ fn provisional_record(policy: &KeyPolicy, entry: &Entry) -> RotationRecord {
         finalized_at: None,
         retiring_key_id: None,
         retire_at: None,
+        rescue_for: None,
+        rescue_until: None,
     }
 }
 
@@ -232,7 +316,13 @@ impl Kept {
     }
 }
 
-fn entry_for(policy: &KeyPolicy, sa: &ServiceAccount, key: &ApiKey, token: String) -> Entry {
+fn entry_for(
+    policy: &KeyPolicy,
+    sa: &ServiceAccount,
+    key: &ApiKey,
+    token: String,
+    retain_minutes: u32,
+) -> Entry {
     Entry {
         policy: policy.name.clone(),
         token,
@@ -246,7 +336,7 @@ fn entry_for(policy: &KeyPolicy, sa: &ServiceAccount, key: &ApiKey, token: Strin
         path: policy.path.clone(),
         started_at: Utc::now(),
         previous_last_rotated: key.last_rotated,
-        retain_minutes: retain_minutes(policy),
+        retain_minutes,
         rotated_at: None,
         fingerprint: None,
         value: None,
@@ -297,6 +387,7 @@ async fn complete(
         .or(key_now.last_rotated)
         .unwrap_or_else(Utc::now);
     let retain = ChronoDuration::minutes(i64::from(kept.retain_minutes));
+    let (retiring_key_id, retire_at) = retiring(policy, &key_now, snapshot.record.as_ref());
     let record = RotationRecord {
         policy: policy.name.clone(),
         service_account: kept.service_account.clone(),
@@ -306,8 +397,10 @@ async fn complete(
         rotated_at: Some(rotated_at),
         retain_until: Some(rotated_at + retain),
         finalized_at: None,
-        retiring_key_id: None,
-        retire_at: None,
+        retiring_key_id,
+        retire_at,
+        rescue_for: None,
+        rescue_until: None,
     };
     // Fenced twice: by the claim, and by the store's check-and-set against the pre-flight.
     still_ours(claim, policy, Stage::Store).await?;
@@ -331,6 +424,27 @@ async fn complete(
         key_id,
         fingerprint: record.fingerprint,
     })
+}
+
+/// The rescue key the new value takes over from, if any: the stored key when it stood in for
+/// this one (it stays active `retain` from now, for consumers still on it), or a rescue key still
+/// retiring from before.
+fn retiring(
+    policy: &KeyPolicy,
+    key: &ApiKey,
+    record: Option<&RotationRecord>,
+) -> (Option<String>, Option<DateTime<Utc>>) {
+    let Some(record) = record else {
+        return (None, None);
+    };
+    if record.rescue_for.as_deref() == Some(key.id.to_string().as_str()) {
+        let retain = ChronoDuration::from_std(policy.retain).unwrap_or(ChronoDuration::MAX);
+        return (
+            Some(record.key_id.clone()),
+            Utc::now().checked_add_signed(retain),
+        );
+    }
+    (record.retiring_key_id.clone(), record.retire_at)
 }
 
 /// Finishes a rotation whose value was kept (by this rotator or one that is gone): stores it if
@@ -443,6 +557,10 @@ async fn finalize(
         ));
     };
     let fail = |e: StoreError| KeyFailure::store(Stage::Finalize, e);
+    if record.retiring_key_id.take().is_some() {
+        recover::retire_rescue_keys(ctx, policy, obs, &store, claim).await?;
+        record.retire_at = None;
+    }
     // A version written on top that keeps the same key (an operator adding a field with
     // `vault kv patch`, a re-put of the same JSON) makes the "previous" version hold the
     // current value: that one is meant to work, and is no retired value to confirm dead.
@@ -487,7 +605,7 @@ async fn finalize(
     Ok(Outcome::Finalized { detail })
 }
 
-fn usable(obs: &Observed) -> Result<(&ServiceAccount, &ApiKey), KeyFailure> {
+pub(super) fn usable(obs: &Observed) -> Result<(&ServiceAccount, &ApiKey), KeyFailure> {
     match (&obs.service_account, &obs.key) {
         (Some(sa), Some(key)) if sa.active && key.active => Ok((sa, key)),
         _ => Err(KeyFailure::state(
