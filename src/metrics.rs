@@ -72,6 +72,7 @@ pub struct Metrics {
     pub keys_deactivated_total: IntCounterVec,
     pub journal_entries: IntGauge,
     pub hygiene_findings: IntGaugeVec,
+    pub insecure_endpoints: IntGauge,
     /// Per policy, how many keys wait for deactivation: `pending_deactivations` is the sum.
     pending_by_policy: Mutex<BTreeMap<String, usize>>,
 }
@@ -215,6 +216,10 @@ impl Metrics {
                 "What the last [hygiene] run found, by kind (unused, unmanaged, no_active_key).",
                 &["kind"],
             )?,
+            insecure_endpoints: b.int_gauge(
+                "insecure_endpoints",
+                "Cleartext http endpoints beyond loopback that the policy file allows with allow_insecure_http.",
+            )?,
             pending_by_policy: Mutex::new(BTreeMap::new()),
             registry: b.registry,
         };
@@ -277,6 +282,12 @@ impl Metrics {
         remove_policy(&self.errors_total, policy);
         remove_policy(&self.keys_deactivated_total, policy);
         self.set_deactivation_due(policy, 0, None);
+    }
+
+    /// The cleartext endpoints the running policy allows (`allow_insecure_http`); an alert watches it.
+    pub fn set_insecure_endpoints(&self, count: usize) {
+        self.insecure_endpoints
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Sets `deactivation_due_timestamp_seconds{policy}` while keys of the policy wait for their
