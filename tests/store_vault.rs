@@ -15,6 +15,7 @@ use zenml_rotator::store::vault::VaultStore;
 use zenml_rotator::store::{Payload, RotationRecord, SecretStore, StoreError, StoreSnapshot};
 
 use common::private_bao::PrivateBao;
+use common::stub_http::{StubReply, StubServer, forward};
 use common::{unique, vault};
 
 // ---------- fixtures ----------
@@ -1097,4 +1098,101 @@ async fn tokens_and_values_never_reach_errors_or_debug_output() {
         assert!(!text.contains(&key), "{text}");
         assert!(!text.contains(&token), "{text}");
     }
+}
+
+// ---------- what must not leak ----------
+
+/// Vault answers that redirect are not followed: neither the token, nor a login's secret id, nor
+/// the new key of a write reaches the server they point at.
+#[tokio::test]
+async fn redirects_are_not_followed_so_no_credential_reaches_another_server() {
+    let elsewhere = StubServer::recorder().await;
+    let dir = tempfile::tempdir().unwrap();
+    for status in [301, 302, 307, 308] {
+        for to in elsewhere.aliases() {
+            let redirector = StubServer::start(move |r| StubReply::redirect(status, &to, r)).await;
+            let token = format!("s.{}", unique("redirected-token"));
+            let s = settings_at(&redirector.url, token_auth(dir.path(), &token));
+            let err = VaultStore::connect(&s).await.unwrap_err();
+            assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+            assert!(
+                err.to_string().contains(&format!(
+                    "HTTP {status}: Vault answered with a redirect (a standby node that does not forward requests?); the rotator follows none, so that neither the token nor a key reaches another server"
+                )),
+                "{err}"
+            );
+            assert!(!err.to_string().contains(&token), "{err}");
+            let sent = redirector.requests();
+            assert_eq!(sent[0].header("x-vault-token"), Some(token.as_str()));
+
+            let auth = VaultAuth::AppRole {
+                role_id: secret_file(dir.path(), "role-id", "a-role-id"),
+                secret_id: secret_file(dir.path(), "secret-id", "redirected-secret-id"),
+                mount: "approle".into(),
+            };
+            let err = VaultStore::connect(&settings_at(&redirector.url, auth))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+            assert!(
+                redirector
+                    .requests()
+                    .iter()
+                    .any(|r| r.body_text().contains("redirected-secret-id"))
+            );
+        }
+    }
+    assert!(
+        elsewhere.requests().is_empty(),
+        "a redirect was followed: {:?}",
+        elsewhere.requests()
+    );
+}
+
+/// In front of the real OpenBao, a proxy that redirects only the write of a new value: the login
+/// and the pre-flight reach the real server, the new key goes nowhere else, and the write fails.
+#[tokio::test]
+async fn a_redirected_write_of_a_new_key_fails_and_the_key_goes_nowhere_else() {
+    let root = Root::new();
+    let prefix = unique("zr-redirect");
+    let policy = root.rotator_policy("secret", &prefix).await;
+    let token = root.token(&[&policy], json!({ "ttl": "1h" })).await;
+    let elsewhere = StubServer::recorder().await;
+    let (to, upstream) = (elsewhere.url.clone(), vault().addr);
+    let proxy = StubServer::start(move |r| {
+        if r.method == "POST" && r.path().starts_with("/v1/secret/data/") {
+            StubReply::redirect(307, &to, r)
+        } else {
+            forward(&upstream, r)
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = VaultStore::connect(&settings_at(&proxy.url, token_auth(dir.path(), &token)))
+        .await
+        .unwrap();
+    let path = format!("{prefix}/key");
+    let snapshot = store.preflight(&path).await.unwrap();
+    let key = secret_key();
+    let err = store
+        .stage(&path, &payload(&key), &record("k"), &snapshot, "t")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains("HTTP 307"), "{err}");
+    let write = proxy
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path().ends_with(&path))
+        .unwrap();
+    assert!(
+        write.body_text().contains(&key),
+        "the write reached the proxy"
+    );
+    assert!(
+        elsewhere.requests().is_empty(),
+        "the redirect was followed: {:?}",
+        elsewhere.requests()
+    );
+    assert_eq!(expose(store.read_current(&path).await.unwrap()), None);
 }

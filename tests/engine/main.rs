@@ -1,11 +1,13 @@
 //! The rotation engine through the built binary against real ZenML, OpenBao and moto: one
 //! rotation into each store, the six safety invariants, `plan`/`--dry-run` read-only-ness, a
-//! 20-key pass and the end of a retain window. One test binary (one link) with a module per theme.
+//! 20-key pass, the end of a retain window, and what it refuses because it would leak. One test
+//! binary (one link) with a module per theme.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod crash;
+mod exposure;
 mod many;
 mod plan;
 mod preflight;
