@@ -158,9 +158,12 @@ fn settings(auth: VaultAuth) -> VaultSettings {
     settings_at(&vault().addr, auth)
 }
 
+/// A credential file as an operator keeps one: 0600 (other users' access is refused).
 fn secret_file(dir: &Path, name: &str, value: &str) -> SecretSource {
+    use std::os::unix::fs::PermissionsExt;
     let p = dir.join(name);
     std::fs::write(&p, format!("{value}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     SecretSource::File(p)
 }
 
@@ -1195,4 +1198,33 @@ async fn a_redirected_write_of_a_new_key_fails_and_the_key_goes_nowhere_else() {
         elsewhere.requests()
     );
     assert_eq!(expose(store.read_current(&path).await.unwrap()), None);
+}
+
+/// A token file other users may read is refused before anything is sent; the owner's own file
+/// that its group may read too works (with a warning).
+#[tokio::test]
+async fn a_token_file_other_users_may_read_is_refused_before_any_request() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = token_auth(dir.path(), &vault().root_token);
+    let VaultAuth::Token(SecretSource::File(file)) = &auth else {
+        unreachable!()
+    };
+    let listener = StubServer::recorder().await;
+    for mode in [0o644, 0o604] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = VaultStore::connect(&settings_at(&listener.url, auth.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "vault login secret/: cannot read a Vault credential: permissions {mode:04o} for {0} are too open: a credential file must not be accessible by other users; run chmod o-rwx {0}",
+                file.display()
+            )
+        );
+    }
+    assert!(listener.requests().is_empty(), "a request went out");
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    VaultStore::connect(&settings(auth)).await.unwrap();
 }

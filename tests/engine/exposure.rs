@@ -1,9 +1,78 @@
-//! What the rotator refuses because it would leak: a ZenML server that redirects elsewhere.
-//! Through the built binary.
+//! What the rotator refuses because it would leak: a credential file other users may read, and a
+//! ZenML server that redirects elsewhere. Through the built binary, against the real ZenML.
 
-use crate::common::rig::Rig;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use zenml_rotator::secret::ExposeSecret;
+use zenml_rotator::zenml::KeyCheck;
+
+use crate::common::rig::{PASSWORD_ENV, Rig};
+use crate::common::stores::{check, zenml_state};
 use crate::common::stub_http::{StubReply, StubServer};
-use crate::common::zenml;
+use crate::common::{new_service_account_with_key, zenml, zenml_admin};
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The rig's policy, logging in with `password_file = file` instead of the environment.
+fn with_password_file(rig: &Rig, file: &Path) {
+    let policy = rig.config();
+    let text = std::fs::read_to_string(&policy).unwrap().replace(
+        &format!("password_env = {PASSWORD_ENV:?}"),
+        &format!("password_file = {:?}", file.display().to_string()),
+    );
+    std::fs::write(&policy, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_file_other_users_may_read_is_refused_before_anything_is_sent() {
+    let admin = zenml_admin();
+    let (sa, old) = new_service_account_with_key(&admin, "exp-pw").await;
+    let mut rig = Rig::new();
+    rig.file_store("local")
+        .key("k", &sa.name, "local", "k.env", "");
+    rig.write();
+    let file = rig.path().join("zenml-password");
+    std::fs::write(&file, format!("{}\n", zenml().admin_password)).unwrap();
+    with_password_file(&rig, &file);
+    let before = zenml_state(&admin, sa.id).await;
+    for m in [0o644, 0o604] {
+        chmod(&file, m);
+        let ran = rig.expect(&["once"], 1);
+        assert_eq!(
+            ran.stderr,
+            format!(
+                "zenml-rotator: ZenML credentials: permissions {m:04o} for {0} are too open: a credential file must not be accessible by other users; run chmod o-rwx {0}\n",
+                file.display()
+            ),
+            "{}",
+            ran.describe()
+        );
+    }
+    assert_eq!(zenml_state(&admin, sa.id).await, before, "ZenML changed");
+    assert!(!rig.keys_dir().exists(), "nothing was written");
+
+    // The owner's file, readable by its group too: it works, and the log says so once.
+    chmod(&file, 0o640);
+    let ran = rig.expect(&["once"], 0);
+    let gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(&file).unwrap());
+    let warning = format!(
+        "permissions 0640 for {0} let group {gid} read a credential file owned by the rotator's user; run chmod g-rwx {0}",
+        file.display()
+    );
+    assert_eq!(
+        ran.stderr.matches(&warning).count(),
+        1,
+        "{}",
+        ran.describe()
+    );
+    assert_eq!(
+        check(&admin, old.value.expose_secret()).await,
+        KeyCheck::Accepted
+    );
+}
 
 /// A ZenML server that redirects: the command fails saying so, and the server pointed at never
 /// hears from the rotator (neither the password of the login nor a token).

@@ -13,6 +13,7 @@ mod replace;
 mod retire_previous;
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -138,6 +139,7 @@ impl Rig {
             Kind::Vault => {
                 let token = self.dir.path().join("vault-token");
                 std::fs::write(&token, common::vault().root_token).unwrap();
+                std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
                 zenml_rotator::store::open(&StoreSettings::Vault(VaultSettings {
                     address: common::vault().addr,
                     mount: "secret".into(),
