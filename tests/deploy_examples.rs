@@ -118,8 +118,15 @@ fn the_kubernetes_policy_is_valid_and_matches_the_pods() {
     for rel in POD_MANIFESTS {
         let (_, pod) = deploy(rel);
         let mounts = yaml_values(&pod, "mountPath");
+        // The state directory is one the rotator creates 0700 inside the volume: a volume's root
+        // has the mode its provisioner and fsGroup give it, which the rotator would refuse.
+        let state = config.state.dir.as_path();
+        assert!(
+            mounts.iter().any(|m| state.parent() == Some(Path::new(m))),
+            "{rel}: state.dir {} is not a directory directly inside a mountPath ({mounts:?})",
+            state.display()
+        );
         for (what, file) in [
-            ("state.dir", config.state.dir.as_path()),
             ("password_file's directory", password.parent().unwrap()),
             ("jwt_file's directory", vault_jwt.parent().unwrap()),
             ("the policy's directory", Path::new("/etc/zenml-rotator")),

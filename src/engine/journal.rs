@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use super::decide::InFlight;
 pub use super::decide::Phase;
-use crate::durable::{sync_dir, write_atomic};
+use crate::durable::{PrivateDirError, private_dir, sync_dir, write_atomic};
 use crate::secret::{ExposeSecret, SecretString, fingerprint};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +38,12 @@ pub enum JournalError {
         "another zenml-rotator holds the lock on {dir} (pid {pid}); two rotators must not share a state directory"
     )]
     Locked { dir: PathBuf, pid: String },
+    #[error(transparent)]
+    StateDir(#[from] PrivateDirError),
 }
+
+/// How messages name `state.dir`.
+const STATE_DIR: &str = "state directory";
 
 /// One rotation in flight. `value` is the only secret and is present only in phase `Rotated`.
 #[derive(Clone, Serialize, Deserialize)]
@@ -140,8 +145,10 @@ fn file_stem(policy: &str) -> String {
 }
 
 impl Journal {
-    /// Opens (creating with mode 0700) `<state_dir>/journal`.
+    /// Opens (creating with mode 0700) `<state_dir>/journal`; a state directory other users may
+    /// enter is refused.
     pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        private_dir(state_dir, STATE_DIR)?;
         let dir = state_dir.join("journal");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -264,14 +271,8 @@ impl StateLock {
     pub fn acquire(state_dir: &Path) -> Result<StateLock, JournalError> {
         use std::io::{Read, Seek, Write};
         use std::os::fd::AsRawFd;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(state_dir)
-            .map_err(|source| JournalError::Dir {
-                dir: state_dir.to_path_buf(),
-                source,
-            })?;
+        use std::os::unix::fs::OpenOptionsExt;
+        private_dir(state_dir, STATE_DIR)?;
         let path = state_dir.join("lock");
         let io = |source| JournalError::Io {
             file: path.clone(),
@@ -282,6 +283,7 @@ impl StateLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)
             .map_err(io)?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
@@ -294,6 +296,10 @@ impl StateLock {
                 pid: pid.trim().to_owned(),
             });
         }
+        // Every file the rotator keeps in the state directory is its own alone, even one made by
+        // an older version with the umask's mode.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
         file.set_len(0).map_err(io)?;
         file.rewind().map_err(io)?;
         write!(file, "{}", std::process::id()).map_err(io)?;
@@ -328,7 +334,7 @@ mod tests {
 
     #[test]
     fn roundtrip_mode_and_removal() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::testing::private_tempdir();
         let j = Journal::open(dir.path()).unwrap();
         let e = entry("training").with_value(&SecretString::from("ZENKEY_secret"));
         j.record(&e).unwrap();
@@ -358,7 +364,7 @@ mod tests {
 
     #[test]
     fn odd_policy_names_stay_inside_the_directory() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::testing::private_tempdir();
         let j = Journal::open(dir.path()).unwrap();
         j.record(&entry("../../etc/x")).unwrap();
         let names: Vec<_> = std::fs::read_dir(dir.path().join("journal"))
@@ -372,15 +378,41 @@ mod tests {
 
     #[test]
     fn a_corrupt_entry_is_an_error_not_silently_dropped() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::testing::private_tempdir();
         let j = Journal::open(dir.path()).unwrap();
         std::fs::write(dir.path().join("journal/x.json"), b"{not json").unwrap();
         assert!(matches!(j.entries(), Err(JournalError::Corrupt { .. })));
     }
 
     #[test]
+    fn a_state_directory_others_may_enter_is_refused_and_the_lock_is_0600() {
+        let tmp = crate::testing::private_tempdir();
+        let state = tmp.path().join("state");
+        let lock = StateLock::acquire(&state).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join("lock")), 0o600);
+        drop(lock);
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let expected = format!(
+            "permissions 0755 for state directory {0} are too open: a directory that holds keys must not be accessible by other users; run chmod o-rwx {0}",
+            state.display()
+        );
+        let err = StateLock::acquire(&state).err().unwrap();
+        assert_eq!(err.to_string(), expected);
+        let err = Journal::open(&state).err().unwrap();
+        assert_eq!(err.to_string(), expected);
+        // A lock file left with the umask's mode is made the rotator's alone.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(state.join("lock"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let _lock = StateLock::acquire(&state).unwrap();
+        assert_eq!(mode(&state.join("lock")), 0o600);
+    }
+
+    #[test]
     fn the_state_lock_is_exclusive() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::testing::private_tempdir();
         let first = StateLock::acquire(dir.path()).unwrap();
         // flock locks are per open file description: a second open in the same process conflicts.
         assert!(matches!(

@@ -1,5 +1,6 @@
-//! What the rotator refuses because it would leak: a credential file other users may read, and a
-//! ZenML server that redirects elsewhere. Through the built binary, against the real ZenML.
+//! What the rotator refuses because it would leak: a credential file or a state directory other
+//! users may read, and a ZenML server that redirects elsewhere. And what it writes stays its own:
+//! every file 0600 in 0700 directories. Through the built binary, against the real ZenML.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -11,6 +12,10 @@ use crate::common::rig::{PASSWORD_ENV, Rig};
 use crate::common::stores::{check, zenml_state};
 use crate::common::stub_http::{StubReply, StubServer};
 use crate::common::{new_service_account_with_key, zenml, zenml_admin};
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
 
 fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -71,6 +76,57 @@ async fn a_password_file_other_users_may_read_is_refused_before_anything_is_sent
     assert_eq!(
         check(&admin, old.value.expose_secret()).await,
         KeyCheck::Accepted
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_directory_other_users_may_enter_is_refused_and_what_is_written_stays_private() {
+    let admin = zenml_admin();
+    let (sa, _old) = new_service_account_with_key(&admin, "exp-state").await;
+    let mut rig = Rig::new();
+    rig.file_store("local")
+        .key("k", &sa.name, "local", "k.env", "");
+    rig.write();
+    std::fs::create_dir(rig.state_dir()).unwrap();
+    chmod(&rig.state_dir(), 0o755);
+    let before = zenml_state(&admin, sa.id).await;
+    for args in [&["once"][..], &["rotate", "k"]] {
+        let ran = rig.expect(args, 1);
+        assert_eq!(
+            ran.stderr,
+            format!(
+                "zenml-rotator: permissions 0755 for state directory {0} are too open: a directory that holds keys must not be accessible by other users; run chmod o-rwx {0}\n",
+                rig.state_dir().display()
+            ),
+            "{}",
+            ran.describe()
+        );
+    }
+    assert_eq!(zenml_state(&admin, sa.id).await, before, "ZenML changed");
+    assert_eq!(mode(&rig.state_dir()), 0o755, "refused, not repaired");
+
+    // Made private: a rotation and its journal, lock, key file, `.previous` and record are the
+    // rotator's alone (two rotations, so that a previous value exists).
+    chmod(&rig.state_dir(), 0o700);
+    rig.expect(&["rotate", "k"], 0);
+    rig.expect(&["rotate", "k", "--force"], 0);
+    for dir in [rig.state_dir(), rig.journal_dir(), rig.keys_dir()] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    let mut files = Vec::new();
+    for dir in [rig.state_dir(), rig.keys_dir()] {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+                files.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    files.sort();
+    assert_eq!(
+        files,
+        ["k.env", "k.env.meta.json", "k.env.previous", "lock"]
     );
 }
 

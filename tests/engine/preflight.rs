@@ -142,6 +142,28 @@ async fn an_aws_endpoint_that_never_answers_fails_preflight() {
     drop(silent);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_store_directory_other_users_may_enter_fails_preflight() {
+    use std::os::unix::fs::PermissionsExt;
+    let admin = zenml_admin();
+    let (sa, old) = new_service_account_with_key(&admin, "eng-open-dir").await;
+    let mut rig = Rig::new();
+    rig.file_store("local")
+        .key("k", &sa.name, "local", "k.env", "");
+    rig.write();
+    std::fs::create_dir(rig.keys_dir()).unwrap();
+    std::fs::set_permissions(rig.keys_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let detail = refused_before_rotating(&rig, &["once"], sa.id, old.value.expose_secret()).await;
+    assert_eq!(
+        detail,
+        format!(
+            "preflight: file preflight k.env: permissions 0755 for file store directory {0} are too open: a directory that holds keys must not be accessible by other users; run chmod o-rwx {0}",
+            rig.keys_dir().display()
+        )
+    );
+    assert_eq!(std::fs::read_dir(rig.keys_dir()).unwrap().count(), 0);
+}
+
 /// A Vault whose every answer redirects elsewhere: the key is refused before ZenML rotates it,
 /// and the server pointed at never hears from the rotator (no token, no key).
 #[tokio::test(flavor = "multi_thread")]

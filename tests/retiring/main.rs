@@ -70,6 +70,12 @@ impl Rig {
     fn new(kind: Kind, rest: &str) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+        // A file store's directory is its owner's alone (another one is refused).
+        std::fs::set_permissions(
+            dir.path().join("keys"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
         let z = common::zenml();
         let config = dir.path().join("zenml-rotator.toml");
         let text = format!(
