@@ -72,8 +72,7 @@ impl SecretSource {
             },
             SecretSource::File(path) => {
                 let path = resolve_credential(path);
-                let platform = credentials_directory().is_some_and(|dir| path.starts_with(dir));
-                read_secret_file(&path, !platform)
+                read_secret_file(&path, !in_credentials_directory(&path))
             }
         }
     }
@@ -98,6 +97,19 @@ fn credentials_directory() -> Option<PathBuf> {
     std::env::var_os("CREDENTIALS_DIRECTORY")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
+}
+
+/// Whether `path` is one of systemd's credentials (`LoadCredential=`): readable by the unit's
+/// user only, gone when it stops; systemd, not the rotator, decides its mode.
+fn in_credentials_directory(path: &Path) -> bool {
+    within(path, credentials_directory().as_deref())
+}
+
+fn within(path: &Path, dir: Option<&Path>) -> bool {
+    let climbs = path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir);
+    !climbs && dir.is_some_and(|dir| path.starts_with(dir))
 }
 
 /// A token file the platform writes and protects, such as the kubelet's projected
@@ -149,7 +161,7 @@ fn warn_group_readable(path: &Path, mode: u32, gid: u32) {
     };
     if warned.insert(path.to_path_buf()) {
         tracing::warn!(
-            "permissions {mode:04o} for {} let group {gid} read a credential file owned by the rotator's user; run chmod g-rwx {}",
+            "permissions {mode:04o} for {} give group {gid} access to a credential file owned by the rotator's user; run chmod g-rwx {}",
             path.display(),
             path.display()
         );
@@ -289,6 +301,19 @@ mod tests {
             SecretSource::File(p).read().unwrap().expose_secret(),
             "hunter2"
         );
+    }
+
+    #[test]
+    fn systemd_credentials_are_the_files_inside_its_directory() {
+        let dir = Some(Path::new("/run/credentials/x.service"));
+        assert!(within(Path::new("/run/credentials/x.service/pw"), dir));
+        assert!(!within(
+            Path::new("/run/credentials/x.service/../y/pw"),
+            dir
+        ));
+        assert!(!within(Path::new("/run/credentials/x.servicex/pw"), dir));
+        assert!(!within(Path::new("/etc/pw"), dir));
+        assert!(!within(Path::new("/run/credentials/x.service/pw"), None));
     }
 
     #[test]

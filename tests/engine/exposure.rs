@@ -64,7 +64,7 @@ async fn a_password_file_other_users_may_read_is_refused_before_anything_is_sent
     let ran = rig.expect(&["once"], 0);
     let gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(&file).unwrap());
     let warning = format!(
-        "permissions 0640 for {0} let group {gid} read a credential file owned by the rotator's user; run chmod g-rwx {0}",
+        "permissions 0640 for {0} give group {gid} access to a credential file owned by the rotator's user; run chmod g-rwx {0}",
         file.display()
     );
     assert_eq!(
