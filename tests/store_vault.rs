@@ -122,6 +122,12 @@ path "{mount}/destroy/{prefix}/*"  {{ capabilities = ["update"] }}
         name
     }
 
+    /// A one-hour token holding only the rotator's policy on `prefix`.
+    async fn rotator_token(&self, prefix: &str) -> String {
+        let policy = self.rotator_policy("secret", prefix).await;
+        self.token(&[&policy], json!({ "ttl": "1h" })).await
+    }
+
     async fn write(&self, path: &str, data: Value) -> u64 {
         let v = self
             .post(&format!("secret/data/{path}"), json!({ "data": data }))
@@ -206,8 +212,7 @@ fn expose(v: Option<SecretString>) -> Option<String> {
 /// A store with a fresh rotator token on a fresh prefix: (store, prefix, token, tempdir).
 async fn rotator_store(root: &Root) -> (VaultStore, String, String, tempfile::TempDir) {
     let prefix = unique("zr");
-    let policy = root.rotator_policy("secret", &prefix).await;
-    let token = root.token(&[&policy], json!({ "ttl": "1h" })).await;
+    let token = root.rotator_token(&prefix).await;
     let dir = tempfile::tempdir().unwrap();
     let store = VaultStore::connect(&settings(token_auth(dir.path(), &token)))
         .await
@@ -1158,8 +1163,7 @@ async fn redirects_are_not_followed_so_no_credential_reaches_another_server() {
 async fn a_redirected_write_of_a_new_key_fails_and_the_key_goes_nowhere_else() {
     let root = Root::new();
     let prefix = unique("zr-redirect");
-    let policy = root.rotator_policy("secret", &prefix).await;
-    let token = root.token(&[&policy], json!({ "ttl": "1h" })).await;
+    let token = root.rotator_token(&prefix).await;
     let elsewhere = StubServer::recorder().await;
     let (to, upstream) = (elsewhere.url.clone(), vault().addr);
     let proxy = StubServer::start(move |r| {

@@ -11,7 +11,7 @@ use zenml_rotator::zenml::KeyCheck;
 use crate::common::rig::{PASSWORD_ENV, Rig};
 use crate::common::stores::{check, zenml_state};
 use crate::common::stub_http::{StubReply, StubServer};
-use crate::common::{new_service_account_with_key, zenml, zenml_admin};
+use crate::common::zenml;
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
@@ -33,12 +33,7 @@ fn with_password_file(rig: &Rig, file: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_password_file_other_users_may_read_is_refused_before_anything_is_sent() {
-    let admin = zenml_admin();
-    let (sa, old) = new_service_account_with_key(&admin, "exp-pw").await;
-    let mut rig = Rig::new();
-    rig.file_store("local")
-        .key("k", &sa.name, "local", "k.env", "");
-    rig.write();
+    let (admin, sa, old, mut rig) = crate::file_store_key("exp-pw").await;
     let file = rig.path().join("zenml-password");
     std::fs::write(&file, format!("{}\n", zenml().admin_password)).unwrap();
     with_password_file(&rig, &file);
@@ -77,16 +72,19 @@ async fn a_password_file_other_users_may_read_is_refused_before_anything_is_sent
         check(&admin, old.value.expose_secret()).await,
         KeyCheck::Accepted
     );
+
+    // A systemd credential (a bare name read from $CREDENTIALS_DIRECTORY) is systemd's to guard.
+    chmod(&file, 0o644);
+    rig.env("CREDENTIALS_DIRECTORY", &rig.path().display().to_string());
+    rig.write();
+    with_password_file(&rig, Path::new("zenml-password"));
+    let ran = rig.expect(&["once"], 0);
+    assert!(!ran.stderr.contains("permissions"), "{}", ran.describe());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_state_directory_other_users_may_enter_is_refused_and_what_is_written_stays_private() {
-    let admin = zenml_admin();
-    let (sa, _old) = new_service_account_with_key(&admin, "exp-state").await;
-    let mut rig = Rig::new();
-    rig.file_store("local")
-        .key("k", &sa.name, "local", "k.env", "");
-    rig.write();
+    let (admin, sa, _old, rig) = crate::file_store_key("exp-state").await;
     std::fs::create_dir(rig.state_dir()).unwrap();
     chmod(&rig.state_dir(), 0o755);
     let before = zenml_state(&admin, sa.id).await;

@@ -18,6 +18,25 @@ mod window;
 use chrono::{DateTime, Utc};
 use zenml_rotator::zenml::{ApiKey, ZenmlClient};
 
+/// A fresh service account (named after `prefix`) whose key `default` is policy `k`, kept in the
+/// file store `local` as `k.env`; the policy file is written.
+async fn file_store_key(
+    prefix: &str,
+) -> (
+    ZenmlClient,
+    zenml_rotator::zenml::ServiceAccount,
+    zenml_rotator::zenml::NewApiKey,
+    common::rig::Rig,
+) {
+    let admin = common::zenml_admin();
+    let (sa, key) = common::new_service_account_with_key(&admin, prefix).await;
+    let mut rig = common::rig::Rig::new();
+    rig.file_store("local")
+        .key("k", &sa.name, "local", "k.env", "");
+    rig.write();
+    (admin, sa, key, rig)
+}
+
 /// The key `default` of a service account, as ZenML has it now.
 async fn key_now(admin: &ZenmlClient, sa: uuid::Uuid) -> ApiKey {
     admin.get_api_key(sa, "default").await.unwrap()

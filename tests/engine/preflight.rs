@@ -145,12 +145,7 @@ async fn an_aws_endpoint_that_never_answers_fails_preflight() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_store_directory_other_users_may_enter_fails_preflight() {
     use std::os::unix::fs::PermissionsExt;
-    let admin = zenml_admin();
-    let (sa, old) = new_service_account_with_key(&admin, "eng-open-dir").await;
-    let mut rig = Rig::new();
-    rig.file_store("local")
-        .key("k", &sa.name, "local", "k.env", "");
-    rig.write();
+    let (_, sa, old, rig) = crate::file_store_key("eng-open-dir").await;
     std::fs::create_dir(rig.keys_dir()).unwrap();
     std::fs::set_permissions(rig.keys_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let detail = refused_before_rotating(&rig, &["once"], sa.id, old.value.expose_secret()).await;
