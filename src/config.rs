@@ -42,6 +42,14 @@ impl Config {
         validate::parse(source, path, &validate::Context::from_environment())
     }
 
+    /// Logs every cleartext endpoint the file allows (`allow_insecure_http = true`), once per
+    /// load: every command that loads the file, and every reload of the daemon.
+    pub fn log_insecure_endpoints(&self) {
+        for endpoint in &self.insecure_endpoints {
+            tracing::warn!("{}", endpoint.warning());
+        }
+    }
+
     /// The `[[key]]` named `name` (the argument of `rotate`).
     pub fn key(&self, name: &str) -> Option<&KeyPolicy> {
         self.keys.iter().find(|k| k.name == name)
@@ -66,6 +74,10 @@ pub struct Config {
     /// `[[key]]`, in file order, with `[defaults]` applied.
     pub keys: Vec<KeyPolicy>,
     pub hygiene: Option<HygieneSettings>,
+    /// Every cleartext endpoint the file accepts with `allow_insecure_http = true`, in file
+    /// order: not an error, but to be said at every load (logged, and the
+    /// `insecure_endpoints` gauge).
+    pub insecure_endpoints: Vec<Diagnostic>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

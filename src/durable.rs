@@ -1,10 +1,75 @@
 //! Files replaced so that a crash leaves the old content or the new, never a mix: a temp file in
 //! the same directory, fsync, rename over the target, fsync the directory (the rename itself is
-//! durable only then). Used by the file store, the journal and the metrics textfile.
+//! durable only then). Used by the file store, the journal and the metrics textfile. And the
+//! directories that hold keys (the state directory, a file store's): private to their owner.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// A directory that holds keys could not be made private.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateDirError {
+    #[error("{what} {}: {source}", dir.display())]
+    Io {
+        what: &'static str,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "permissions {mode:04o} for {what} {dir} are too open: a directory that holds keys must not be accessible by other users; run chmod o-rwx {dir}",
+        dir = .dir.display()
+    )]
+    TooOpen {
+        what: &'static str,
+        dir: PathBuf,
+        mode: u32,
+    },
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, or checks the one that exists: refused
+/// when other users have any access to it, never repaired behind the back of whoever made it so
+/// (a volume, systemd's `StateDirectoryMode=`, an operator). `what` names it in messages.
+pub fn private_dir(dir: &Path, what: &'static str) -> Result<(), PrivateDirError> {
+    let io = |source| PrivateDirError::Io {
+        what,
+        dir: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    check_private_dir(dir, what)
+}
+
+/// Refuses an existing `dir` that other users have any access to (a missing one is fine: it
+/// will be created 0700).
+pub fn check_private_dir(dir: &Path, what: &'static str) -> Result<(), PrivateDirError> {
+    let mode = match std::fs::metadata(dir) {
+        // Not a directory: nothing can be kept there (and nothing is, until it is needed).
+        Ok(meta) if !meta.is_dir() => return Ok(()),
+        Ok(meta) => meta.mode() & 0o7777,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(PrivateDirError::Io {
+                what,
+                dir: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    if mode & 0o007 != 0 {
+        return Err(PrivateDirError::TooOpen {
+            what,
+            dir: dir.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
 
 /// Writes `bytes` to `target` atomically, the file ending up with `mode`. The temp file's name
 /// starts with a dot and ends in neither the target's name nor its extension, so readers that
@@ -41,4 +106,50 @@ pub fn write_atomic(target: &Path, bytes: &[u8], mode: u32) -> std::io::Result<(
 /// Makes the directory's entries (a rename, a removal) durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode_of(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_private_dir_is_created_0700_and_refused_when_others_may_enter() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        private_dir(&dir, "state directory").unwrap();
+        assert_eq!(mode_of(&dir), 0o700);
+        assert_eq!(mode_of(&tmp.path().join("a")), 0o700);
+        for mode in [0o755, 0o701, 0o704, 0o2775, 0o777] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = private_dir(&dir, "state directory").unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "permissions {mode:04o} for state directory {0} are too open: a directory that holds keys must not be accessible by other users; run chmod o-rwx {0}",
+                    dir.display()
+                )
+            );
+            // Refused, not repaired: the mode is whoever made it so's decision.
+            assert_eq!(mode_of(&dir), mode);
+        }
+        // The group is the owner's business (a volume's fsGroup, systemd's StateDirectoryMode).
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2770)).unwrap();
+        private_dir(&dir, "state directory").unwrap();
+        assert!(check_private_dir(&tmp.path().join("missing"), "x").is_ok());
+    }
+
+    #[test]
+    fn atomic_writes_end_with_the_mode_asked_for_whatever_was_there() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("k.env");
+        std::fs::write(&target, "old").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o666)).unwrap();
+        write_atomic(&target, b"new", 0o600).unwrap();
+        assert_eq!(mode_of(&target), 0o600);
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+    }
 }

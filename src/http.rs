@@ -1,5 +1,6 @@
 //! One place that builds HTTP clients: rustls with the ring provider, TLS verification always on,
-//! an optional extra CA bundle, and a timeout on every request.
+//! an optional extra CA bundle, a timeout on every request, and no redirects followed: a request
+//! carries a password, a token or a key, and an answer that points elsewhere must not get it.
 
 use std::path::Path;
 use std::sync::Once;
@@ -46,6 +47,8 @@ pub fn load_ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, Ht
 }
 
 /// A reqwest client with a per-request timeout and, when given, an extra trusted CA bundle.
+/// A 3xx answer comes back as it is: reqwest would re-send a 307/308's body (a login form, a key)
+/// and every header but `Authorization` (`X-Vault-Token` among them) to wherever it points.
 pub fn client(
     timeout: Duration,
     ca_file: Option<&Path>,
@@ -55,7 +58,7 @@ pub fn client(
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("zenml-rotator/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::limited(3));
+        .redirect(reqwest::redirect::Policy::none());
     if let Some(path) = ca_file {
         for cert in load_ca_certificates(path)? {
             builder = builder.add_root_certificate(cert);
@@ -64,4 +67,16 @@ pub fn client(
     builder
         .build()
         .map_err(|e| HttpSetupError::Build(e.to_string()))
+}
+
+/// Where a redirect answer points, as `scheme://host:port` only (a path or query may carry a
+/// token); `None` when it has no usable `Location`.
+pub fn redirect_target(headers: &reqwest::header::HeaderMap, from: &url::Url) -> Option<String> {
+    let location = headers.get(reqwest::header::LOCATION)?.to_str().ok()?;
+    let to = from.join(location).ok()?;
+    let host = to.host_str()?;
+    Some(match to.port_or_known_default() {
+        Some(port) => format!("{}://{host}:{port}", to.scheme()),
+        None => format!("{}://{host}", to.scheme()),
+    })
 }

@@ -72,10 +72,9 @@ pub struct Metrics {
     pub keys_deactivated_total: IntCounterVec,
     pub journal_entries: IntGauge,
     pub hygiene_findings: IntGaugeVec,
-    pub claim_waits_total: IntCounterVec,
-    pub claims_lost_total: IntCounterVec,
-    pub claim_since_timestamp_seconds: GaugeVec,
+    pub claims: ClaimMetrics,
     pub recoveries_total: IntCounterVec,
+    pub insecure_endpoints: IntGauge,
     /// Per policy, how many keys wait for deactivation: `pending_deactivations` is the sum.
     pending_by_policy: Mutex<BTreeMap<String, usize>>,
 }
@@ -126,6 +125,34 @@ impl Builder {
         HistogramOpts::new(name, help)
             .namespace(NAMESPACE)
             .buckets(buckets.to_vec())
+    }
+}
+
+/// Coordination between rotators (claims on keys).
+pub struct ClaimMetrics {
+    pub waits_total: IntCounterVec,
+    pub lost_total: IntCounterVec,
+    pub since_timestamp_seconds: GaugeVec,
+}
+
+impl ClaimMetrics {
+    fn new(b: &Builder) -> Result<Self, prometheus::Error> {
+        Ok(ClaimMetrics {
+            waits_total: b.counters(
+                "claim_waits_total",
+                "Passes that found another rotator holding the policy's claim and left the key to it.",
+                &["policy"],
+            )?,
+            lost_total: b.counters(
+                "claims_lost_total",
+                "Claims this rotator lost (expired or taken over) before finishing the key.",
+                &["policy"],
+            )?,
+            since_timestamp_seconds: b.gauges(
+                "claim_since_timestamp_seconds",
+                "When the rotation the policy's claim guards began, while a rotator holds the claim.",
+            )?,
+        })
     }
 }
 
@@ -219,24 +246,15 @@ impl Metrics {
                 "What the last [hygiene] run found, by kind (unused, unmanaged, no_active_key).",
                 &["kind"],
             )?,
-            claim_waits_total: b.counters(
-                "claim_waits_total",
-                "Passes that found another rotator holding the policy's claim and left the key to it.",
-                &["policy"],
-            )?,
-            claims_lost_total: b.counters(
-                "claims_lost_total",
-                "Claims this rotator lost (expired or taken over) before finishing the key.",
-                &["policy"],
-            )?,
-            claim_since_timestamp_seconds: b.gauges(
-                "claim_since_timestamp_seconds",
-                "Since when the policy's claim has been held, while a rotator holds it.",
-            )?,
+            claims: ClaimMetrics::new(&b)?,
             recoveries_total: b.counters(
                 "recoveries_total",
                 "Rotations whose new value nobody kept, healed (result success) or not yet (failure).",
                 &["policy", "result"],
+            )?,
+            insecure_endpoints: b.int_gauge(
+                "insecure_endpoints",
+                "Cleartext http endpoints beyond loopback that the policy file allows with allow_insecure_http.",
             )?,
             pending_by_policy: Mutex::new(BTreeMap::new()),
             registry: b.registry,
@@ -279,8 +297,8 @@ impl Metrics {
             self.errors_total
                 .with_label_values(&[policy, stage.as_str()]);
         }
-        self.claim_waits_total.with_label_values(&[policy]);
-        self.claims_lost_total.with_label_values(&[policy]);
+        self.claims.waits_total.with_label_values(&[policy]);
+        self.claims.lost_total.with_label_values(&[policy]);
         for result in ["success", "failure"] {
             self.recoveries_total.with_label_values(&[policy, result]);
         }
@@ -296,12 +314,12 @@ impl Metrics {
             &self.next_rotation_timestamp_seconds,
             &self.retain_until_timestamp_seconds,
             &self.deactivation_due_timestamp_seconds,
-            &self.claim_since_timestamp_seconds,
+            &self.claims.since_timestamp_seconds,
         ] {
             remove_policy(g, policy);
         }
-        remove_policy(&self.claim_waits_total, policy);
-        remove_policy(&self.claims_lost_total, policy);
+        remove_policy(&self.claims.waits_total, policy);
+        remove_policy(&self.claims.lost_total, policy);
         remove_policy(&self.recoveries_total, policy);
         remove_policy(&self.policy_healthy, policy);
         remove_policy(&self.previous_key_accepted, policy);
@@ -309,6 +327,12 @@ impl Metrics {
         remove_policy(&self.errors_total, policy);
         remove_policy(&self.keys_deactivated_total, policy);
         self.set_deactivation_due(policy, 0, None);
+    }
+
+    /// The cleartext endpoints the running policy allows (`allow_insecure_http`); an alert watches it.
+    pub fn set_insecure_endpoints(&self, count: usize) {
+        self.insecure_endpoints
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Sets `deactivation_due_timestamp_seconds{policy}` while keys of the policy wait for their

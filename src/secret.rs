@@ -1,8 +1,13 @@
 //! Secret values: how the rotator holds them and how it names them without showing them.
 //! Values live in `secrecy::SecretString` (redacted `Debug`, zeroized on drop); logs and errors
-//! refer to a value only by its fingerprint, the first 8 hex digits of its SHA-256.
+//! refer to a value only by its fingerprint, the first 8 hex digits of its SHA-256. Credential
+//! files are refused when other users may read them, the way OpenSSH refuses a private key.
 
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 pub use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -45,6 +50,11 @@ pub enum SecretSourceError {
     },
     #[error("secret file {0} is empty")]
     FileEmpty(PathBuf),
+    #[error(
+        "permissions {mode:04o} for {path} are too open: a credential file must not be accessible by other users; run chmod o-rwx {path}",
+        path = .path.display()
+    )]
+    TooOpen { path: PathBuf, mode: u32 },
 }
 
 impl SecretSource {
@@ -60,7 +70,10 @@ impl SecretSource {
                     Err(SecretSourceError::EnvNotUnicode(name.clone()))
                 }
             },
-            SecretSource::File(path) => read_secret_file(&resolve_credential(path)),
+            SecretSource::File(path) => {
+                let path = resolve_credential(path);
+                read_secret_file(&path, !in_credentials_directory(&path))
+            }
         }
     }
 
@@ -77,10 +90,33 @@ impl SecretSource {
 /// (`LoadCredential=` sets `$CREDENTIALS_DIRECTORY`), so one policy serves every unit that loads
 /// the same credential ids. Any other path is used as written.
 pub fn resolve_credential(path: &Path) -> PathBuf {
-    resolve_credential_in(
-        path,
-        std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
-    )
+    resolve_credential_in(path, credentials_directory())
+}
+
+fn credentials_directory() -> Option<PathBuf> {
+    std::env::var_os("CREDENTIALS_DIRECTORY")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Whether `path` is one of systemd's credentials (`LoadCredential=`): readable by the unit's
+/// user only, gone when it stops; systemd, not the rotator, decides its mode.
+fn in_credentials_directory(path: &Path) -> bool {
+    within(path, credentials_directory().as_deref())
+}
+
+fn within(path: &Path, dir: Option<&Path>) -> bool {
+    let climbs = path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir);
+    !climbs && dir.is_some_and(|dir| path.starts_with(dir))
+}
+
+/// A token file the platform writes and protects, such as the kubelet's projected
+/// service-account token (its mode comes from the pod spec, on a tmpfs only the pod sees): read
+/// like a credential file, without the permission rule, which its owner cannot act on.
+pub fn read_platform_token(path: &Path) -> Result<SecretString, SecretSourceError> {
+    read_secret_file(path, false)
 }
 
 fn resolve_credential_in(path: &Path, credentials_dir: Option<PathBuf>) -> PathBuf {
@@ -91,12 +127,79 @@ fn resolve_credential_in(path: &Path, credentials_dir: Option<PathBuf>) -> PathB
     }
 }
 
-fn read_secret_file(path: &Path) -> Result<SecretString, SecretSourceError> {
-    let raw = std::fs::read_to_string(path).map_err(|source| SecretSourceError::File {
+/// What the permissions of a credential file allow.
+#[derive(Debug, PartialEq, Eq)]
+enum Exposure {
+    Private,
+    /// The rotator's own file that its group may read too: `chmod g-rwx` loses nothing.
+    Group {
+        gid: u32,
+    },
+    /// Other users have some access: refused.
+    Others,
+}
+
+/// OpenSSH's rule for private keys, with PostgreSQL's exception for key files: a file owned by
+/// someone else (root) that the rotator reads through its group (Kubernetes Secret volumes with
+/// `fsGroup`, `root:rotator 0640` on a host) has no tighter mode left, so its group is no warning.
+fn exposure(mode: u32, owner: u32, gid: u32, euid: u32) -> Exposure {
+    if mode & 0o007 != 0 {
+        Exposure::Others
+    } else if mode & 0o070 != 0 && owner == euid {
+        Exposure::Group { gid }
+    } else {
+        Exposure::Private
+    }
+}
+
+/// Says once per process and file that a credential file's group may read it.
+fn warn_group_readable(path: &Path, mode: u32, gid: u32) {
+    static WARNED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let mut warned = match WARNED.lock() {
+        Ok(w) => w,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if warned.insert(path.to_path_buf()) {
+        tracing::warn!(
+            "permissions {mode:04o} for {} give group {gid} access to a credential file owned by the rotator's user; run chmod g-rwx {}",
+            path.display(),
+            path.display()
+        );
+    }
+}
+
+fn read_secret_file(
+    path: &Path,
+    check_permissions: bool,
+) -> Result<SecretString, SecretSourceError> {
+    let file_error = |source| SecretSourceError::File {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    // The mode is read from the open file, so the file checked is the file read.
+    let mut file = std::fs::File::open(path).map_err(file_error)?;
+    let meta = file.metadata().map_err(file_error)?;
+    if check_permissions {
+        let mode = meta.mode() & 0o7777;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        match exposure(mode, meta.uid(), meta.gid(), euid) {
+            Exposure::Others => {
+                return Err(SecretSourceError::TooOpen {
+                    path: path.to_path_buf(),
+                    mode,
+                });
+            }
+            Exposure::Group { gid } => warn_group_readable(path, mode, gid),
+            Exposure::Private => {}
+        }
+    }
+    // Room for the whole file up front: no reallocation leaves a copy of the value behind.
+    let capacity = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
+    let mut raw = String::with_capacity(capacity);
+    let read = file.read_to_string(&mut raw);
     let raw = SecretString::from(raw);
+    read.map_err(file_error)?;
     let trimmed = raw.expose_secret().trim_end_matches(['\n', '\r']);
     if trimmed.is_empty() {
         return Err(SecretSourceError::FileEmpty(path.to_path_buf()));
@@ -150,10 +253,75 @@ mod tests {
     }
 
     #[test]
+    fn other_users_are_refused_and_the_group_is_a_warning_on_the_rotators_own_file() {
+        let (me, root) = (1000, 0);
+        assert_eq!(exposure(0o600, me, 1000, me), Exposure::Private);
+        assert_eq!(exposure(0o400, me, 1000, me), Exposure::Private);
+        assert_eq!(exposure(0o640, me, 1000, me), Exposure::Group { gid: 1000 });
+        assert_eq!(exposure(0o620, me, 7, me), Exposure::Group { gid: 7 });
+        // Root's file that the rotator reads through its group (Kubernetes fsGroup).
+        assert_eq!(exposure(0o440, root, 1000, me), Exposure::Private);
+        assert_eq!(exposure(0o640, root, 1000, me), Exposure::Private);
+        for mode in [0o644, 0o604, 0o602, 0o601, 0o444, 0o666, 0o777] {
+            assert_eq!(exposure(mode, me, 1000, me), Exposure::Others, "{mode:o}");
+            assert_eq!(exposure(mode, root, 1000, me), Exposure::Others, "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_credential_file_others_can_read_is_refused_unread() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "hunter2\n").unwrap();
+        for mode in [0o644, 0o604, 0o666] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = SecretSource::File(p.clone()).read().unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "permissions {mode:04o} for {0} are too open: a credential file must not be accessible by other users; run chmod o-rwx {0}",
+                    p.display()
+                )
+            );
+        }
+        // The owner's (and its group's) file is read; a platform's token file is never judged.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(
+            SecretSource::File(p.clone())
+                .read()
+                .unwrap()
+                .expose_secret(),
+            "hunter2"
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(read_platform_token(&p).unwrap().expose_secret(), "hunter2");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            SecretSource::File(p).read().unwrap().expose_secret(),
+            "hunter2"
+        );
+    }
+
+    #[test]
+    fn systemd_credentials_are_the_files_inside_its_directory() {
+        let dir = Some(Path::new("/run/credentials/x.service"));
+        assert!(within(Path::new("/run/credentials/x.service/pw"), dir));
+        assert!(!within(
+            Path::new("/run/credentials/x.service/../y/pw"),
+            dir
+        ));
+        assert!(!within(Path::new("/run/credentials/x.servicex/pw"), dir));
+        assert!(!within(Path::new("/etc/pw"), dir));
+        assert!(!within(Path::new("/run/credentials/x.service/pw"), None));
+    }
+
+    #[test]
     fn file_source_trims_the_trailing_newline() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pw");
         std::fs::write(&p, "hunter2\n").unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let v = SecretSource::File(p.clone()).read().unwrap();
         assert_eq!(v.expose_secret(), "hunter2");
         std::fs::write(&p, "\n").unwrap();

@@ -50,3 +50,13 @@ pub fn policy(name: &str, sa: &str, api_key: &str, extra: &str) -> KeyPolicy {
         .keys
         .remove(0)
 }
+
+/// A temporary directory only its owner may enter, as the state directory and a file store's
+/// directory must be (tempfile's own default follows the umask).
+pub fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .unwrap()
+}

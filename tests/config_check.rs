@@ -95,6 +95,8 @@ fn every_diagnostic_names_file_line_column_and_field() {
     }
 }
 
+/// Valid fixtures pass; stderr is empty, or exactly NAME.expected (warnings about what the file
+/// is allowed to do but must be told, e.g. `allow_insecure_http`).
 #[test]
 fn valid_fixtures_and_the_example_pass_without_their_credentials() {
     let dir = fixtures("valid");
@@ -103,14 +105,28 @@ fn valid_fixtures_and_the_example_pass_without_their_credentials() {
         .map(|n| dir.join(format!("{n}.toml")))
         .collect();
     assert!(files.len() >= 3);
+    for expected in files_with(&dir, "expected") {
+        assert!(
+            files.contains(&dir.join(format!("{expected}.toml"))),
+            "{expected}.expected has no fixture"
+        );
+    }
     files.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml"));
     for file in files {
+        let expected = fs::read_to_string(file.with_extension("expected"))
+            .map(|e| e.replace("FILE", &file.display().to_string()))
+            .unwrap_or_default();
         let mut cmd = rotator(&dir);
         cmd.arg("check").arg("-c").arg(&file);
         let out = run_expect(&mut cmd, 0);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.starts_with("ok: "), "{}", describe(&cmd, &out));
-        assert!(out.stderr.is_empty(), "{}", describe(&cmd, &out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            expected,
+            "{}",
+            describe(&cmd, &out)
+        );
     }
 }
 

@@ -48,6 +48,21 @@ fn yaml_values(text: &str, key: &str) -> Vec<String> {
         .collect()
 }
 
+/// The text with the commented-out settings `keys` (`# key = value`) switched on.
+fn uncommented(text: &str, keys: &[&str]) -> String {
+    text.lines()
+        .map(|l| {
+            let setting = l.trim_start().strip_prefix("# ").unwrap_or_default();
+            if keys.iter().any(|k| setting.starts_with(&format!("{k} = "))) {
+                l.replacen("# ", "", 1)
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Every value of `Key=` in a unit file, in order.
 fn unit_values(text: &str, key: &str) -> Vec<String> {
     text.lines()
@@ -103,8 +118,15 @@ fn the_kubernetes_policy_is_valid_and_matches_the_pods() {
     for rel in POD_MANIFESTS {
         let (_, pod) = deploy(rel);
         let mounts = yaml_values(&pod, "mountPath");
+        // The state directory is one the rotator creates 0700 inside the volume: a volume's root
+        // has the mode its provisioner and fsGroup give it, which the rotator would refuse.
+        let state = config.state.dir.as_path();
+        assert!(
+            mounts.iter().any(|m| state.parent() == Some(Path::new(m))),
+            "{rel}: state.dir {} is not a directory directly inside a mountPath ({mounts:?})",
+            state.display()
+        );
         for (what, file) in [
-            ("state.dir", config.state.dir.as_path()),
             ("password_file's directory", password.parent().unwrap()),
             ("jwt_file's directory", vault_jwt.parent().unwrap()),
             ("the policy's directory", Path::new("/etc/zenml-rotator")),
@@ -235,4 +257,50 @@ fn the_systemd_policy_is_valid_and_matches_the_units() {
     let (_, timer) = deploy("systemd/zenml-rotator.timer");
     assert_eq!(unit_values(&timer, "Unit"), ["zenml-rotator-once.service"]);
     assert_eq!(unit_values(&timer, "Persistent"), ["true"]);
+}
+
+/// The URLs the examples offer, switched on, follow the cleartext rule: https, or an http one
+/// allowed with `allow_insecure_http` (and then counted).
+#[test]
+fn the_pushgateway_the_examples_offer_is_valid_when_switched_on() {
+    let keys = ["pushgateway", "allow_insecure_http"];
+    let (path, configmap) = deploy("kubernetes/common/configmap.yaml");
+    let k8s = uncommented(&yaml_block(&configmap, "config.toml"), &keys);
+    let config = parse(&k8s, &path);
+    let url = config.metrics.pushgateway.as_deref().unwrap();
+    assert!(url.starts_with("http://"), "{url}");
+    assert_eq!(config.insecure_endpoints.len(), 1);
+    assert_eq!(config.insecure_endpoints[0].field, "metrics.pushgateway");
+    // Without the explicit allowance, the in-cluster http URL is refused.
+    let refused = uncommented(&yaml_block(&configmap, "config.toml"), &keys[..1]);
+    let err = Config::parse(&refused, &path).unwrap_err();
+    assert_eq!(err.diagnostics().len(), 1, "{err}");
+    assert_eq!(err.diagnostics()[0].field, "metrics.pushgateway");
+
+    let (path, systemd) = deploy("systemd/config.toml");
+    let config = parse(&uncommented(&systemd, &keys[..1]), &path);
+    let url = config.metrics.pushgateway.as_deref().unwrap();
+    assert!(url.starts_with("https://"), "{url}");
+    assert!(config.insecure_endpoints.is_empty());
+}
+
+/// No example sends anything in clear text beyond loopback as shipped.
+#[test]
+fn the_example_policies_use_https() {
+    for (rel, text) in [
+        ("systemd/config.toml", deploy("systemd/config.toml").1),
+        (
+            "kubernetes/common/configmap.yaml",
+            yaml_block(&deploy("kubernetes/common/configmap.yaml").1, "config.toml"),
+        ),
+    ] {
+        let config = parse(&text, Path::new(rel));
+        assert!(config.insecure_endpoints.is_empty(), "{rel}");
+        assert!(config.zenml.url.starts_with("https://"), "{rel}");
+        for store in config.stores.values() {
+            if let StoreSettings::Vault(v) = store {
+                assert!(v.address.starts_with("https://"), "{rel}");
+            }
+        }
+    }
 }

@@ -810,3 +810,21 @@ async fn claims_are_compare_and_set_on_moto() {
     let store: std::sync::Arc<dyn SecretStore> = std::sync::Arc::new(store().await);
     common::claims::claims_are_compare_and_set(store, &common::unique("zr-claims")).await;
 }
+
+/// The SDK's HTTP client follows no redirect either: a 307 from the endpoint is an error, and the
+/// server it points at hears nothing (no signed request, no secret value).
+#[tokio::test]
+async fn a_redirecting_endpoint_is_not_followed() {
+    use common::stub_http::{StubReply, StubServer};
+    let elsewhere = StubServer::recorder().await;
+    let to = elsewhere.url.clone();
+    let redirector = StubServer::start(move |r| StubReply::redirect(307, &to, r)).await;
+    let store = store_at(&redirector.url, Duration::from_secs(5)).await;
+    assert!(store.preflight("zr-aws/redirected").await.is_err());
+    assert!(!redirector.requests().is_empty());
+    assert!(
+        elsewhere.requests().is_empty(),
+        "a redirect was followed: {:?}",
+        elsewhere.requests()
+    );
+}

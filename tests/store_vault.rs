@@ -15,6 +15,7 @@ use zenml_rotator::store::vault::VaultStore;
 use zenml_rotator::store::{Payload, RotationRecord, SecretStore, StoreError, StoreSnapshot};
 
 use common::private_bao::PrivateBao;
+use common::stub_http::{StubReply, StubServer, forward};
 use common::{unique, vault};
 
 // ---------- fixtures ----------
@@ -112,6 +113,12 @@ impl Root {
         name
     }
 
+    /// A one-hour token holding only the rotator's policy on `prefix`.
+    async fn rotator_token(&self, prefix: &str) -> String {
+        let policy = self.rotator_policy("secret", prefix).await;
+        self.token(&[&policy], json!({ "ttl": "1h" })).await
+    }
+
     async fn write(&self, path: &str, data: Value) -> u64 {
         let v = self
             .post(&format!("secret/data/{path}"), json!({ "data": data }))
@@ -149,9 +156,12 @@ fn settings(auth: VaultAuth) -> VaultSettings {
     settings_at(&vault().addr, auth)
 }
 
+/// A credential file as an operator keeps one: 0600 (other users' access is refused).
 fn secret_file(dir: &Path, name: &str, value: &str) -> SecretSource {
+    use std::os::unix::fs::PermissionsExt;
     let p = dir.join(name);
     std::fs::write(&p, format!("{value}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     SecretSource::File(p)
 }
 
@@ -196,8 +206,7 @@ fn expose(v: Option<SecretString>) -> Option<String> {
 /// A store with a fresh rotator token on a fresh prefix: (store, prefix, token, tempdir).
 async fn rotator_store(root: &Root) -> (VaultStore, String, String, tempfile::TempDir) {
     let prefix = unique("zr");
-    let policy = root.rotator_policy("secret", &prefix).await;
-    let token = root.token(&[&policy], json!({ "ttl": "1h" })).await;
+    let token = root.rotator_token(&prefix).await;
     let dir = tempfile::tempdir().unwrap();
     let store = VaultStore::connect(&settings(token_auth(dir.path(), &token)))
         .await
@@ -1102,4 +1111,129 @@ async fn claims_are_compare_and_set_on_openbao() {
     let (store, prefix, _token, _dir) = rotator_store(&root).await;
     let store: std::sync::Arc<dyn SecretStore> = std::sync::Arc::new(store);
     common::claims::claims_are_compare_and_set(store, &format!("{prefix}/k")).await;
+}
+
+// ---------- what must not leak ----------
+
+/// Vault answers that redirect are not followed: neither the token, nor a login's secret id, nor
+/// the new key of a write reaches the server they point at.
+#[tokio::test]
+async fn redirects_are_not_followed_so_no_credential_reaches_another_server() {
+    let elsewhere = StubServer::recorder().await;
+    let dir = tempfile::tempdir().unwrap();
+    for status in [301, 302, 307, 308] {
+        for to in elsewhere.aliases() {
+            let redirector = StubServer::start(move |r| StubReply::redirect(status, &to, r)).await;
+            let token = format!("s.{}", unique("redirected-token"));
+            let s = settings_at(&redirector.url, token_auth(dir.path(), &token));
+            let err = VaultStore::connect(&s).await.unwrap_err();
+            assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+            assert!(
+                err.to_string().contains(&format!(
+                    "HTTP {status}: Vault answered with a redirect (a standby node that does not forward requests?); the rotator follows none, so that neither the token nor a key reaches another server"
+                )),
+                "{err}"
+            );
+            assert!(!err.to_string().contains(&token), "{err}");
+            let sent = redirector.requests();
+            assert_eq!(sent[0].header("x-vault-token"), Some(token.as_str()));
+
+            let auth = VaultAuth::AppRole {
+                role_id: secret_file(dir.path(), "role-id", "a-role-id"),
+                secret_id: secret_file(dir.path(), "secret-id", "redirected-secret-id"),
+                mount: "approle".into(),
+            };
+            let err = VaultStore::connect(&settings_at(&redirector.url, auth))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+            assert!(
+                redirector
+                    .requests()
+                    .iter()
+                    .any(|r| r.body_text().contains("redirected-secret-id"))
+            );
+        }
+    }
+    assert!(
+        elsewhere.requests().is_empty(),
+        "a redirect was followed: {:?}",
+        elsewhere.requests()
+    );
+}
+
+/// In front of the real OpenBao, a proxy that redirects only the write of a new value: the login
+/// and the pre-flight reach the real server, the new key goes nowhere else, and the write fails.
+#[tokio::test]
+async fn a_redirected_write_of_a_new_key_fails_and_the_key_goes_nowhere_else() {
+    let root = Root::new();
+    let prefix = unique("zr-redirect");
+    let token = root.rotator_token(&prefix).await;
+    let elsewhere = StubServer::recorder().await;
+    let (to, upstream) = (elsewhere.url.clone(), vault().addr);
+    let proxy = StubServer::start(move |r| {
+        if r.method == "POST" && r.path().starts_with("/v1/secret/data/") {
+            StubReply::redirect(307, &to, r)
+        } else {
+            forward(&upstream, r)
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = VaultStore::connect(&settings_at(&proxy.url, token_auth(dir.path(), &token)))
+        .await
+        .unwrap();
+    let path = format!("{prefix}/key");
+    let snapshot = store.preflight(&path).await.unwrap();
+    let key = secret_key();
+    let err = store
+        .stage(&path, &payload(&key), &record("k"), &snapshot, "t")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains("HTTP 307"), "{err}");
+    let write = proxy
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path().ends_with(&path))
+        .unwrap();
+    assert!(
+        write.body_text().contains(&key),
+        "the write reached the proxy"
+    );
+    assert!(
+        elsewhere.requests().is_empty(),
+        "the redirect was followed: {:?}",
+        elsewhere.requests()
+    );
+    assert_eq!(expose(store.read_current(&path).await.unwrap()), None);
+}
+
+/// A token file other users may read is refused before anything is sent; the owner's own file
+/// that its group may read too works (with a warning).
+#[tokio::test]
+async fn a_token_file_other_users_may_read_is_refused_before_any_request() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = token_auth(dir.path(), &vault().root_token);
+    let VaultAuth::Token(SecretSource::File(file)) = &auth else {
+        unreachable!()
+    };
+    let listener = StubServer::recorder().await;
+    for mode in [0o644, 0o604] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = VaultStore::connect(&settings_at(&listener.url, auth.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "vault login secret/: cannot read a Vault credential: permissions {mode:04o} for {0} are too open: a credential file must not be accessible by other users; run chmod o-rwx {0}",
+                file.display()
+            )
+        );
+    }
+    assert!(listener.requests().is_empty(), "a request went out");
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    VaultStore::connect(&settings(auth)).await.unwrap();
 }

@@ -957,3 +957,79 @@ async fn a_rotation_whose_read_back_fails_still_returns_the_new_value() {
     );
     assert_eq!(stub.count("PUT", ROTATE_PATH), 1);
 }
+
+/// An answer that redirects (an ingress forcing https, a moved server, a hostile proxy) is not
+/// followed: the password, the session token and a rotate's answer never reach another server.
+#[tokio::test]
+async fn redirects_are_not_followed_so_no_credential_reaches_another_server() {
+    let elsewhere = StubServer::recorder().await;
+    for status in [301, 302, 303, 307, 308] {
+        for to in elsewhere.aliases() {
+            let target = to.clone();
+            let redirector =
+                stub_with_login(move |r| StubReply::redirect(status, &target, r)).await;
+            let client = stub_client(&redirector.url, Duration::from_secs(5));
+            let err = client.current_user().await.unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "read the current user: the ZenML server answered with a redirect (HTTP {status} to {to}); the rotator follows none, so that no credential reaches another server: set [zenml] url to the address that answers"
+                ),
+                "{err:?}"
+            );
+            assert_eq!(err.status(), Some(status));
+            assert!(!err.is_retryable());
+            let err = client.rotate_api_key(sa_id(), "k1", 5).await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ZenmlError::Redirected {
+                        op: Operation::RotateApiKey,
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            // The redirector got the bearer token; a followed redirect would have carried it on.
+            let bearer = format!("Bearer {TOKEN_1}");
+            assert!(
+                redirector
+                    .requests()
+                    .iter()
+                    .any(|r| r.header("authorization") == Some(bearer.as_str()))
+            );
+            assert_eq!(
+                redirector.count("PUT", ROTATE_PATH),
+                1,
+                "rotate is sent once"
+            );
+        }
+    }
+    // A redirected login: the password form stays with the server it was meant for.
+    let target = elsewhere.url.clone();
+    let redirector = StubServer::start(move |r| StubReply::redirect(307, &target, r)).await;
+    let client = stub_client(&redirector.url, Duration::from_secs(5));
+    let err = client.login().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ZenmlError::Redirected {
+                op: Operation::Login,
+                status: 307,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.to_string().contains("stub-password-123"));
+    assert!(
+        redirector.requests()[0]
+            .body_text()
+            .contains("stub-password-123")
+    );
+    assert!(
+        elsewhere.requests().is_empty(),
+        "a redirect was followed: {:?}",
+        elsewhere.requests()
+    );
+}

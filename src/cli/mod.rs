@@ -123,7 +123,16 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Loads the policy file, or prints every problem with it; invariant 5: nothing runs on a bad file.
+/// A cleartext endpoint the file allows is logged and counted (`insecure_endpoints`) at every load.
 fn load(config: &ConfigArg) -> Result<Config, ExitCode> {
+    let config = read(config)?;
+    config.log_insecure_endpoints();
+    crate::metrics::get().set_insecure_endpoints(config.insecure_endpoints.len());
+    Ok(config)
+}
+
+/// The policy file, validated; every problem printed when it is not valid.
+fn read(config: &ConfigArg) -> Result<Config, ExitCode> {
     Config::load(&config.path).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(EX_CONFIG)

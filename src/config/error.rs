@@ -31,6 +31,18 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+impl Diagnostic {
+    /// The line of something the file is allowed to do but that must be said:
+    /// `FILE:LINE:COL: FIELD: warning: MESSAGE`.
+    pub fn warning(&self) -> String {
+        Diagnostic {
+            message: format!("warning: {}", self.message),
+            ..self.clone()
+        }
+        .to_string()
+    }
+}
+
 /// Why a policy file was rejected. The whole file is rejected; nothing of it applies.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

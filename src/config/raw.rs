@@ -38,6 +38,7 @@ pub(super) struct RawZenml {
     pub api_key_file: Option<String>,
     pub ca_file: Option<String>,
     pub timeout: Option<String>,
+    pub allow_insecure_http: Option<bool>,
     /// Rejected: secrets are never inline.
     pub password: Option<IgnoredAny>,
     /// Rejected: secrets are never inline.
@@ -93,6 +94,7 @@ pub(super) struct RawMetrics {
     pub listen: Option<String>,
     pub textfile: Option<String>,
     pub pushgateway: Option<String>,
+    pub allow_insecure_http: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

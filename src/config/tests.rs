@@ -380,7 +380,7 @@ ca_file = "/etc/ca.pem"
 [metrics]
 listen = "[::]:9000"
 textfile = "/var/lib/node_exporter/zr.prom"
-pushgateway = "http://pushgateway:9091/"
+pushgateway = "https://pushgateway:9091/"
 
 [hygiene]
 deactivate_unused_after = "90d"
@@ -398,7 +398,7 @@ exclude_service_accounts = ["break-glass"]
     assert_eq!(c.metrics.listen, "[::]:9000".parse().unwrap());
     assert_eq!(
         c.metrics.pushgateway.as_deref(),
-        Some("http://pushgateway:9091")
+        Some("https://pushgateway:9091")
     );
     assert_eq!(
         c.hygiene,

@@ -67,8 +67,10 @@ pub(super) fn parse(source: &str, file: &Path, ctx: &Context) -> Result<Config, 
         loc: &locator,
         ctx,
         diagnostics: Vec::new(),
+        insecure_endpoints: Vec::new(),
     };
-    let config = v.config(raw, file);
+    let mut config = v.config(raw, file);
+    config.insecure_endpoints = in_file_order(v.insecure_endpoints);
     if v.diagnostics.is_empty() {
         Ok(config)
     } else {
@@ -263,6 +265,7 @@ impl Validator<'_> {
             stores,
             keys,
             hygiene,
+            insecure_endpoints: Vec::new(),
         }
     }
 
@@ -288,7 +291,11 @@ impl Validator<'_> {
             );
             None
         } else {
-            self.url(raw.url.as_deref(), &url_at)
+            self.endpoint(
+                raw.url.as_deref(),
+                &url_at,
+                raw.allow_insecure_http.unwrap_or(false),
+            )
         };
         let username = self.text(raw.username.as_deref(), &at.key("username"));
         let (password, password_given) = self.secret(
@@ -385,7 +392,11 @@ impl Validator<'_> {
                 );
             }
         }
-        let pushgateway = self.url(raw.pushgateway.as_deref(), &at.key("pushgateway"));
+        let pushgateway = self.endpoint(
+            raw.pushgateway.as_deref(),
+            &at.key("pushgateway"),
+            raw.allow_insecure_http.unwrap_or(false),
+        );
         MetricsSettings {
             listen,
             textfile,

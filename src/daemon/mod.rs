@@ -107,6 +107,7 @@ async fn serve_metrics(state: &State) -> Result<(), DaemonError> {
 
 pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
     let config = load(&config_path)?;
+    metrics::get().set_insecure_endpoints(config.insecure_endpoints.len());
     let engine = Arc::new(Engine::new(&config, Mode::Live)?);
     for key in &config.keys {
         metrics::get().init_policy(&key.name);

@@ -16,6 +16,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let m = metrics::get();
     match Config::load(path) {
         Ok(c) => {
+            c.log_insecure_endpoints();
             m.config_last_reload_successful.set(1);
             m.config_last_reload_success_timestamp_seconds
                 .set(Utc::now().timestamp() as f64);
@@ -70,6 +71,7 @@ pub fn reload(state: &mut State, path: &Path) {
         added = ?change.added, removed = ?change.removed, changed = ?change.changed,
         "policy reloaded"
     );
+    metrics::get().set_insecure_endpoints(new.insecure_endpoints.len());
     state.config = new;
     state.engine = engine;
 }

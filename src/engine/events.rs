@@ -193,7 +193,7 @@ pub fn emit(event: Event<'_>) {
         Event::KeyFinished { policy, result } => key_finished(policy, result),
         Event::JournalSize(n) => m.journal_entries.set(i64::try_from(n).unwrap_or(i64::MAX)),
         Event::ClaimedElsewhere { policy } => {
-            m.claim_waits_total.with_label_values(&[policy]).inc();
+            m.claims.waits_total.with_label_values(&[policy]).inc();
         }
         Event::ClaimSeen {
             policy,
@@ -201,12 +201,14 @@ pub fn emit(event: Event<'_>) {
             since,
         } => match (holder, since) {
             (Some(_), Some(t)) => m
-                .claim_since_timestamp_seconds
+                .claims
+                .since_timestamp_seconds
                 .with_label_values(&[policy])
                 .set(t.timestamp() as f64),
             _ => {
                 let _ = m
-                    .claim_since_timestamp_seconds
+                    .claims
+                    .since_timestamp_seconds
                     .remove_label_values(&[policy]);
             }
         },
@@ -228,7 +230,7 @@ pub fn emit(event: Event<'_>) {
             tracing::error!(policy, %error, "recovery failed; the next pass tries again");
         }
         Event::ClaimLost { policy, why } => {
-            m.claims_lost_total.with_label_values(&[policy]).inc();
+            m.claims.lost_total.with_label_values(&[policy]).inc();
             tracing::warn!(policy, %why, "lost the claim on the key before finishing; another rotator finishes it");
         }
     }

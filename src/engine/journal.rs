@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use super::decide::InFlight;
 pub use super::decide::Phase;
-use crate::durable::{sync_dir, write_atomic};
+use crate::durable::{PrivateDirError, check_private_dir, private_dir, sync_dir, write_atomic};
 use crate::secret::{ExposeSecret, SecretString, fingerprint};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +34,12 @@ pub enum JournalError {
         "journal entry {file} is unreadable ({message}); it may hold a key that is in use: inspect it, then move it away"
     )]
     Corrupt { file: PathBuf, message: String },
+    #[error(transparent)]
+    StateDir(#[from] PrivateDirError),
 }
+
+/// How messages name `state.dir`.
+const STATE_DIR: &str = "state directory";
 
 /// One rotation in flight. `value` is the only secret and is present only in phase `Rotated`.
 #[derive(Clone, Serialize, Deserialize)]
@@ -118,6 +123,7 @@ impl Entry {
 
 /// The journal directory `<state.dir>/journal` (0700) with one `<policy>.json` (0600) per entry.
 pub struct Journal {
+    state_dir: PathBuf,
     dir: PathBuf,
 }
 
@@ -137,16 +143,25 @@ fn file_stem(policy: &str) -> String {
 }
 
 impl Journal {
-    /// The journal under `<state_dir>/journal`. Nothing is created until an entry is written:
-    /// rotators whose stores keep values in flight themselves need no state directory at all.
+    /// The journal under `<state_dir>/journal`, for reading: nothing is created until an entry
+    /// is written, so rotators whose stores keep values in flight need no state directory.
     pub fn new(state_dir: &Path) -> Journal {
         Journal {
+            state_dir: state_dir.to_path_buf(),
             dir: state_dir.join("journal"),
         }
     }
 
+    /// As `new`, for a command that writes: a state directory that exists and that other users
+    /// may enter is refused now, before anything happens (it is created 0700 on first use).
+    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        check_private_dir(state_dir, STATE_DIR)?;
+        Ok(Journal::new(state_dir))
+    }
+
     /// Creates the directory (mode 0700, tightened if it existed) before the first write.
     fn ensure_dir(&self) -> Result<(), JournalError> {
+        private_dir(&self.state_dir, STATE_DIR)?;
         let dir_error = |source| JournalError::Dir {
             dir: self.dir.clone(),
             source,
@@ -283,8 +298,8 @@ mod tests {
 
     #[test]
     fn roundtrip_mode_and_removal() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::new(dir.path());
+        let dir = crate::testing::private_tempdir();
+        let j = Journal::open(dir.path()).unwrap();
         let e = entry("training").with_value(&SecretString::from("ZENKEY_secret"));
         j.record(&e).unwrap();
         let file = dir.path().join("journal/training.json");
@@ -313,8 +328,8 @@ mod tests {
 
     #[test]
     fn odd_policy_names_stay_inside_the_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::new(dir.path());
+        let dir = crate::testing::private_tempdir();
+        let j = Journal::open(dir.path()).unwrap();
         j.record(&entry("../../etc/x")).unwrap();
         let names: Vec<_> = std::fs::read_dir(dir.path().join("journal"))
             .unwrap()
@@ -327,10 +342,33 @@ mod tests {
 
     #[test]
     fn a_corrupt_entry_is_an_error_not_silently_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::new(dir.path());
+        let dir = crate::testing::private_tempdir();
+        let j = Journal::open(dir.path()).unwrap();
         std::fs::create_dir_all(dir.path().join("journal")).unwrap();
         std::fs::write(dir.path().join("journal/x.json"), b"{not json").unwrap();
         assert!(matches!(j.entries(), Err(JournalError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_state_directory_others_may_enter_is_refused_and_a_new_one_is_private() {
+        let tmp = crate::testing::private_tempdir();
+        let state = tmp.path().join("state");
+        // Nothing is created until an entry is written; then the state directory is 0700.
+        let j = Journal::open(&state).unwrap();
+        assert!(!state.exists());
+        j.record(&entry("k")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join("journal")), 0o700);
+        assert_eq!(mode(&state.join("journal/k.json")), 0o600);
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let expected = format!(
+            "permissions 0755 for state directory {0} are too open: a directory that holds keys must not be accessible by other users; run chmod o-rwx {0}",
+            state.display()
+        );
+        let err = Journal::open(&state).err().unwrap();
+        assert_eq!(err.to_string(), expected);
+        let err = j.record(&entry("k")).err().unwrap();
+        assert_eq!(err.to_string(), expected);
     }
 }

@@ -79,7 +79,7 @@ impl Engine {
         )?;
         // The one place the mode matters: which journal, and who acts.
         let (journal, act): (Journal, Box<dyn Act>) = match mode {
-            Mode::Live => (Journal::new(&config.state.dir), Box::new(Live)),
+            Mode::Live => (Journal::open(&config.state.dir)?, Box::new(Live)),
             Mode::DryRun | Mode::ReadOnly => (Journal::new(&config.state.dir), Box::new(DryRun)),
         };
         Ok(Engine {

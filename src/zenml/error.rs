@@ -143,6 +143,15 @@ pub enum ZenmlError {
         message: String,
     },
 
+    #[error("{op}: the ZenML server answered with a redirect (HTTP {status}{}); the rotator follows none, so that no credential reaches another server: set [zenml] url to the address that answers",
+        to.as_ref().map(|t| format!(" to {t}")).unwrap_or_default())]
+    Redirected {
+        op: Operation,
+        status: u16,
+        /// `scheme://host:port` of the `Location`, never its path or query.
+        to: Option<String>,
+    },
+
     #[error("{op}: ZenML server error (HTTP {status}): {message}; the server may be overloaded or restarting{}", op.lost_answer_hint())]
     Server {
         op: Operation,
@@ -186,7 +195,9 @@ impl ZenmlError {
             ZenmlError::Forbidden { .. } => Some(403),
             ZenmlError::Conflict { .. } => Some(409),
             ZenmlError::RateLimited { .. } => Some(429),
-            ZenmlError::Invalid { status, .. } | ZenmlError::Server { status, .. } => Some(*status),
+            ZenmlError::Invalid { status, .. }
+            | ZenmlError::Redirected { status, .. }
+            | ZenmlError::Server { status, .. } => Some(*status),
             ZenmlError::Decode { status, .. } => *status,
             ZenmlError::Setup(_) | ZenmlError::Transport { .. } | ZenmlError::Timeout { .. } => {
                 None
@@ -204,6 +215,7 @@ impl ZenmlError {
             | ZenmlError::Conflict { op, .. }
             | ZenmlError::RateLimited { op, .. }
             | ZenmlError::Invalid { op, .. }
+            | ZenmlError::Redirected { op, .. }
             | ZenmlError::Server { op, .. }
             | ZenmlError::Transport { op, .. }
             | ZenmlError::Timeout { op, .. }

@@ -99,6 +99,8 @@ impl<'a> Call<'a> {
 pub(super) struct Reply {
     status: u16,
     retry_after: Option<Duration>,
+    /// A redirect's target (`scheme://host:port`); it is never followed.
+    redirect_to: Option<String>,
     body: Zeroizing<Vec<u8>>,
 }
 
@@ -184,6 +186,13 @@ impl ZenmlClient {
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
+                (status @ 300..=399, _) => {
+                    return Err(ZenmlError::Redirected {
+                        op: call.op,
+                        status,
+                        to: reply.redirect_to,
+                    });
+                }
                 (500..=599, _) if may_repeat => {
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
@@ -227,16 +236,17 @@ impl ZenmlClient {
             ]),
         };
         let started = Instant::now();
-        let result = self.receive(call.op, request).await;
+        let result = self.receive(call, request).await;
         crate::metrics::observe_upstream("zenml", call.op.metric_name(), started.elapsed());
         result
     }
 
     async fn receive(
         &self,
-        op: Operation,
+        call: &Call<'_>,
         request: reqwest::RequestBuilder,
     ) -> Result<Reply, ZenmlError> {
+        let op = call.op;
         let response = request
             .send()
             .await
@@ -247,6 +257,7 @@ impl ZenmlClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
+        let redirect_to = crate::http::redirect_target(response.headers(), &call.url);
         let body = response
             .bytes()
             .await
@@ -254,6 +265,7 @@ impl ZenmlClient {
         Ok(Reply {
             status,
             retry_after,
+            redirect_to,
             body: Zeroizing::new(Vec::from(body)),
         })
     }

@@ -65,6 +65,11 @@ impl StubReply {
         self
     }
 
+    /// A redirect: `status` with `Location: <to><the request's path and query>`.
+    pub fn redirect(status: u16, to: &str, request: &StubRequest) -> Self {
+        StubReply::json(status, "{}").header("location", &format!("{to}{}", request.target))
+    }
+
     pub fn delayed(mut self, by: Duration) -> Self {
         if let StubReply::Response { delay, .. } = &mut self {
             *delay = by;
@@ -102,6 +107,17 @@ impl StubServer {
         StubServer { url, requests }
     }
 
+    /// Where a followed redirect would land: records every request and answers 200 `{}`.
+    pub async fn recorder() -> Self {
+        StubServer::start(|_| StubReply::json(200, "{}")).await
+    }
+
+    /// This server under other names a redirect may use: the same port as `localhost` (another
+    /// host), and its own address.
+    pub fn aliases(&self) -> [String; 2] {
+        [self.url.replace("127.0.0.1", "localhost"), self.url.clone()]
+    }
+
     pub fn requests(&self) -> Vec<StubRequest> {
         self.requests.lock().unwrap().clone()
     }
@@ -112,6 +128,48 @@ impl StubServer {
             .iter()
             .filter(|r| r.method == method && r.path() == path)
             .count()
+    }
+}
+
+/// Passes a request on to a real server (`upstream`: `http://host:port`) and brings its answer
+/// back, blocking: for a stub that lets most of a conversation reach the real thing and scripts
+/// the rest. HTTP/1.0, so the answer ends with the connection and is never chunked.
+pub fn forward(upstream: &str, request: &StubRequest) -> StubReply {
+    use std::io::{Read, Write};
+    let host = upstream.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    let mut head = format!(
+        "{} {} HTTP/1.0\r\nhost: {host}\r\n",
+        request.method, request.target
+    );
+    for (k, v) in &request.headers {
+        if !["host", "connection", "content-length"].contains(&k.to_ascii_lowercase().as_str()) {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    head.push_str(&format!("content-length: {}\r\n\r\n", request.body.len()));
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&request.body).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(502);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .collect();
+    StubReply::Response {
+        status,
+        headers,
+        body: body.to_owned(),
+        delay: Duration::ZERO,
     }
 }
 

@@ -35,6 +35,7 @@ const DESIGN_METRICS: &[(&str, &[&str])] = &[
     ),
     ("zenml_rotator_config_last_reload_successful", &[]),
     ("zenml_rotator_build_info", &["version"]),
+    ("zenml_rotator_insecure_endpoints", &[]),
 ];
 
 /// Asserts every DESIGN metric is present and no series carries a label outside the bounded
@@ -598,6 +599,70 @@ fn sighup_with_a_broken_file_keeps_the_running_policy_and_a_valid_one_replaces_i
     );
     assert!(e.has_policy("a"));
     assert_eq!(e.rotations("a"), 1.0, "a reload does not rotate again");
+}
+
+/// A cleartext endpoint allowed with `allow_insecure_http` is said at every load: by every
+/// command, at the daemon's start and at each of its reloads; `insecure_endpoints` counts what
+/// the running policy allows.
+#[test]
+fn an_allowed_cleartext_endpoint_is_logged_at_every_load_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let zenml = common::zenml();
+    let listen = free_addr();
+    let write = |metrics: &str| {
+        Policy {
+            zenml_url: &zenml.url,
+            dir: dir.path(),
+            listen: &listen,
+            keys: &[],
+            defaults: "",
+            daemon: "",
+            metrics,
+        }
+        .write()
+    };
+    let policy = write(
+        "pushgateway = \"http://pushgateway.example.invalid:9091\"\nallow_insecure_http = true",
+    );
+    let warning = "metrics.pushgateway: warning: cleartext http:// to a host that is not loopback, \
+                   allowed by `allow_insecure_http`: anyone on the network path can read and \
+                   change what is sent there";
+    for args in [&["plan"][..], &["once", "--dry-run"], &["inventory"]] {
+        let mut cmd = rotator(dir.path());
+        cmd.args(args).arg("-c").arg(&policy);
+        let out = common::run_expect(&mut cmd, 0);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.matches(warning).count(),
+            1,
+            "{}",
+            common::describe(&cmd, &out)
+        );
+        assert!(
+            stderr.contains(&format!("{}:", policy.display())),
+            "the warning names the file"
+        );
+    }
+
+    let daemon = Daemon::start(dir.path(), &policy, &listen);
+    daemon.wait_for("the start's count", Duration::from_secs(20), |e| {
+        e.value("zenml_rotator_insecure_endpoints", &[]) == Some(1.0)
+    });
+    let warnings = || daemon.log().matches(warning).count();
+    assert_eq!(warnings(), 1, "{}", daemon.log());
+    daemon.signal(libc::SIGHUP);
+    let end = Instant::now() + Duration::from_secs(20);
+    while warnings() < 2 {
+        assert!(Instant::now() < end, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Gone from the file: the count follows the running policy, and nothing is said any more.
+    write("");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for("the reload's count", Duration::from_secs(20), |e| {
+        e.value("zenml_rotator_insecure_endpoints", &[]) == Some(0.0)
+    });
+    assert_eq!(warnings(), 2, "{}", daemon.log());
 }
 
 /// `after_rotate` runs while the new value exists only in ZenML and the journal: the signal lands

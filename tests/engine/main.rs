@@ -1,12 +1,14 @@
 //! The rotation engine through the built binary against real ZenML, OpenBao and moto: one
 //! rotation into each store, the six safety invariants, `plan`/`--dry-run` read-only-ness, a
-//! 20-key pass and the end of a retain window. One test binary (one link) with a module per theme.
+//! 20-key pass, the end of a retain window, and what it refuses because it would leak. One test
+//! binary (one link) with a module per theme.
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod coordination;
 mod crash;
+mod exposure;
 mod many;
 mod plan;
 mod preflight;
@@ -17,6 +19,25 @@ mod window;
 
 use chrono::{DateTime, Utc};
 use zenml_rotator::zenml::{ApiKey, ZenmlClient};
+
+/// A fresh service account (named after `prefix`) whose key `default` is policy `k`, kept in the
+/// file store `local` as `k.env`; the policy file is written.
+async fn file_store_key(
+    prefix: &str,
+) -> (
+    ZenmlClient,
+    zenml_rotator::zenml::ServiceAccount,
+    zenml_rotator::zenml::NewApiKey,
+    common::rig::Rig,
+) {
+    let admin = common::zenml_admin();
+    let (sa, key) = common::new_service_account_with_key(&admin, prefix).await;
+    let mut rig = common::rig::Rig::new();
+    rig.file_store("local")
+        .key("k", &sa.name, "local", "k.env", "");
+    rig.write();
+    (admin, sa, key, rig)
+}
 
 /// The key `default` of a service account, as ZenML has it now.
 async fn key_now(admin: &ZenmlClient, sa: uuid::Uuid) -> ApiKey {

@@ -9,6 +9,7 @@ use zenml_rotator::zenml::KeyCheck;
 use crate::common::private_bao::PrivateBao;
 use crate::common::rig::{Ran, Rig};
 use crate::common::stores::{VaultAdmin, aws, check, zenml_state};
+use crate::common::stub_http::{StubReply, StubServer};
 use crate::common::{aws_endpoint, new_service_account_with_key, unique, zenml, zenml_admin};
 
 /// The one row of `policy` in a `--output json` pass report: failed, at `stage`. Returns the detail.
@@ -139,4 +140,48 @@ async fn an_aws_endpoint_that_never_answers_fails_preflight() {
     );
     assert!(detail.contains("unavailable"), "{detail}");
     drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_store_directory_other_users_may_enter_fails_preflight() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_, sa, old, rig) = crate::file_store_key("eng-open-dir").await;
+    std::fs::create_dir(rig.keys_dir()).unwrap();
+    std::fs::set_permissions(rig.keys_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let detail = refused_before_rotating(&rig, &["once"], sa.id, old.value.expose_secret()).await;
+    assert_eq!(
+        detail,
+        format!(
+            "preflight: file preflight k.env: permissions 0755 for file store directory {0} are too open: a directory that holds keys must not be accessible by other users; run chmod o-rwx {0}",
+            rig.keys_dir().display()
+        )
+    );
+    assert_eq!(std::fs::read_dir(rig.keys_dir()).unwrap().count(), 0);
+}
+
+/// A Vault whose every answer redirects elsewhere: the key is refused before ZenML rotates it,
+/// and the server pointed at never hears from the rotator (no token, no key).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vault_that_redirects_fails_preflight_and_nothing_goes_elsewhere() {
+    let admin = zenml_admin();
+    let (sa, old) = new_service_account_with_key(&admin, "eng-redirect").await;
+    let elsewhere = StubServer::recorder().await;
+    let to = elsewhere.url.replace("127.0.0.1", "localhost");
+    let redirector = StubServer::start(move |r| StubReply::redirect(307, &to, r)).await;
+    let token = format!("s.{}", unique("eng-redirect"));
+    let mut rig = Rig::new();
+    rig.vault_store("vault", &redirector.url, &token)
+        .key("k", &sa.name, "vault", "zr/k", "");
+    rig.write();
+    let detail = refused_before_rotating(&rig, &["once"], sa.id, old.value.expose_secret()).await;
+    assert!(
+        detail.contains("Vault answered with a redirect"),
+        "{detail}"
+    );
+    assert!(!redirector.requests().is_empty());
+    assert!(
+        elsewhere.requests().is_empty(),
+        "a redirect was followed: {:?}",
+        elsewhere.requests()
+    );
 }

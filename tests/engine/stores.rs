@@ -49,9 +49,11 @@ async fn rotate_into_the_file_store() {
     rig.file_store("local")
         .key("k", &sa.name, "local", "k.env", "");
     rig.write();
-    // The workload's env file as someone wrote it by hand before the rotator took over.
+    // The workload's env file as someone wrote it by hand before the rotator took over, in a
+    // directory only its owner may enter (another one is refused).
     let file = rig.keys_dir().join("k.env");
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(rig.keys_dir()).unwrap();
+    std::fs::set_permissions(rig.keys_dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let hand_written = format!(
         "ZENML_STORE_URL={}\nZENML_STORE_API_KEY={old}\n",
         zenml().url

@@ -13,6 +13,7 @@ mod replace;
 mod retire_previous;
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -69,6 +70,12 @@ impl Rig {
     fn new(kind: Kind, rest: &str) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+        // A file store's directory is its owner's alone (another one is refused).
+        std::fs::set_permissions(
+            dir.path().join("keys"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
         let z = common::zenml();
         let config = dir.path().join("zenml-rotator.toml");
         let text = format!(
@@ -138,6 +145,7 @@ impl Rig {
             Kind::Vault => {
                 let token = self.dir.path().join("vault-token");
                 std::fs::write(&token, common::vault().root_token).unwrap();
+                std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
                 zenml_rotator::store::open(&StoreSettings::Vault(VaultSettings {
                     address: common::vault().addr,
                     mount: "secret".into(),

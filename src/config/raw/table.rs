@@ -18,6 +18,8 @@ pub struct Field {
 pub enum Shape {
     /// A string.
     Text,
+    /// `true` or `false`.
+    Flag,
     /// A secret typed in where it never belongs: accepted only to be rejected with a pointed
     /// message, its value never kept, and never suggested for a misspelt key.
     Inline,
@@ -30,6 +32,13 @@ impl Field {
         Field {
             name,
             shape: Shape::Text,
+        }
+    }
+
+    pub const fn flag(name: &'static str) -> Field {
+        Field {
+            name,
+            shape: Shape::Flag,
         }
     }
 
@@ -68,6 +77,7 @@ pub struct RawTable {
 #[derive(Debug)]
 pub enum RawValue {
     Text(String),
+    Flag(bool),
     Inline,
     Table(RawTable),
 }
@@ -88,6 +98,13 @@ impl RawTable {
     pub fn text(&self, name: &str) -> Option<&str> {
         match self.get(name) {
             Some(RawValue::Text(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn flag(&self, name: &str) -> Option<bool> {
+        match self.get(name) {
+            Some(RawValue::Flag(b)) => Some(*b),
             _ => None,
         }
     }
@@ -131,6 +148,7 @@ impl<'de> Visitor<'de> for TableSeed<'_> {
         while let Some(field) = map.next_key_seed(KeySeed(self.0))? {
             let value = match field.shape {
                 Shape::Text => RawValue::Text(map.next_value()?),
+                Shape::Flag => RawValue::Flag(map.next_value()?),
                 Shape::Inline => {
                     map.next_value::<IgnoredAny>()?;
                     RawValue::Inline
@@ -196,6 +214,7 @@ mod tests {
         Field::text("address"),
         Field::table("auth", INNER),
         Field::inline("secret"),
+        Field::flag("insecure"),
     ];
 
     fn read(src: &str) -> Result<RawTable, toml::de::Error> {
@@ -204,9 +223,13 @@ mod tests {
 
     #[test]
     fn values_are_read_as_declared_and_inline_secrets_are_dropped() {
-        let t = read(r#"{ kind = "vault", auth = { method = "token", token = "x" }, secret = 5 }"#)
-            .unwrap();
+        let t = read(
+            r#"{ kind = "vault", auth = { method = "token", token = "x" }, secret = 5, insecure = true }"#,
+        )
+        .unwrap();
         assert_eq!(t.text("kind"), Some("vault"));
+        assert_eq!(t.flag("insecure"), Some(true));
+        assert_eq!(t.flag("kind"), None);
         assert!(!t.has("address"));
         assert_eq!(
             t.table("auth").and_then(|a| a.text("method")),
@@ -216,7 +239,7 @@ mod tests {
         assert!(t.has("secret"));
         let mut keys: Vec<&str> = t.keys().collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["auth", "kind"]);
+        assert_eq!(keys, ["auth", "insecure", "kind"]);
     }
 
     #[test]
@@ -224,12 +247,17 @@ mod tests {
         let e = read(r#"{ adress = "x" }"#).unwrap_err();
         assert_eq!(
             e.message(),
-            "unknown field `adress`, expected one of `kind`, `address`, `auth`"
+            "unknown field `adress`, expected one of `kind`, `address`, `auth`, `insecure`"
         );
         let e = read(r#"{ auth = { metod = "x" } }"#).unwrap_err();
         assert_eq!(e.message(), "unknown field `metod`, expected `method`");
         let e = read(r#"{ kind = 5 }"#).unwrap_err();
         assert_eq!(e.message(), "invalid type: integer `5`, expected a string");
+        let e = read(r#"{ insecure = "yes" }"#).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "invalid type: string \"yes\", expected a boolean"
+        );
         let e = read(r#"{ auth = "token" }"#).unwrap_err();
         assert_eq!(
             e.message(),
@@ -243,7 +271,9 @@ mod tests {
         let names: Vec<&str> = all.iter().map(|f| f.name).collect();
         assert_eq!(
             names,
-            ["kind", "address", "auth", "secret", "method", "token"]
+            [
+                "kind", "address", "auth", "secret", "insecure", "method", "token"
+            ]
         );
     }
 }

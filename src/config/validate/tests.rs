@@ -55,3 +55,33 @@ fn env_names() {
     assert!(!is_env_name("ZENKEY_abc-def"));
     assert!(!is_env_name(""));
 }
+
+#[test]
+fn cleartext_is_fine_to_loopback_only() {
+    use super::toolkit::cleartext_beyond_loopback;
+    for local in [
+        "http://127.0.0.1:8080",
+        "http://127.255.0.9",
+        "http://127.1:9091",
+        "http://[::1]:8200",
+        "http://[::ffff:127.0.0.1]:8200",
+        "http://localhost:5000",
+        "http://LOCALHOST",
+        "https://zenml.example.com",
+        "https://10.0.0.5:8200",
+    ] {
+        assert!(!cleartext_beyond_loopback(local), "{local}");
+    }
+    for remote in [
+        "http://zenml.example.com",
+        "http://10.0.0.5:8200",
+        "http://0.0.0.0:5000",
+        "http://[::]:5000",
+        "http://[::2]",
+        "http://localhost.example.com",
+        "http://127.0.0.1.nip.io",
+        "http://[::ffff:10.0.0.1]",
+    ] {
+        assert!(cleartext_beyond_loopback(remote), "{remote}");
+    }
+}

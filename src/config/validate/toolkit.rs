@@ -34,6 +34,30 @@ impl Context {
     }
 }
 
+const INSECURE_REFUSED: &str = "cleartext http:// to a host that is not loopback: anyone on the network path could read and change what is sent there; use https:// (http:// only for 127.0.0.0/8, ::1 or localhost), or accept the risk with `allow_insecure_http = true` in this table";
+
+const INSECURE_ALLOWED: &str = "cleartext http:// to a host that is not loopback, allowed by `allow_insecure_http`: anyone on the network path can read and change what is sent there";
+
+/// Whether a valid http(s) URL travels in clear text beyond this machine: `http` to anything but
+/// 127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z) or `localhost`.
+pub(crate) fn cleartext_beyond_loopback(url: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return true;
+    };
+    if parsed.scheme() != "http" {
+        return false;
+    }
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    !loopback
+}
+
 pub(super) fn is_env_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -46,6 +70,9 @@ pub(crate) struct Validator<'a> {
     pub(super) loc: &'a Locator<'a>,
     pub(super) ctx: &'a Context,
     pub(super) diagnostics: Vec<Diagnostic>,
+    /// Cleartext endpoints the file accepts with `allow_insecure_http`: not errors, but said at
+    /// every load (`Config::insecure_endpoints`).
+    pub(super) insecure_endpoints: Vec<Diagnostic>,
 }
 
 impl Validator<'_> {
@@ -181,6 +208,28 @@ impl Validator<'_> {
             return None;
         }
         Some(value.trim_end_matches('/').to_owned())
+    }
+
+    /// A URL the rotator sends credentials, keys or metrics to: `https`, or `http` to a loopback
+    /// address only, unless its table sets `allow_insecure_http = true` (then recorded, to be
+    /// said at every load). Every such field calls this with its table's flag.
+    pub(crate) fn endpoint(
+        &mut self,
+        value: Option<&str>,
+        at: &FieldPath,
+        allow_insecure_http: bool,
+    ) -> Option<String> {
+        let url = self.url(value, at)?;
+        if !cleartext_beyond_loopback(&url) {
+            return Some(url);
+        }
+        if allow_insecure_http {
+            let d = self.loc.at(at, Point::Value, INSECURE_ALLOWED.to_owned());
+            self.insecure_endpoints.push(d);
+            return Some(url);
+        }
+        self.err(at, INSECURE_REFUSED);
+        None
     }
 
     pub(crate) fn timezone(&mut self, value: Option<&str>, at: &FieldPath) -> Option<Tz> {

@@ -27,6 +27,7 @@ pub(crate) const FIELDS: &[Field] = &[
     Field::text("kms_key_id"),
     Field::text("timeout"),
     Field::text("claims"),
+    Field::flag("allow_insecure_http"),
     Field::inline("access_key_id"),
     Field::inline("secret_access_key"),
 ];
@@ -34,7 +35,11 @@ pub(crate) const FIELDS: &[Field] = &[
 /// Checks an AWS store's table (its `kind` and the keys of other kinds are checked already).
 pub(crate) fn validate(v: &mut Validator, raw: &RawTable, at: &FieldPath) -> Option<AwsSettings> {
     let region = v.text(raw.text("region"), &at.key("region"));
-    let endpoint_url = v.url(raw.text("endpoint_url"), &at.key("endpoint_url"));
+    let endpoint_url = v.endpoint(
+        raw.text("endpoint_url"),
+        &at.key("endpoint_url"),
+        raw.flag("allow_insecure_http").unwrap_or(false),
+    );
     let kms_key_id = v.text(raw.text("kms_key_id"), &at.key("kms_key_id"));
     let timeout = v.duration_or(raw.text("timeout"), &at.key("timeout"), DEFAULT_TIMEOUT);
     let claims = claims_prefix(v, raw.text("claims"), &at.key("claims"));

@@ -4,7 +4,6 @@
 //! and `<name>.meta.json` (the rotator's record, no secret).
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
 
@@ -66,6 +65,22 @@ fn io_error(op: &'static str, path: &str, e: &std::io::Error) -> StoreError {
         _ => StoreErrorKind::Other,
     };
     StoreError::new(kind, KIND, op, path, e.to_string())
+}
+
+/// How messages name the store's `dir`.
+const DIR: &str = "file store directory";
+
+fn dir_error(op: &'static str, path: &str, e: durable::PrivateDirError) -> StoreError {
+    match e {
+        durable::PrivateDirError::Io { source, .. } => io_error(op, path, &source),
+        too_open @ durable::PrivateDirError::TooOpen { .. } => StoreError::new(
+            StoreErrorKind::NotWritable,
+            KIND,
+            op,
+            path,
+            too_open.to_string(),
+        ),
+    }
 }
 
 fn sibling(file: &Path, suffix: &str) -> PathBuf {
@@ -201,16 +216,13 @@ impl FileStore {
         })
     }
 
+    /// The file's directory (the store's `dir`), created 0700 when missing; refused when other
+    /// users may enter it.
     fn ensure_dir(&self, file: &Path, op: &'static str, path: &str) -> Result<(), StoreError> {
         let dir = file.parent().unwrap_or(&self.dir);
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| io_error(op, path, &e))?;
-        }
-        Ok(())
+        durable::check_private_dir(&self.dir, DIR)
+            .and_then(|()| durable::private_dir(dir, DIR))
+            .map_err(|e| dir_error(op, path, e))
     }
 }
 
@@ -249,6 +261,7 @@ impl SecretStore for FileStore {
             // Prove the directory takes a new file right now (permissions, read-only mount, full
             // disk). A directory that does not exist yet is created by the write; until then its
             // nearest existing ancestor must be writable. Pre-flight leaves nothing behind.
+            durable::check_private_dir(&self.dir, DIR).map_err(|e| dir_error(OP, path, e))?;
             let dir = file.parent().unwrap_or(&self.dir);
             if dir.is_dir() {
                 let probe = dir.join(format!(".zenml-rotator-preflight-{}", std::process::id()));

@@ -19,7 +19,7 @@ fn record(fp: &str) -> RotationRecord {
 
 #[tokio::test]
 async fn write_read_back_previous_and_mode() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::testing::private_tempdir();
     let store = FileStore::new(&FileSettings {
         dir: dir.path().join("keys"),
     });
@@ -106,7 +106,7 @@ async fn write_read_back_previous_and_mode() {
 
 #[tokio::test]
 async fn a_write_behind_our_back_is_a_conflict() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::testing::private_tempdir();
     let store = FileStore::new(&FileSettings {
         dir: dir.path().into(),
     });
@@ -130,7 +130,7 @@ async fn a_write_behind_our_back_is_a_conflict() {
 
 #[tokio::test]
 async fn paths_cannot_escape_the_directory() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::testing::private_tempdir();
     let store = FileStore::new(&FileSettings {
         dir: dir.path().into(),
     });
@@ -152,7 +152,7 @@ async fn preflight_fails_on_a_read_only_directory() {
         ));
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::testing::private_tempdir();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
     let store = FileStore::new(&FileSettings {
         dir: dir.path().into(),
@@ -170,4 +170,71 @@ fn parses_systemd_env_syntax() {
         "ZENKEY_q"
     );
     assert!(parse_api_key("OTHER=1\n").is_none());
+}
+
+#[tokio::test]
+async fn a_directory_others_may_enter_is_refused_before_anything_is_written() {
+    let dir = crate::testing::private_tempdir();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = FileStore::new(&FileSettings { dir: keys.clone() });
+    let expected = format!("file store directory {0} are too open", keys.display());
+    let err = store.preflight("k.env").await.unwrap_err();
+    assert!(matches!(err, StoreError::NotWritable { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "file preflight k.env: permissions 0755 for {expected}: a directory that holds keys must not be accessible by other users; run chmod o-rwx {}",
+            keys.display()
+        )
+    );
+    let err = store
+        .stage(
+            "k.env",
+            &payload("ZENKEY_x"),
+            &record("x"),
+            &StoreSnapshot::default(),
+            "t",
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&expected), "{err}");
+    assert_eq!(std::fs::read_dir(&keys).unwrap().count(), 0);
+
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let snap = store.preflight("k.env").await.unwrap();
+    store
+        .stage("k.env", &payload("ZENKEY_x"), &record("x"), &snap, "t")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn every_file_the_store_keeps_is_0600_in_a_0700_directory() {
+    let dir = crate::testing::private_tempdir();
+    let keys = dir.path().join("a/keys");
+    let store = FileStore::new(&FileSettings { dir: keys.clone() });
+    for (i, key) in ["ZENKEY_one", "ZENKEY_two", "ZENKEY_three"]
+        .iter()
+        .enumerate()
+    {
+        let snap = store.preflight("k.env").await.unwrap();
+        store
+            .stage("k.env", &payload(key), &record(&i.to_string()), &snap, "t")
+            .await
+            .unwrap();
+        store.set_record("k.env", &record("r")).await.unwrap();
+    }
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&keys), 0o700);
+    assert_eq!(mode(&dir.path().join("a")), 0o700);
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&keys).unwrap() {
+        let entry = entry.unwrap();
+        assert_eq!(mode(&entry.path()), 0o600, "{:?}", entry.file_name());
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    assert_eq!(names, ["k.env", "k.env.meta.json", "k.env.previous"]);
 }

@@ -11,7 +11,7 @@ use vaultrs::error::ClientError;
 use super::errors::status_of;
 use super::{STORE, VaultAuth, VaultStore, header_safe};
 use crate::metrics::observe_upstream;
-use crate::secret::{ExposeSecret, SecretSource, SecretString, secrets_equal};
+use crate::secret::{ExposeSecret, SecretSource, SecretSourceError, SecretString, secrets_equal};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// A logged-in client and what is known about its token's lifetime.
@@ -185,7 +185,9 @@ impl VaultStore {
                 jwt_file,
                 mount,
             } => {
-                let jwt = self.read_source("login", path, &SecretSource::File(jwt_file.clone()))?;
+                // The kubelet's token: its mode is the pod spec's, not the rotator's to judge.
+                let jwt = crate::secret::read_platform_token(jwt_file)
+                    .map_err(|e| self.credential_error("login", path, &e))?;
                 let anonymous = self.anonymous_client(path)?;
                 let start = Instant::now();
                 let res =
@@ -206,7 +208,11 @@ impl VaultStore {
     ) -> Result<SecretString, StoreError> {
         source
             .read()
-            .map_err(|e| self.other(op, path, format!("cannot read a Vault credential: {e}")))
+            .map_err(|e| self.credential_error(op, path, &e))
+    }
+
+    fn credential_error(&self, op: &'static str, path: &str, e: &SecretSourceError) -> StoreError {
+        self.other(op, path, format!("cannot read a Vault credential: {e}"))
     }
 
     fn anonymous_client(&self, path: &str) -> Result<VaultClient, StoreError> {

@@ -66,6 +66,14 @@ impl VaultStore {
                 ),
             ),
             400 if text.contains("check-and-set") => (StoreErrorKind::Conflict, text),
+            // A standby that does not forward requests redirects to the active node; following
+            // would hand it the token and the body (a login, a key) unchecked.
+            300..=399 => (
+                StoreErrorKind::Unavailable,
+                format!(
+                    "HTTP {code}: Vault answered with a redirect (a standby node that does not forward requests?); the rotator follows none, so that neither the token nor a key reaches another server: set address to the active node or the load balancer in front of it"
+                ),
+            ),
             429 | 502 | 503 | 504 => (
                 StoreErrorKind::Unavailable,
                 format!(

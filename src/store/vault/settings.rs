@@ -51,6 +51,7 @@ pub(crate) const FIELDS: &[Field] = &[
     Field::text("namespace"),
     Field::text("ca_file"),
     Field::text("timeout"),
+    Field::flag("allow_insecure_http"),
     Field::table("auth", AUTH_FIELDS),
     Field::text("claims"),
 ];
@@ -115,7 +116,8 @@ impl AuthMethod {
 /// Checks a vault store's table (its `kind` and the keys of other kinds are checked already).
 pub(crate) fn validate(v: &mut Validator, raw: &RawTable, at: &FieldPath) -> Option<VaultSettings> {
     let address = if raw.has("address") {
-        v.url(raw.text("address"), &at.key("address"))
+        let allow_insecure_http = raw.flag("allow_insecure_http").unwrap_or(false);
+        v.endpoint(raw.text("address"), &at.key("address"), allow_insecure_http)
     } else {
         v.err(
             at,
