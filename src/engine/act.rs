@@ -117,7 +117,8 @@ fn draft(policy: &KeyPolicy, obs: &Observed) -> Draft {
             .map(|k| k.id.to_string())
             .unwrap_or_default(),
         previous_last_rotated: obs.key.as_ref().and_then(|k| k.last_rotated),
-        retain_minutes: 0,
+        // What an in-place rotation of the key gives ZenML, so taking the claim says it already.
+        retain_minutes: u32::try_from(policy.retain.as_secs() / 60).unwrap_or(u32::MAX),
     }
 }
 
