@@ -11,7 +11,7 @@
 //! next pass sees the lost answer. File stores lock a file beside the value instead (one host).
 
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -402,7 +402,22 @@ fn lock_file(dir: &Path, path: &str) -> Result<std::fs::File, ClaimError> {
             e.to_string(),
         )))
     };
-    std::fs::create_dir_all(dir).map_err(store_error)?;
+    // Nothing is written into a directory others may enter (pre-flight says why); a missing one
+    // is created as the file store creates it (0700).
+    crate::durable::check_private_dir(dir, "file store directory").map_err(|e| {
+        ClaimError::Store(Arc::new(StoreError::new(
+            StoreErrorKind::NotWritable,
+            "file",
+            "lock",
+            file.display().to_string(),
+            e.to_string(),
+        )))
+    })?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(store_error)?;
     let handle = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

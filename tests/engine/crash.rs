@@ -274,7 +274,13 @@ async fn a_replay_after_the_path_changed_writes_to_the_new_path() {
         .key("k", &sa.name, "local", "before.env", "");
     rig.write();
     // The new path already holds the workload's value, written by hand.
-    std::fs::create_dir_all(rig.keys_dir()).unwrap();
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(rig.keys_dir())
+            .unwrap();
+    }
     std::fs::write(
         rig.keys_dir().join("after.env"),
         format!(

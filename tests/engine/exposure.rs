@@ -124,7 +124,7 @@ async fn a_state_directory_other_users_may_enter_is_refused_and_what_is_written_
     files.sort();
     assert_eq!(
         files,
-        ["k.env", "k.env.meta.json", "k.env.previous", "lock"]
+        [".k.env.lock", "k.env", "k.env.meta.json", "k.env.previous"]
     );
 }
 
