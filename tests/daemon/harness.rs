@@ -184,14 +184,20 @@ impl Daemon {
         }
     }
 
-    /// Polls `/metrics` until `ok` holds, or fails with the last exposition and the log.
-    pub fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&Exposition) -> bool) {
+    /// Polls `/metrics` until `ok` holds and returns that exposition, or fails with the last
+    /// exposition and the log.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&Exposition) -> bool,
+    ) -> Exposition {
         let end = Instant::now() + timeout;
         loop {
             if let Some((200, body)) = self.get("/metrics") {
                 let e = Exposition::parse(&body);
                 if ok(&e) {
-                    return;
+                    return e;
                 }
                 if Instant::now() > end {
                     panic!(

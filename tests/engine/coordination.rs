@@ -2,8 +2,8 @@
 //! other hosts) over the same keys at once never rotate a key twice and leave only working values;
 //! `rotate --force` beside a rotation in flight waits for its claim; a holder killed after ZenML
 //! answered is finished by another rotator once its claim expired, with its state directory gone;
-//! a holder paused past its claim cannot overwrite the newer value when it wakes; and `once` needs
-//! no state directory at all when every key lives in Vault or AWS.
+//! a holder paused past its claim cannot overwrite the newer value when it wakes; `once` needs no
+//! state directory at all when every key lives in Vault or AWS; and what a claim costs a rotation.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -382,4 +382,84 @@ async fn once_needs_no_state_directory_for_vault_and_aws_keys() {
     assert_eq!(ran.results_of("a"), ["rotated"], "{}", ran.describe());
     rotated_once_and_stored(Kind::Vault, &[(sa, original, path)]).await;
     rotated_once_and_stored(Kind::Aws, &[(aws_sa, aws_original, aws_path)]).await;
+}
+
+/// What claims add to a rotation, counted in front of the real stores: every request that
+/// touches the claim. A first rotation creates the claim, a later one rewrites it; Vault keeps the
+/// new value in the claim, AWS stages it in the key's own secret. The README quotes these figures.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
+    use crate::common::stub_http::{StubRequest, StubServer, forward};
+
+    let (sa, _original, path, token) = one_key("eng-coord-cost").await;
+    let (aws_sa, _) = new_service_account_with_key(&zenml_admin(), "eng-coord-cost").await;
+    let aws_path = unique("eng-coord-cost");
+    let vault_up = VaultAdmin::shared().addr.clone();
+    let aws_up = aws_endpoint();
+    let vault = StubServer::start(move |r| forward(&vault_up, r)).await;
+    let aws_proxy = StubServer::start(move |r| forward(&aws_up, r)).await;
+    let mut rig = Rig::new();
+    rig.vault_store("vault", &vault.url, &token)
+        .aws_store("aws", &aws_proxy.url)
+        .key("v", &sa.name, "vault", &path, "")
+        .key("a", &aws_sa.name, "aws", &aws_path, "");
+    rig.write();
+    let rig = std::sync::Arc::new(rig);
+
+    let vault_claim = format!("zenml-rotator/claims/{path}");
+    let aws_claim = format!("zenml-rotator/claims/{aws_path}");
+    // Vault: (reads, writes) of the claim; AWS: the operations on the claim's secret.
+    let vault_calls = |from: usize| {
+        let calls: Vec<String> = vault.requests()[from..]
+            .iter()
+            .filter(|r| r.path().contains(&vault_claim))
+            .map(|r| r.method.clone())
+            .collect();
+        let reads = calls.iter().filter(|m| *m == "GET").count();
+        (reads, calls.len() - reads)
+    };
+    let aws_calls = |from: usize| {
+        aws_proxy.requests()[from..]
+            .iter()
+            .filter(|r| r.body_text().contains(&aws_claim))
+            .map(|r: &StubRequest| {
+                let target = r.header("x-amz-target").unwrap_or_default();
+                target.trim_start_matches("secretsmanager.").to_owned()
+            })
+            .collect::<Vec<_>>()
+    };
+    let run = |args: &'static [&'static str]| {
+        let rig = std::sync::Arc::clone(&rig);
+        tokio::task::spawn_blocking(move || rig.expect(args, 0))
+    };
+
+    let ran = run(&["once", "--output", "json"]).await.unwrap();
+    assert_eq!(ran.results_of("v"), ["rotated"], "{}", ran.describe());
+    assert_eq!(ran.results_of("a"), ["rotated"], "{}", ran.describe());
+    // Looked at before taking, under the claim and after rotating; taken, value kept, released.
+    assert_eq!(vault_calls(0), (3, 3), "first rotation, Vault");
+    let get = "GetSecretValue";
+    let (put, stage) = ("PutSecretValue", "UpdateSecretVersionStage");
+    assert_eq!(
+        aws_calls(0),
+        [get, "CreateSecret", get, put, stage, get],
+        "first rotation, AWS"
+    );
+
+    let (v_from, a_from) = (vault.requests().len(), aws_proxy.requests().len());
+    for name in ["v", "a"] {
+        let args: &'static [&'static str] = if name == "v" {
+            &["rotate", "v", "--force", "--output", "json"]
+        } else {
+            &["rotate", "a", "--force", "--output", "json"]
+        };
+        let ran = run(args).await.unwrap();
+        assert_eq!(ran.results_of(name), ["rotated"], "{}", ran.describe());
+    }
+    assert_eq!(vault_calls(v_from), (3, 3), "later rotation, Vault");
+    assert_eq!(
+        aws_calls(a_from),
+        [get, put, stage, get, put, stage, get],
+        "later rotation, AWS"
+    );
 }
