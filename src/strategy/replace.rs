@@ -271,6 +271,7 @@ async fn replace(
         retire_at,
         rescue_for: None,
         rescue_until: None,
+        hooks: Default::default(),
     };
     let token = Uuid::new_v4().to_string();
     still_ours(claim, policy, Stage::Store).await?;
@@ -447,6 +448,7 @@ async fn adopt(
         retire_at,
         rescue_for: None,
         rescue_until: None,
+        hooks: Default::default(),
     };
     store
         .set_record(&policy.path, &record)

@@ -276,6 +276,7 @@ fn provisional_record(policy: &KeyPolicy, entry: &Entry) -> RotationRecord {
         retire_at: None,
         rescue_for: None,
         rescue_until: None,
+        hooks: Default::default(),
     }
 }
 
@@ -401,6 +402,7 @@ async fn complete(
         retire_at,
         rescue_for: None,
         rescue_until: None,
+        hooks: Default::default(),
     };
     // Fenced twice: by the claim, and by the store's check-and-set against the pre-flight.
     still_ours(claim, policy, Stage::Store).await?;

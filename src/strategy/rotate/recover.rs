@@ -179,6 +179,7 @@ fn rescue_record(
         retire_at: None,
         rescue_for: Some(key.id.to_string()),
         rescue_until: Some(until),
+        hooks: Default::default(),
     }
 }
 
