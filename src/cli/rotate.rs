@@ -10,7 +10,7 @@ use super::{ConfigArg, Output, engine, exit, load, runtime};
 use crate::engine::Mode;
 use crate::engine::failure::Force;
 use crate::pass::{self, Scope};
-use crate::{metrics, output};
+use crate::{metrics, notify, output};
 
 #[derive(Debug, Args)]
 pub struct RotateArgs {
@@ -39,6 +39,7 @@ pub fn run(args: RotateArgs) -> Result<ExitCode, ExitCode> {
     };
     let rt = runtime()?;
     let engine = engine(&config, Mode::Live)?;
+    notify::install(&config);
     let scope = Scope {
         keys: std::slice::from_ref(&policy),
         force: Some(if args.force { Force::Yes } else { Force::No }),
@@ -49,6 +50,7 @@ pub fn run(args: RotateArgs) -> Result<ExitCode, ExitCode> {
         "{}",
         output::pass::render(&report.keys, &[], args.output.into())
     );
+    rt.block_on(notify::drain(notify::EXIT_WAIT));
     rt.block_on(metrics::export_one_shot(&config.metrics));
     // The key asked for decides; journal entries of other policies are reported, not failed on.
     Ok(exit(report.failed() == 0))

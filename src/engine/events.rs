@@ -8,7 +8,9 @@ use chrono::Utc;
 
 use super::decide::KeyPlan;
 use super::failure::{KeyError, KeyFailure, Outcome};
+use crate::config::NoticeKind;
 use crate::metrics::{self, Stage};
+use crate::notify::{self, Notice};
 use crate::zenml::ApiKey;
 
 /// Who takes a key out of service: a policy, or hygiene. The `policy` label of the metrics.
@@ -76,6 +78,8 @@ pub enum Event<'a> {
     /// A new value is stored, read back equal and accepted by ZenML.
     Rotated {
         policy: &'a str,
+        /// The name of the ZenML key whose value is stored now.
+        api_key: &'a str,
         key_id: &'a str,
         fingerprint: &'a str,
         store: &'static str,
@@ -131,8 +135,27 @@ pub enum Event<'a> {
     /// A rotation whose new value nobody kept was healed.
     Recovered {
         policy: &'a str,
+        api_key: &'a str,
+        key_id: &'a str,
+        fingerprint: &'a str,
         detail: &'a str,
         took: Duration,
+    },
+    /// `revoke`: a leaked value and every token minted from it are refused from now on.
+    Revoked {
+        policy: &'a str,
+        api_key: &'a str,
+        key_id: &'a str,
+        fingerprint: &'a str,
+        detail: &'a str,
+    },
+    /// A hook failed or timed out (the sentence says whether later passes retry it).
+    HookFailed {
+        policy: &'a str,
+        hook: &'static str,
+        key_id: &'a str,
+        fingerprint: &'a str,
+        detail: &'a str,
     },
     /// A recovery failed (the next pass tries again).
     RecoveryFailed {
@@ -152,6 +175,7 @@ pub fn emit(event: Event<'_>) {
         Event::Decided { plan, key } => decided(plan, key),
         Event::Rotated {
             policy,
+            api_key,
             key_id,
             fingerprint,
             store,
@@ -161,7 +185,17 @@ pub fn emit(event: Event<'_>) {
             detail,
         } => {
             m.rotation_duration_seconds.observe(took.as_secs_f64());
-            tracing::info!(policy, key_id, fingerprint, store, path, %detail, "{what}");
+            let sentence = if detail.is_empty() {
+                what.to_owned()
+            } else {
+                format!("{what}: {detail}")
+            };
+            tracing::info!(policy, key_id, fingerprint, store, path, "{sentence}");
+            notify::publish(
+                Notice::new(NoticeKind::Rotated, policy, sentence)
+                    .key(Some(api_key), Some(key_id))
+                    .fingerprint(fingerprint),
+            );
         }
         Event::Finalized {
             policy,
@@ -169,7 +203,9 @@ pub fn emit(event: Event<'_>) {
             retired,
         } => {
             m.previous_key_accepted.with_label_values(&[policy]).set(0);
-            tracing::info!(policy, %detail, retired, "rotation finalized");
+            let sentence = format!("rotation finalized: {detail}");
+            tracing::info!(policy, retired, "{sentence}");
+            notify::publish(Notice::new(NoticeKind::Finalized, policy, sentence));
         }
         Event::PreviousStillAccepted { policy } => {
             m.previous_key_accepted.with_label_values(&[policy]).set(1);
@@ -183,8 +219,24 @@ pub fn emit(event: Event<'_>) {
             m.keys_deactivated_total
                 .with_label_values(&[actor.label(), reason.as_str()])
                 .inc();
-            tracing::warn!(policy = actor.label(), service_account = %key.service_account_name,
-                key = %key.name, key_id = %key.id, reason = reason.as_str(), "API key deactivated");
+            let sentence = format!(
+                "API key {:?} ({}) of service account {:?} deactivated: {}",
+                key.name,
+                key.id,
+                key.service_account_name,
+                reason.describe()
+            );
+            tracing::warn!(
+                policy = actor.label(),
+                reason = reason.as_str(),
+                "{sentence}"
+            );
+            let key_id = key.id.to_string();
+            notify::publish(
+                Notice::new(NoticeKind::Deactivated, actor.label(), sentence)
+                    .service_account(&key.service_account_name)
+                    .key(Some(&key.name), Some(&key_id)),
+            );
         }
         Event::Deleted { key, actor } => {
             tracing::info!(policy = actor.label(), service_account = %key.service_account_name,
@@ -214,6 +266,9 @@ pub fn emit(event: Event<'_>) {
         },
         Event::Recovered {
             policy,
+            api_key,
+            key_id,
+            fingerprint,
             detail,
             took,
         } => {
@@ -221,7 +276,44 @@ pub fn emit(event: Event<'_>) {
                 .with_label_values(&[policy, "success"])
                 .inc();
             m.rotation_duration_seconds.observe(took.as_secs_f64());
-            tracing::warn!(policy, %detail, "recovered a rotation whose new value nobody kept");
+            let sentence = format!("recovered a rotation whose new value nobody kept: {detail}");
+            tracing::warn!(policy, key_id, fingerprint, "{sentence}");
+            notify::publish(
+                Notice::new(NoticeKind::Recovered, policy, sentence)
+                    .key(Some(api_key), Some(key_id))
+                    .fingerprint(fingerprint),
+            );
+        }
+        Event::Revoked {
+            policy,
+            api_key,
+            key_id,
+            fingerprint,
+            detail,
+        } => {
+            tracing::warn!(policy, key_id, fingerprint, "{detail}");
+            notify::publish(
+                Notice::new(NoticeKind::Revoked, policy, detail)
+                    .key(Some(api_key), Some(key_id))
+                    .fingerprint(fingerprint),
+            );
+        }
+        Event::HookFailed {
+            policy,
+            hook,
+            key_id,
+            fingerprint,
+            detail,
+        } => {
+            m.hook_failures_total
+                .with_label_values(&[policy, hook])
+                .inc();
+            tracing::error!(policy, hook, key_id, fingerprint, "{detail}");
+            notify::publish(
+                Notice::new(NoticeKind::HookFailed, policy, detail)
+                    .key(None, Some(key_id))
+                    .fingerprint(fingerprint),
+            );
         }
         Event::RecoveryFailed { policy, error } => {
             m.recoveries_total
@@ -286,7 +378,13 @@ fn key_finished(policy: &str, result: &Result<Vec<Outcome>, KeyFailure>) {
             if let Some(result) = result {
                 m.rotations_total.with_label_values(&[policy, result]).inc();
             }
-            tracing::warn!(policy, stage = f.stage.as_str(), "{}", f.error);
+            let sentence = f.error.to_string();
+            tracing::warn!(policy, stage = f.stage.as_str(), "{sentence}");
+            let kind = match f.error {
+                KeyError::Blocked(_) => NoticeKind::Blocked,
+                _ => NoticeKind::Failed,
+            };
+            notify::publish(Notice::new(kind, policy, sentence));
         }
     }
 }

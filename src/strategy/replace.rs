@@ -279,6 +279,7 @@ async fn replace(
     let key_id = new.key.id.to_string();
     events::emit(Event::Rotated {
         policy: &policy.name,
+        api_key: &new.key.name,
         key_id: &key_id,
         fingerprint: &fp,
         store: store.kind(),
@@ -354,6 +355,7 @@ async fn retire(
     }
 
     let mut still_pending = work.retiring.len();
+    let finalized = work.retire_due(now) && !work.retiring.is_empty();
     if work.retire_due(now) {
         for key in &work.retiring {
             disable(key, Disable::Deactivate(DeactivationReason::Retired)).await?;
@@ -364,6 +366,7 @@ async fn retire(
             record.retiring_key_id = None;
             record.retire_at = None;
             record.finalized_at = Some(Utc::now());
+            record.hooks.on_finalized = policy.hooks.on_finalized.as_ref().map(|_| 0);
             store
                 .set_record(&policy.path, &record)
                 .await
@@ -395,6 +398,13 @@ async fn retire(
     } else {
         done.join("; ")
     };
+    if finalized {
+        events::emit(Event::Finalized {
+            policy: &policy.name,
+            detail: &detail,
+            retired: true,
+        });
+    }
     tracing::info!(policy = %policy.name, %detail, "replace clean-up done");
     Ok(Outcome::Finalized { detail })
 }

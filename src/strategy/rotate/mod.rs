@@ -414,6 +414,7 @@ async fn complete(
     let key_id = key_now.id.to_string();
     events::emit(Event::Rotated {
         policy: &policy.name,
+        api_key: &key_now.name,
         key_id: &key_id,
         fingerprint: &record.fingerprint,
         store: store.kind(),
@@ -595,6 +596,7 @@ async fn finalize(
         store.retire_previous(&policy.path).await.map_err(fail)?;
     }
     record.finalized_at = Some(Utc::now());
+    record.hooks.on_finalized = policy.hooks.on_finalized.as_ref().map(|_| 0);
     store
         .set_record(&policy.path, &record)
         .await

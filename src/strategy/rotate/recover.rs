@@ -129,8 +129,12 @@ fn done(
         rfc3339(until),
         policy.api_key
     );
+    let rescue_id = rescue.id.to_string();
     events::emit(Event::Recovered {
         policy: &policy.name,
+        api_key: &rescue.name,
+        key_id: &rescue_id,
+        fingerprint: fp,
         detail: &detail,
         took: started.elapsed(),
     });
