@@ -14,6 +14,7 @@ use super::decide::{self, KeyPlan, Observed, Why};
 use super::events::{self, Actor, DeactivationReason, Event};
 use super::failure::{DisableError, Force, KeyError, KeyFailure, Outcome};
 use super::guard::{self, Disable};
+use super::hooks;
 use super::observe::observe;
 use super::writer::preflight_store;
 use crate::config::KeyPolicy;
@@ -65,6 +66,12 @@ pub trait Act: Send + Sync {
         policies: &[KeyPolicy],
         keys: &[&ApiKey],
     ) -> Vec<Result<Retired, DisableError>>;
+
+    /// The key's hooks still pending for its stored value, after the pass's steps for it.
+    /// None by default: only a live pass runs them.
+    async fn run_hooks(&self, _ctx: &Context, _policy: &KeyPolicy) -> Vec<Outcome> {
+        Vec::new()
+    }
 }
 
 /// The decisions that need no claim: waiting, and what stops the key. `None`: act.
@@ -187,6 +194,10 @@ impl Act for Live {
             out.push(result);
         }
         out
+    }
+
+    async fn run_hooks(&self, ctx: &Context, policy: &KeyPolicy) -> Vec<Outcome> {
+        hooks::run_pending(ctx, policy).await
     }
 }
 

@@ -15,6 +15,7 @@ pub mod dry_run;
 pub mod events;
 pub mod failure;
 pub mod guard;
+pub mod hooks;
 pub mod journal;
 pub mod observe;
 pub mod reconcile;
