@@ -16,6 +16,7 @@ mod check;
 mod inventory;
 mod once;
 mod plan;
+mod revoke;
 mod rotate;
 mod run;
 #[cfg(test)]
@@ -72,6 +73,8 @@ enum Command {
     Run(run::RunArgs),
     /// Every service account and key on the server: managed or not, active, age, last login.
     Inventory(inventory::InventoryArgs),
+    /// A leaked key: store a new value, then cut the old value and its tokens off now.
+    Revoke(revoke::RevokeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +100,7 @@ impl Cli {
             Command::Rotate(args) => rotate::run(args),
             Command::Run(args) => run::run(args),
             Command::Inventory(args) => inventory::run(args),
+            Command::Revoke(args) => revoke::run(args),
         };
         // Err carries the exit code of a command that stopped early (and already said why).
         result.unwrap_or_else(|code| code)

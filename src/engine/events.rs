@@ -49,6 +49,8 @@ pub enum DeactivationReason {
     Orphan,
     /// `[hygiene] deactivate_unused_after`.
     Unused,
+    /// `revoke`: its value leaked.
+    Revoked,
 }
 
 impl DeactivationReason {
@@ -57,6 +59,7 @@ impl DeactivationReason {
             DeactivationReason::Retired => "retired",
             DeactivationReason::Orphan => "orphan",
             DeactivationReason::Unused => "unused",
+            DeactivationReason::Revoked => "revoked",
         }
     }
 
@@ -65,6 +68,7 @@ impl DeactivationReason {
             DeactivationReason::Retired => "replaced; its retain window ended",
             DeactivationReason::Orphan => "created by an interrupted run and never stored",
             DeactivationReason::Unused => "unused for longer than hygiene allows",
+            DeactivationReason::Revoked => "revoked: its value leaked",
         }
     }
 }

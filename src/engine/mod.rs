@@ -19,6 +19,7 @@ pub mod hooks;
 pub mod journal;
 pub mod observe;
 pub mod reconcile;
+pub mod revoke;
 pub mod stores;
 pub mod writer;
 

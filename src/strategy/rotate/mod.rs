@@ -105,6 +105,26 @@ impl KeyStrategy for InPlace {
         finalize(ctx, policy, obs, claim).await
     }
 
+    /// An in-place rotation with retain 0: ZenML keeps no previous value, and a token carries the
+    /// key generation it was minted under, so the leaked value and every token minted from it
+    /// (or from the value before it) stop working at once (measured on 0.96 and 0.98). A rescue
+    /// key standing in or retiring goes out of service at once too.
+    async fn revoke(
+        &self,
+        ctx: &Context,
+        policy: &KeyPolicy,
+        obs: &Observed,
+        claim: &mut ClaimHandle,
+    ) -> Result<Outcome, KeyFailure> {
+        let run = Run {
+            retain_minutes: 0,
+            force: Force::Yes,
+        };
+        let outcome = rotate(ctx, policy, obs, run, claim).await?;
+        recover::retire_rescue_now(ctx, policy, obs, claim).await?;
+        Ok(outcome)
+    }
+
     async fn recover(
         &self,
         ctx: &Context,
