@@ -195,10 +195,13 @@ pub fn emit(event: Event<'_>) {
                 format!("{what}: {detail}")
             };
             tracing::info!(policy, key_id, fingerprint, store, path, "{sentence}");
-            notify::publish(
-                Notice::new(NoticeKind::Rotated, policy, sentence)
-                    .key(Some(api_key), Some(key_id))
-                    .fingerprint(fingerprint),
+            told(
+                NoticeKind::Rotated,
+                policy,
+                sentence,
+                Some(api_key),
+                key_id,
+                fingerprint,
             );
         }
         Event::Finalized {
@@ -219,29 +222,7 @@ pub fn emit(event: Event<'_>) {
             pending,
             due,
         } => m.set_deactivation_due(policy, pending, due),
-        Event::Deactivated { key, reason, actor } => {
-            m.keys_deactivated_total
-                .with_label_values(&[actor.label(), reason.as_str()])
-                .inc();
-            let sentence = format!(
-                "API key {:?} ({}) of service account {:?} deactivated: {}",
-                key.name,
-                key.id,
-                key.service_account_name,
-                reason.describe()
-            );
-            tracing::warn!(
-                policy = actor.label(),
-                reason = reason.as_str(),
-                "{sentence}"
-            );
-            let key_id = key.id.to_string();
-            notify::publish(
-                Notice::new(NoticeKind::Deactivated, actor.label(), sentence)
-                    .service_account(&key.service_account_name)
-                    .key(Some(&key.name), Some(&key_id)),
-            );
-        }
+        Event::Deactivated { key, reason, actor } => deactivated(key, reason, actor),
         Event::Deleted { key, actor } => {
             tracing::info!(policy = actor.label(), service_account = %key.service_account_name,
                 key = %key.name, key_id = %key.id, "API key deleted");
@@ -268,6 +249,26 @@ pub fn emit(event: Event<'_>) {
                     .remove_label_values(&[policy]);
             }
         },
+        e @ (Event::Recovered { .. } | Event::Revoked { .. } | Event::HookFailed { .. }) => {
+            value_event(e)
+        }
+        Event::RecoveryFailed { policy, error } => {
+            m.recoveries_total
+                .with_label_values(&[policy, "failure"])
+                .inc();
+            tracing::error!(policy, %error, "recovery failed; the next pass tries again");
+        }
+        Event::ClaimLost { policy, why } => {
+            m.claims.lost_total.with_label_values(&[policy]).inc();
+            tracing::warn!(policy, %why, "lost the claim on the key before finishing; another rotator finishes it");
+        }
+    }
+}
+
+/// The events about a key's new value beyond a rotation: recovered, revoked, a hook failed.
+fn value_event(event: Event<'_>) {
+    let m = metrics::get();
+    match event {
         Event::Recovered {
             policy,
             api_key,
@@ -282,10 +283,13 @@ pub fn emit(event: Event<'_>) {
             m.rotation_duration_seconds.observe(took.as_secs_f64());
             let sentence = format!("recovered a rotation whose new value nobody kept: {detail}");
             tracing::warn!(policy, key_id, fingerprint, "{sentence}");
-            notify::publish(
-                Notice::new(NoticeKind::Recovered, policy, sentence)
-                    .key(Some(api_key), Some(key_id))
-                    .fingerprint(fingerprint),
+            told(
+                NoticeKind::Recovered,
+                policy,
+                sentence,
+                Some(api_key),
+                key_id,
+                fingerprint,
             );
         }
         Event::Revoked {
@@ -296,10 +300,13 @@ pub fn emit(event: Event<'_>) {
             detail,
         } => {
             tracing::warn!(policy, key_id, fingerprint, "{detail}");
-            notify::publish(
-                Notice::new(NoticeKind::Revoked, policy, detail)
-                    .key(Some(api_key), Some(key_id))
-                    .fingerprint(fingerprint),
+            told(
+                NoticeKind::Revoked,
+                policy,
+                detail.to_owned(),
+                Some(api_key),
+                key_id,
+                fingerprint,
             );
         }
         Event::HookFailed {
@@ -313,23 +320,58 @@ pub fn emit(event: Event<'_>) {
                 .with_label_values(&[policy, hook])
                 .inc();
             tracing::error!(policy, hook, key_id, fingerprint, "{detail}");
-            notify::publish(
-                Notice::new(NoticeKind::HookFailed, policy, detail)
-                    .key(None, Some(key_id))
-                    .fingerprint(fingerprint),
+            told(
+                NoticeKind::HookFailed,
+                policy,
+                detail.to_owned(),
+                None,
+                key_id,
+                fingerprint,
             );
         }
-        Event::RecoveryFailed { policy, error } => {
-            m.recoveries_total
-                .with_label_values(&[policy, "failure"])
-                .inc();
-            tracing::error!(policy, %error, "recovery failed; the next pass tries again");
-        }
-        Event::ClaimLost { policy, why } => {
-            m.claims.lost_total.with_label_values(&[policy]).inc();
-            tracing::warn!(policy, %why, "lost the claim on the key before finishing; another rotator finishes it");
-        }
+        _ => {}
     }
+}
+
+/// The notification of an event about one key's value.
+fn told(
+    kind: NoticeKind,
+    policy: &str,
+    sentence: String,
+    api_key: Option<&str>,
+    key_id: &str,
+    fingerprint: &str,
+) {
+    notify::publish(
+        Notice::new(kind, policy, sentence)
+            .key(api_key, Some(key_id))
+            .fingerprint(fingerprint),
+    );
+}
+
+fn deactivated(key: &ApiKey, reason: DeactivationReason, actor: Actor<'_>) {
+    metrics::get()
+        .keys_deactivated_total
+        .with_label_values(&[actor.label(), reason.as_str()])
+        .inc();
+    let sentence = format!(
+        "API key {:?} ({}) of service account {:?} deactivated: {}",
+        key.name,
+        key.id,
+        key.service_account_name,
+        reason.describe()
+    );
+    tracing::warn!(
+        policy = actor.label(),
+        reason = reason.as_str(),
+        "{sentence}"
+    );
+    let key_id = key.id.to_string();
+    notify::publish(
+        Notice::new(NoticeKind::Deactivated, actor.label(), sentence)
+            .service_account(&key.service_account_name)
+            .key(Some(&key.name), Some(&key_id)),
+    );
 }
 
 fn decided(plan: &KeyPlan, key: Option<&ApiKey>) {
