@@ -143,6 +143,20 @@ fn read(config: &ConfigArg) -> Result<Config, ExitCode> {
     })
 }
 
+/// The `[[key]]` a command names (`rotate NAME`, `revoke NAME`), or a message listing the names.
+fn policy_named(config: &Config, name: &str) -> Result<crate::config::KeyPolicy, ExitCode> {
+    if let Some(policy) = config.key(name) {
+        return Ok(policy.clone());
+    }
+    let names: Vec<&str> = config.keys.iter().map(|k| k.name.as_str()).collect();
+    eprintln!(
+        "zenml-rotator: no [[key]] named {name:?} in {} (known: {})",
+        config.source.display(),
+        names.join(", ")
+    );
+    Err(ExitCode::FAILURE)
+}
+
 /// 0 when everything succeeded, else 1.
 fn exit(success: bool) -> ExitCode {
     if success {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::{ConfigArg, Output, engine, load, runtime};
+use super::{ConfigArg, Output, engine, load, policy_named, runtime};
 use crate::config::Config;
 use crate::engine::Mode;
 use crate::{metrics, notify, output};
@@ -45,16 +45,7 @@ fn confirmed(config: &Config, name: &str) -> bool {
 
 pub fn run(args: RevokeArgs) -> Result<ExitCode, ExitCode> {
     let config = load(&args.config)?;
-    let Some(policy) = config.key(&args.name).cloned() else {
-        let names: Vec<&str> = config.keys.iter().map(|k| k.name.as_str()).collect();
-        eprintln!(
-            "zenml-rotator: no [[key]] named {:?} in {} (known: {})",
-            args.name,
-            config.source.display(),
-            names.join(", ")
-        );
-        return Err(ExitCode::FAILURE);
-    };
+    let policy = policy_named(&config, &args.name)?;
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             eprintln!(

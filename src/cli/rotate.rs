@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use clap::Args;
 
-use super::{ConfigArg, Output, engine, exit, load, runtime};
+use super::{ConfigArg, Output, engine, exit, load, policy_named, runtime};
 use crate::engine::Mode;
 use crate::engine::failure::Force;
 use crate::pass::{self, Scope};
@@ -27,16 +27,7 @@ pub struct RotateArgs {
 
 pub fn run(args: RotateArgs) -> Result<ExitCode, ExitCode> {
     let config = load(&args.config)?;
-    let Some(policy) = config.key(&args.name).cloned() else {
-        let names: Vec<&str> = config.keys.iter().map(|k| k.name.as_str()).collect();
-        eprintln!(
-            "zenml-rotator: no [[key]] named {:?} in {} (known: {})",
-            args.name,
-            config.source.display(),
-            names.join(", ")
-        );
-        return Err(ExitCode::FAILURE);
-    };
+    let policy = policy_named(&config, &args.name)?;
     let rt = runtime()?;
     let engine = engine(&config, Mode::Live)?;
     notify::install(&config);

@@ -126,11 +126,7 @@ async fn a_failing_hook_is_retried_by_the_next_passes_until_it_succeeds() {
         ),
     );
     rig.write();
-    let count = || {
-        std::fs::read_to_string(&runs)
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    };
+    let count = || crate::lines_in(&runs);
 
     // The rotation stands; the pass fails because of the hook.
     let ran = rig.expect(&["once", "--output", "json"], 1);
@@ -200,11 +196,7 @@ async fn a_hook_that_keeps_failing_is_given_up_after_five_attempts() {
         ),
     );
     rig.write();
-    let count = || {
-        std::fs::read_to_string(&runs)
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
-    };
+    let count = || crate::lines_in(&runs);
     for pass in 1..=5 {
         let started = std::time::Instant::now();
         let ran = rig.expect(&["once", "--output", "json"], 1);

@@ -91,3 +91,10 @@ fn script(rig: &Rig, name: &str, body: &str) -> String {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
     path.display().to_string()
 }
+
+/// How many lines a file has (0 when it does not exist): how often a hook ran.
+fn lines_in(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
