@@ -12,6 +12,7 @@ use crate::secret::SecretSource;
 
 mod diff;
 mod error;
+mod notify;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,7 @@ pub use crate::store::file::FileSettings;
 pub use crate::store::vault::{VaultAuth, VaultSettings};
 pub use diff::{ConfigChange, diff};
 pub use error::{ConfigError, Diagnostic};
+pub use notify::{Hook, HookStdin, KeyHooks, NoticeKind, NotifySink, NotifyTarget, WebhookFormat};
 
 impl Config {
     /// Reads and validates a policy file. Reads nothing else: the credentials it names are read
@@ -74,6 +76,8 @@ pub struct Config {
     /// `[[key]]`, in file order, with `[defaults]` applied.
     pub keys: Vec<KeyPolicy>,
     pub hygiene: Option<HygieneSettings>,
+    /// `[[notify]]`, in file order: webhooks and audit files every event is offered to.
+    pub notify: Vec<NotifySink>,
     /// Every cleartext endpoint the file accepts with `allow_insecure_http = true`, in file
     /// order: not an error, but to be said at every load (logged, and the
     /// `insecure_endpoints` gauge).
@@ -244,6 +248,9 @@ pub struct KeyPolicy {
     pub retire_previous: bool,
     /// `replace` only: delete deactivated keys this long after deactivation.
     pub delete_after: Option<Duration>,
+    /// `on_rotated` and `on_finalized`: commands run once a new value is stored and verified, or
+    /// once a rotation is finalized.
+    pub hooks: KeyHooks,
 }
 
 /// `[hygiene]` (opt-in): server-wide checks beyond the managed keys.

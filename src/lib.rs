@@ -8,9 +8,9 @@
 //! - audit: `audit` (inventory, hygiene)
 //! - engine: `engine` (observe, act, write, journal, key guard, events) and `strategy` (rotate, replace)
 //! - rules (pure): `engine::decide`, `schedule`
-//! - clients: `zenml`, `store`
+//! - clients: `zenml`, `store`, `notify` (webhooks and audit files)
 //! - config: `config`
-//! - base: `cron`, `naming`, `time`, `secret`, `durable`, `metrics`, `http`, `fault`
+//! - base: `cron`, `naming`, `time`, `secret`, `durable`, `metrics`, `http`, `fault`, `host`
 
 pub mod audit;
 pub mod cli;
@@ -20,9 +20,11 @@ pub mod daemon;
 pub mod durable;
 pub mod engine;
 pub mod fault;
+pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod naming;
+pub mod notify;
 pub mod output;
 pub mod pass;
 pub mod schedule;

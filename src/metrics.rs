@@ -75,6 +75,8 @@ pub struct Metrics {
     pub claims: ClaimMetrics,
     pub recoveries_total: IntCounterVec,
     pub insecure_endpoints: IntGauge,
+    pub notifications_failed_total: IntCounterVec,
+    pub hook_failures_total: IntCounterVec,
     /// Per policy, how many keys wait for deactivation: `pending_deactivations` is the sum.
     pending_by_policy: Mutex<BTreeMap<String, usize>>,
 }
@@ -256,6 +258,16 @@ impl Metrics {
                 "insecure_endpoints",
                 "Cleartext http endpoints beyond loopback that the policy file allows with allow_insecure_http.",
             )?,
+            notifications_failed_total: b.counters(
+                "notifications_failed_total",
+                "Notifications ([[notify]] webhooks and audit files) given up after their retries, by sink (notify[N]).",
+                &["sink"],
+            )?,
+            hook_failures_total: b.counters(
+                "hook_failures_total",
+                "Hook runs that failed or timed out, by policy and hook (on_rotated, on_finalized).",
+                &["policy", "hook"],
+            )?,
             pending_by_policy: Mutex::new(BTreeMap::new()),
             registry: b.registry,
         };
@@ -302,6 +314,9 @@ impl Metrics {
         for result in ["success", "failure"] {
             self.recoveries_total.with_label_values(&[policy, result]);
         }
+        for hook in ["on_rotated", "on_finalized"] {
+            self.hook_failures_total.with_label_values(&[policy, hook]);
+        }
     }
 
     /// Drops every series of a policy that is no longer in the config (after a reload): the
@@ -326,6 +341,7 @@ impl Metrics {
         remove_policy(&self.rotations_total, policy);
         remove_policy(&self.errors_total, policy);
         remove_policy(&self.keys_deactivated_total, policy);
+        remove_policy(&self.hook_failures_total, policy);
         self.set_deactivation_due(policy, 0, None);
     }
 

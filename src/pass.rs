@@ -38,9 +38,9 @@ pub struct PassReport {
 }
 
 impl PassReport {
-    /// Keys and hygiene rows that failed.
+    /// Keys and hygiene rows that failed; a key whose hook failed counts (its rotation stands).
     pub fn failed(&self) -> usize {
-        self.keys.iter().filter(|r| r.result.is_err()).count()
+        self.keys.iter().filter(|r| r.failed()).count()
             + self.hygiene.iter().filter(|h| h.failed).count()
     }
 

@@ -192,6 +192,7 @@ fn record(key_id: &str) -> RotationRecord {
         retire_at: None,
         rescue_for: None,
         rescue_until: None,
+        hooks: Default::default(),
     }
 }
 

@@ -16,6 +16,7 @@ mod check;
 mod inventory;
 mod once;
 mod plan;
+mod revoke;
 mod rotate;
 mod run;
 #[cfg(test)]
@@ -72,6 +73,8 @@ enum Command {
     Run(run::RunArgs),
     /// Every service account and key on the server: managed or not, active, age, last login.
     Inventory(inventory::InventoryArgs),
+    /// A leaked key: store a new value, then cut the old value and its tokens off now.
+    Revoke(revoke::RevokeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +100,7 @@ impl Cli {
             Command::Rotate(args) => rotate::run(args),
             Command::Run(args) => run::run(args),
             Command::Inventory(args) => inventory::run(args),
+            Command::Revoke(args) => revoke::run(args),
         };
         // Err carries the exit code of a command that stopped early (and already said why).
         result.unwrap_or_else(|code| code)
@@ -137,6 +141,20 @@ fn read(config: &ConfigArg) -> Result<Config, ExitCode> {
         eprintln!("{e}");
         ExitCode::from(EX_CONFIG)
     })
+}
+
+/// The `[[key]]` a command names (`rotate NAME`, `revoke NAME`), or a message listing the names.
+fn policy_named(config: &Config, name: &str) -> Result<crate::config::KeyPolicy, ExitCode> {
+    if let Some(policy) = config.key(name) {
+        return Ok(policy.clone());
+    }
+    let names: Vec<&str> = config.keys.iter().map(|k| k.name.as_str()).collect();
+    eprintln!(
+        "zenml-rotator: no [[key]] named {name:?} in {} (known: {})",
+        config.source.display(),
+        names.join(", ")
+    );
+    Err(ExitCode::FAILURE)
 }
 
 /// 0 when everything succeeded, else 1.

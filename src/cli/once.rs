@@ -9,7 +9,7 @@ use clap::Args;
 use super::{ConfigArg, Output, engine, exit, load, runtime};
 use crate::engine::Mode;
 use crate::pass::{self, Scope};
-use crate::{metrics, output};
+use crate::{metrics, notify, output};
 
 #[derive(Debug, Args)]
 pub struct OnceArgs {
@@ -33,6 +33,9 @@ pub fn run(args: OnceArgs) -> Result<ExitCode, ExitCode> {
         Mode::Live
     };
     let engine = engine(&config, mode)?;
+    if mode == Mode::Live {
+        notify::install(&config);
+    }
     let stop = AtomicBool::new(false);
     let report = rt.block_on(pass::run(&engine, &config, Scope::all(&config), &stop));
     print!(
@@ -40,6 +43,8 @@ pub fn run(args: OnceArgs) -> Result<ExitCode, ExitCode> {
         output::pass::render(&report.keys, &report.hygiene, args.output.into())
     );
     if mode == Mode::Live {
+        // Failed deliveries are counted before the metrics leave.
+        rt.block_on(notify::drain(notify::EXIT_WAIT));
         rt.block_on(metrics::export_one_shot(&config.metrics));
     }
     Ok(exit(report.success()))

@@ -6,11 +6,11 @@ use std::sync::atomic::AtomicBool;
 
 use clap::Args;
 
-use super::{ConfigArg, Output, engine, exit, load, runtime};
+use super::{ConfigArg, Output, engine, exit, load, policy_named, runtime};
 use crate::engine::Mode;
 use crate::engine::failure::Force;
 use crate::pass::{self, Scope};
-use crate::{metrics, output};
+use crate::{metrics, notify, output};
 
 #[derive(Debug, Args)]
 pub struct RotateArgs {
@@ -27,18 +27,10 @@ pub struct RotateArgs {
 
 pub fn run(args: RotateArgs) -> Result<ExitCode, ExitCode> {
     let config = load(&args.config)?;
-    let Some(policy) = config.key(&args.name).cloned() else {
-        let names: Vec<&str> = config.keys.iter().map(|k| k.name.as_str()).collect();
-        eprintln!(
-            "zenml-rotator: no [[key]] named {:?} in {} (known: {})",
-            args.name,
-            config.source.display(),
-            names.join(", ")
-        );
-        return Err(ExitCode::FAILURE);
-    };
+    let policy = policy_named(&config, &args.name)?;
     let rt = runtime()?;
     let engine = engine(&config, Mode::Live)?;
+    notify::install(&config);
     let scope = Scope {
         keys: std::slice::from_ref(&policy),
         force: Some(if args.force { Force::Yes } else { Force::No }),
@@ -49,6 +41,7 @@ pub fn run(args: RotateArgs) -> Result<ExitCode, ExitCode> {
         "{}",
         output::pass::render(&report.keys, &[], args.output.into())
     );
+    rt.block_on(notify::drain(notify::EXIT_WAIT));
     rt.block_on(metrics::export_one_shot(&config.metrics));
     // The key asked for decides; journal entries of other policies are reported, not failed on.
     Ok(exit(report.failed() == 0))

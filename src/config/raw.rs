@@ -25,6 +25,7 @@ pub(super) struct RawConfig {
     pub stores: Option<BTreeMap<String, RawStore>>,
     pub key: Option<Vec<RawKey>>,
     pub hygiene: Option<RawHygiene>,
+    pub notify: Option<Vec<RawNotify>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +80,32 @@ pub(super) struct RawKey {
     pub timezone: Option<String>,
     pub retire_previous: Option<bool>,
     pub delete_after: Option<String>,
+    pub on_rotated: Option<RawHook>,
+    pub on_finalized: Option<RawHook>,
+}
+
+/// `on_rotated = { command = [...], timeout = "60s", stdin = "payload" }`, and `on_finalized`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHook {
+    pub command: Option<Vec<String>>,
+    pub timeout: Option<String>,
+    pub stdin: Option<String>,
+}
+
+/// One `[[notify]]`: a webhook (`url`) or an audit file (`path`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub url: Option<String>,
+    pub format: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub secret_env: Option<String>,
+    pub secret_file: Option<String>,
+    pub path: Option<String>,
+    pub allow_insecure_http: Option<bool>,
+    /// Rejected: secrets are never inline.
+    pub secret: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -98,6 +98,7 @@ fn a_minimal_file_gets_every_default() {
             retain: mins(60),
             retire_previous: false,
             delete_after: None,
+            hooks: Default::default(),
         }
     );
     assert_eq!(c.key("t"), Some(k));
@@ -522,4 +523,77 @@ fn a_key_with_several_problems_gets_all_of_them() {
     ));
     let fields: Vec<&str> = d.iter().map(|d| d.field.as_str()).collect();
     assert_eq!(fields, ["key[0].strategy", "key[0].retain", "key[0].path"]);
+}
+
+#[test]
+fn notify_tables_and_hooks_get_their_defaults() {
+    use crate::config::{Hook, HookStdin, NoticeKind, NotifyTarget, WebhookFormat};
+    let src = r#"
+[zenml]
+url = "https://zenml.example.com"
+api_key_env = "ZENML_STORE_API_KEY"
+
+[[notify]]
+url = "https://hooks.example.com/zenml/"
+
+[[notify]]
+path = "audit.jsonl"
+
+[[notify]]
+url = "http://127.0.0.1:8080/h"
+format = "slack"
+events = ["revoked", "rotated"]
+secret_file = "hook-secret"
+
+[[key]]
+name = "t"
+service_account = "sa"
+api_key = "default"
+path = "t.env"
+on_rotated = { command = ["/usr/bin/true", "x"] }
+on_finalized = { command = ["/bin/sh"], timeout = "5s", stdin = "payload" }
+"#;
+    let c = Config::parse(src, Path::new("t.toml")).unwrap();
+    let labels: Vec<&str> = c.notify.iter().map(|n| n.label.as_str()).collect();
+    assert_eq!(labels, ["notify[0]", "notify[1]", "notify[2]"]);
+    assert_eq!(
+        c.notify[0].events,
+        [NoticeKind::Failed, NoticeKind::Blocked]
+    );
+    assert_eq!(
+        c.notify[0].target,
+        NotifyTarget::Webhook {
+            url: "https://hooks.example.com/zenml".into(),
+            format: WebhookFormat::Json,
+            secret: None,
+        }
+    );
+    assert_eq!(c.notify[1].events, NoticeKind::ALL);
+    assert!(matches!(c.notify[1].target, NotifyTarget::Audit { .. }));
+    // In NoticeKind::ALL order, whatever the file's order.
+    assert_eq!(
+        c.notify[2].events,
+        [NoticeKind::Rotated, NoticeKind::Revoked]
+    );
+    assert!(matches!(
+        c.notify[2].target,
+        NotifyTarget::Webhook {
+            format: WebhookFormat::Slack,
+            secret: Some(_),
+            ..
+        }
+    ));
+    let hooks = &c.keys[0].hooks;
+    assert_eq!(
+        hooks.on_rotated,
+        Some(Hook {
+            command: vec!["/usr/bin/true".into(), "x".into()],
+            timeout: Duration::from_secs(60),
+            stdin: HookStdin::None,
+        })
+    );
+    assert_eq!(
+        hooks.on_finalized.as_ref().map(|h| (h.timeout, h.stdin)),
+        Some((Duration::from_secs(5), HookStdin::Payload))
+    );
 }

@@ -20,6 +20,7 @@ use super::{
 use crate::secret::SecretSource;
 use crate::store::settings as store_settings;
 
+mod notify;
 mod policy;
 #[cfg(test)]
 mod tests;
@@ -146,6 +147,8 @@ fn without_inline_secret_fields(message: &str, field: &str) -> String {
     // `api_key` is the key's name in a [[key]], an inline secret in [zenml].
     let inline: &[&str] = if field.starts_with("zenml.") {
         &["password", "api_key"]
+    } else if field.starts_with("notify[") {
+        &["secret"]
     } else {
         &["password"]
     };
@@ -254,6 +257,7 @@ impl Validator<'_> {
             .hygiene
             .as_ref()
             .map(|h| self.hygiene(h, &root.key("hygiene")));
+        let notify = self.notify(raw.notify.as_deref().unwrap_or(&[]));
         Config {
             source: file.to_path_buf(),
             zenml,
@@ -265,6 +269,7 @@ impl Validator<'_> {
             stores,
             keys,
             hygiene,
+            notify,
             insecure_endpoints: Vec::new(),
         }
     }

@@ -109,6 +109,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
     let config = load(&config_path)?;
     metrics::get().set_insecure_endpoints(config.insecure_endpoints.len());
     let engine = Arc::new(Engine::new(&config, Mode::Live)?);
+    crate::notify::install(&config);
     for key in &config.keys {
         metrics::get().init_policy(&key.name);
     }
@@ -159,6 +160,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
         }
     }
     sd_notify("STOPPING=1");
+    crate::notify::drain(crate::notify::EXIT_WAIT).await;
     Ok(())
 }
 
@@ -237,6 +239,7 @@ async fn shutdown(
     match tokio::time::timeout(limit, pass).await {
         Ok(_) => {
             tracing::info!("rotations in flight finished; exiting");
+            crate::notify::drain(crate::notify::EXIT_WAIT).await;
             Ok(())
         }
         Err(_) => Err(DaemonError::ShutdownTimeout(limit)),

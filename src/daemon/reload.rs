@@ -72,6 +72,7 @@ pub fn reload(state: &mut State, path: &Path) {
         "policy reloaded"
     );
     metrics::get().set_insecure_endpoints(new.insecure_endpoints.len());
+    crate::notify::install(&new);
     state.config = new;
     state.engine = engine;
 }

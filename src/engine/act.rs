@@ -14,6 +14,7 @@ use super::decide::{self, KeyPlan, Observed, Why};
 use super::events::{self, Actor, DeactivationReason, Event};
 use super::failure::{DisableError, Force, KeyError, KeyFailure, Outcome};
 use super::guard::{self, Disable};
+use super::hooks;
 use super::observe::observe;
 use super::writer::preflight_store;
 use crate::config::KeyPolicy;
@@ -65,6 +66,12 @@ pub trait Act: Send + Sync {
         policies: &[KeyPolicy],
         keys: &[&ApiKey],
     ) -> Vec<Result<Retired, DisableError>>;
+
+    /// The key's hooks still pending for its stored value, after the pass's steps for it.
+    /// None by default: only a live pass runs them.
+    async fn run_hooks(&self, _ctx: &Context, _policy: &KeyPolicy) -> Vec<Outcome> {
+        Vec::new()
+    }
 }
 
 /// The decisions that need no claim: waiting, and what stops the key. `None`: act.
@@ -122,6 +129,28 @@ fn draft(policy: &KeyPolicy, obs: &Observed) -> Draft {
     }
 }
 
+/// Takes the key's claim, as every act on a key does (a pass's step, `revoke`). `Ok(Err(why))`:
+/// another rotator holds it, and `why` says who.
+pub async fn take_claim(
+    ctx: &Context,
+    policy: &KeyPolicy,
+    obs: &Observed,
+) -> Result<Result<ClaimHandle, String>, KeyFailure> {
+    let store = ctx.store(&policy.store).await?;
+    let seen = obs.claim.as_ref().map(|c| &c.stored);
+    let rules = ctx.claim_rules();
+    let taken = ClaimHandle::acquire(rules, store.clone(), &policy.path, seen, draft(policy, obs));
+    match taken.await {
+        Ok(c) => Ok(Ok(c)),
+        Err(held @ ClaimError::Held { .. }) => Ok(Err(format!("{held}."))),
+        Err(e) => {
+            // The store refused the claim: its pre-flight names what is missing, if it can.
+            preflight_store(&store, policy).await?;
+            Err(KeyFailure::claim(Stage::Preflight, e))
+        }
+    }
+}
+
 pub struct Live;
 
 #[async_trait]
@@ -136,19 +165,9 @@ impl Act for Live {
             return Ok(step);
         }
         let (ctx, policy) = (work.ctx, work.policy);
-        let store = ctx.store(&policy.store).await?;
-        let seen = obs.claim.as_ref().map(|c| &c.stored);
-        let rules = ctx.claim_rules();
-        let taken =
-            ClaimHandle::acquire(rules, store.clone(), &policy.path, seen, draft(policy, obs));
-        let mut claim = match taken.await {
+        let mut claim = match take_claim(ctx, policy, obs).await? {
             Ok(c) => c,
-            Err(held @ ClaimError::Held { .. }) => return claimed(work, format!("{held}.")),
-            Err(e) => {
-                // The store refused the claim: its pre-flight names what is missing, if it can.
-                preflight_store(&store, policy).await?;
-                return Err(KeyFailure::claim(Stage::Preflight, e));
-            }
+            Err(held) => return claimed(work, held),
         };
         // Look again under the claim: another rotator may have finished the key meanwhile.
         let obs = observe(ctx, policy, work.accounts, Some(&claim)).await;
@@ -187,6 +206,10 @@ impl Act for Live {
             out.push(result);
         }
         out
+    }
+
+    async fn run_hooks(&self, ctx: &Context, policy: &KeyPolicy) -> Vec<Outcome> {
+        hooks::run_pending(ctx, policy).await
     }
 }
 

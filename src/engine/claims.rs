@@ -29,22 +29,13 @@ pub fn holder_id() -> &'static str {
     static ID: OnceLock<String> = OnceLock::new();
     ID.get_or_init(|| {
         let random = uuid::Uuid::new_v4().simple().to_string();
-        format!("{}/{}/{}", host_name(), std::process::id(), &random[..8])
+        format!(
+            "{}/{}/{}",
+            crate::host::name(),
+            std::process::id(),
+            &random[..8]
+        )
     })
-}
-
-fn host_name() -> String {
-    if let Some(host) = crate::fault::host() {
-        return host;
-    }
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    match std::str::from_utf8(&buf[..end]) {
-        Ok(name) if rc == 0 && !name.is_empty() => name.to_owned(),
-        _ => "unknown-host".to_owned(),
-    }
 }
 
 /// Whether `holder` names a process of this host that no longer runs: this process's own pid
@@ -55,7 +46,7 @@ fn holder_gone(holder: &str) -> bool {
     let (Some(_random), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
         return false;
     };
-    if host != host_name() || holder == holder_id() {
+    if host != crate::host::name() || holder == holder_id() {
         return false;
     }
     let Ok(pid) = pid.parse::<i32>() else {

@@ -8,7 +8,9 @@ use chrono::Utc;
 
 use super::decide::KeyPlan;
 use super::failure::{KeyError, KeyFailure, Outcome};
+use crate::config::NoticeKind;
 use crate::metrics::{self, Stage};
+use crate::notify::{self, Notice};
 use crate::zenml::ApiKey;
 
 /// Who takes a key out of service: a policy, or hygiene. The `policy` label of the metrics.
@@ -47,6 +49,8 @@ pub enum DeactivationReason {
     Orphan,
     /// `[hygiene] deactivate_unused_after`.
     Unused,
+    /// `revoke`: its value leaked.
+    Revoked,
 }
 
 impl DeactivationReason {
@@ -55,6 +59,7 @@ impl DeactivationReason {
             DeactivationReason::Retired => "retired",
             DeactivationReason::Orphan => "orphan",
             DeactivationReason::Unused => "unused",
+            DeactivationReason::Revoked => "revoked",
         }
     }
 
@@ -63,6 +68,7 @@ impl DeactivationReason {
             DeactivationReason::Retired => "replaced; its retain window ended",
             DeactivationReason::Orphan => "created by an interrupted run and never stored",
             DeactivationReason::Unused => "unused for longer than hygiene allows",
+            DeactivationReason::Revoked => "revoked: its value leaked",
         }
     }
 }
@@ -76,6 +82,8 @@ pub enum Event<'a> {
     /// A new value is stored, read back equal and accepted by ZenML.
     Rotated {
         policy: &'a str,
+        /// The name of the ZenML key whose value is stored now.
+        api_key: &'a str,
         key_id: &'a str,
         fingerprint: &'a str,
         store: &'static str,
@@ -131,8 +139,27 @@ pub enum Event<'a> {
     /// A rotation whose new value nobody kept was healed.
     Recovered {
         policy: &'a str,
+        api_key: &'a str,
+        key_id: &'a str,
+        fingerprint: &'a str,
         detail: &'a str,
         took: Duration,
+    },
+    /// `revoke`: a leaked value and every token minted from it are refused from now on.
+    Revoked {
+        policy: &'a str,
+        api_key: &'a str,
+        key_id: &'a str,
+        fingerprint: &'a str,
+        detail: &'a str,
+    },
+    /// A hook failed or timed out (the sentence says whether later passes retry it).
+    HookFailed {
+        policy: &'a str,
+        hook: &'static str,
+        key_id: &'a str,
+        fingerprint: &'a str,
+        detail: &'a str,
     },
     /// A recovery failed (the next pass tries again).
     RecoveryFailed {
@@ -152,6 +179,7 @@ pub fn emit(event: Event<'_>) {
         Event::Decided { plan, key } => decided(plan, key),
         Event::Rotated {
             policy,
+            api_key,
             key_id,
             fingerprint,
             store,
@@ -161,7 +189,20 @@ pub fn emit(event: Event<'_>) {
             detail,
         } => {
             m.rotation_duration_seconds.observe(took.as_secs_f64());
-            tracing::info!(policy, key_id, fingerprint, store, path, %detail, "{what}");
+            let sentence = if detail.is_empty() {
+                what.to_owned()
+            } else {
+                format!("{what}: {detail}")
+            };
+            tracing::info!(policy, key_id, fingerprint, store, path, "{sentence}");
+            told(
+                NoticeKind::Rotated,
+                policy,
+                sentence,
+                Some(api_key),
+                key_id,
+                fingerprint,
+            );
         }
         Event::Finalized {
             policy,
@@ -169,7 +210,9 @@ pub fn emit(event: Event<'_>) {
             retired,
         } => {
             m.previous_key_accepted.with_label_values(&[policy]).set(0);
-            tracing::info!(policy, %detail, retired, "rotation finalized");
+            let sentence = format!("rotation finalized: {detail}");
+            tracing::info!(policy, retired, "{sentence}");
+            notify::publish(Notice::new(NoticeKind::Finalized, policy, sentence));
         }
         Event::PreviousStillAccepted { policy } => {
             m.previous_key_accepted.with_label_values(&[policy]).set(1);
@@ -179,13 +222,7 @@ pub fn emit(event: Event<'_>) {
             pending,
             due,
         } => m.set_deactivation_due(policy, pending, due),
-        Event::Deactivated { key, reason, actor } => {
-            m.keys_deactivated_total
-                .with_label_values(&[actor.label(), reason.as_str()])
-                .inc();
-            tracing::warn!(policy = actor.label(), service_account = %key.service_account_name,
-                key = %key.name, key_id = %key.id, reason = reason.as_str(), "API key deactivated");
-        }
+        Event::Deactivated { key, reason, actor } => deactivated(key, reason, actor),
         Event::Deleted { key, actor } => {
             tracing::info!(policy = actor.label(), service_account = %key.service_account_name,
                 key = %key.name, key_id = %key.id, "API key deleted");
@@ -212,16 +249,8 @@ pub fn emit(event: Event<'_>) {
                     .remove_label_values(&[policy]);
             }
         },
-        Event::Recovered {
-            policy,
-            detail,
-            took,
-        } => {
-            m.recoveries_total
-                .with_label_values(&[policy, "success"])
-                .inc();
-            m.rotation_duration_seconds.observe(took.as_secs_f64());
-            tracing::warn!(policy, %detail, "recovered a rotation whose new value nobody kept");
+        e @ (Event::Recovered { .. } | Event::Revoked { .. } | Event::HookFailed { .. }) => {
+            value_event(e)
         }
         Event::RecoveryFailed { policy, error } => {
             m.recoveries_total
@@ -234,6 +263,115 @@ pub fn emit(event: Event<'_>) {
             tracing::warn!(policy, %why, "lost the claim on the key before finishing; another rotator finishes it");
         }
     }
+}
+
+/// The events about a key's new value beyond a rotation: recovered, revoked, a hook failed.
+fn value_event(event: Event<'_>) {
+    let m = metrics::get();
+    match event {
+        Event::Recovered {
+            policy,
+            api_key,
+            key_id,
+            fingerprint,
+            detail,
+            took,
+        } => {
+            m.recoveries_total
+                .with_label_values(&[policy, "success"])
+                .inc();
+            m.rotation_duration_seconds.observe(took.as_secs_f64());
+            let sentence = format!("recovered a rotation whose new value nobody kept: {detail}");
+            tracing::warn!(policy, key_id, fingerprint, "{sentence}");
+            told(
+                NoticeKind::Recovered,
+                policy,
+                sentence,
+                Some(api_key),
+                key_id,
+                fingerprint,
+            );
+        }
+        Event::Revoked {
+            policy,
+            api_key,
+            key_id,
+            fingerprint,
+            detail,
+        } => {
+            tracing::warn!(policy, key_id, fingerprint, "{detail}");
+            told(
+                NoticeKind::Revoked,
+                policy,
+                detail.to_owned(),
+                Some(api_key),
+                key_id,
+                fingerprint,
+            );
+        }
+        Event::HookFailed {
+            policy,
+            hook,
+            key_id,
+            fingerprint,
+            detail,
+        } => {
+            m.hook_failures_total
+                .with_label_values(&[policy, hook])
+                .inc();
+            tracing::error!(policy, hook, key_id, fingerprint, "{detail}");
+            told(
+                NoticeKind::HookFailed,
+                policy,
+                detail.to_owned(),
+                None,
+                key_id,
+                fingerprint,
+            );
+        }
+        _ => {}
+    }
+}
+
+/// The notification of an event about one key's value.
+fn told(
+    kind: NoticeKind,
+    policy: &str,
+    sentence: String,
+    api_key: Option<&str>,
+    key_id: &str,
+    fingerprint: &str,
+) {
+    notify::publish(
+        Notice::new(kind, policy, sentence)
+            .key(api_key, Some(key_id))
+            .fingerprint(fingerprint),
+    );
+}
+
+fn deactivated(key: &ApiKey, reason: DeactivationReason, actor: Actor<'_>) {
+    metrics::get()
+        .keys_deactivated_total
+        .with_label_values(&[actor.label(), reason.as_str()])
+        .inc();
+    let sentence = format!(
+        "API key {:?} ({}) of service account {:?} deactivated: {}",
+        key.name,
+        key.id,
+        key.service_account_name,
+        reason.describe()
+    );
+    tracing::warn!(
+        policy = actor.label(),
+        reason = reason.as_str(),
+        "{sentence}"
+    );
+    let key_id = key.id.to_string();
+    notify::publish(
+        Notice::new(NoticeKind::Deactivated, actor.label(), sentence)
+            .service_account(&key.service_account_name)
+            .key(Some(&key.name), Some(&key_id)),
+    );
 }
 
 fn decided(plan: &KeyPlan, key: Option<&ApiKey>) {
@@ -286,7 +424,13 @@ fn key_finished(policy: &str, result: &Result<Vec<Outcome>, KeyFailure>) {
             if let Some(result) = result {
                 m.rotations_total.with_label_values(&[policy, result]).inc();
             }
-            tracing::warn!(policy, stage = f.stage.as_str(), "{}", f.error);
+            let sentence = f.error.to_string();
+            tracing::warn!(policy, stage = f.stage.as_str(), "{sentence}");
+            let kind = match f.error {
+                KeyError::Blocked(_) => NoticeKind::Blocked,
+                _ => NoticeKind::Failed,
+            };
+            notify::publish(Notice::new(kind, policy, sentence));
         }
     }
 }

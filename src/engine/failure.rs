@@ -185,6 +185,10 @@ pub enum Outcome {
     },
     /// `--dry-run`: what a real pass would have done.
     WouldDo { action: Action, reason: String },
+    /// A hook (`on_rotated`, `on_finalized`) ran for the stored value.
+    HookRan { hook: &'static str, detail: String },
+    /// A hook failed or timed out: the rotation stands, the pass fails, later passes retry it.
+    HookFailed { hook: &'static str, detail: String },
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +199,18 @@ pub struct KeyReport {
     pub next_due: Option<DateTime<Utc>>,
     /// Whether ZenML answered during this key's work (for `/readyz`).
     pub zenml_reached: bool,
+}
+
+impl KeyReport {
+    /// The key failed, or one of its hooks did.
+    pub fn failed(&self) -> bool {
+        match &self.result {
+            Err(_) => true,
+            Ok(outcomes) => outcomes
+                .iter()
+                .any(|o| matches!(o, Outcome::HookFailed { .. })),
+        }
+    }
 }
 
 /// How `rotate NAME` treats invariant 1.

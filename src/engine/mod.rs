@@ -15,9 +15,11 @@ pub mod dry_run;
 pub mod events;
 pub mod failure;
 pub mod guard;
+pub mod hooks;
 pub mod journal;
 pub mod observe;
 pub mod reconcile;
+pub mod revoke;
 pub mod stores;
 pub mod writer;
 

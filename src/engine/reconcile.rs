@@ -83,9 +83,13 @@ pub async fn keys(
                     };
                 }
                 let mut next_due = None;
-                let result = reconcile(engine, &policy, &accounts, force, &mut next_due).await;
+                let mut result = reconcile(engine, &policy, &accounts, force, &mut next_due).await;
                 if rotated(&result) {
                     refresh(engine, &policy, &accounts, &mut next_due).await;
+                }
+                // After the steps: the value they stored is verified, and a finalize is recorded.
+                if let Ok(outcomes) = &mut result {
+                    outcomes.extend(engine.act().run_hooks(engine.ctx(), &policy).await);
                 }
                 let report = finished(&policy, result, next_due, true);
                 if let Ok(entries) = engine.ctx().journal().entries() {

@@ -11,7 +11,7 @@ use crate::config::KeyPolicy;
 use crate::fault;
 use crate::metrics::Stage;
 use crate::secret::{ExposeSecret, SecretString, secrets_equal};
-use crate::store::{Payload, RotationRecord, SecretStore, StoreError, StoreSnapshot};
+use crate::store::{Payload, PendingHooks, RotationRecord, SecretStore, StoreError, StoreSnapshot};
 use crate::zenml::KeyCheck;
 
 /// Invariant 2: the store's snapshot proves a write to the policy's path would succeed now.
@@ -35,6 +35,9 @@ pub async fn preflight_store(
 }
 
 /// Stage, read back equal, promote, read back current equal, record. Idempotent on retry.
+/// The record marks the policy's `on_rotated` hook pending for the new value (run after the
+/// pass's steps, retried by later passes until it succeeds), and keeps an `on_finalized` still
+/// pending from the record it replaces (a finalize and a rotation can share one pass).
 pub async fn store_value(
     ctx: &Context,
     policy: &KeyPolicy,
@@ -45,6 +48,17 @@ pub async fn store_value(
     snapshot: &StoreSnapshot,
 ) -> Result<(), KeyFailure> {
     let fail = |e| KeyFailure::store(Stage::Store, e);
+    let record = &RotationRecord {
+        hooks: PendingHooks {
+            on_rotated: policy.hooks.on_rotated.as_ref().map(|_| 0),
+            on_finalized: snapshot
+                .record
+                .as_ref()
+                .and_then(|r| r.hooks.on_finalized)
+                .filter(|_| policy.hooks.on_finalized.is_some()),
+        },
+        ..record.clone()
+    };
     let payload = Payload {
         zenml_url: ctx.zenml_url().to_owned(),
         api_key: SecretString::from(value.expose_secret().to_owned()),

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 pub mod inventory;
 pub mod pass;
 pub mod plan;
+pub mod revoke;
 
 /// `--output table|json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -21,6 +21,8 @@ fn describe(o: &Outcome) -> (String, String) {
         Outcome::WouldDo { action, reason } => {
             (format!("would {}", action.as_str()), reason.clone())
         }
+        Outcome::HookRan { detail, .. } => ("hook ran".into(), detail.clone()),
+        Outcome::HookFailed { detail, .. } => ("hook failed".into(), detail.clone()),
     }
 }
 

@@ -43,6 +43,7 @@ mod unit {
             retain: mins(60),
             retire_previous: false,
             delete_after: None,
+            hooks: Default::default(),
         }
     }
 
@@ -445,6 +446,7 @@ mod properties {
             retain: Duration::ZERO,
             retire_previous: false,
             delete_after: None,
+            hooks: Default::default(),
         }
     }
 

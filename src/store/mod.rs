@@ -86,6 +86,41 @@ pub struct RotationRecord {
     /// `rescue_until`, when the policy's key is rotated again.
     pub rescue_for: Option<String>,
     pub rescue_until: Option<DateTime<Utc>>,
+    /// The key's hooks that have not yet succeeded for the stored value.
+    pub hooks: PendingHooks,
+}
+
+/// A hook waiting to succeed for the stored value, with its failed attempts so far (`Some(0)`:
+/// not run yet). Kept in the record beside the value it is for, so it survives a restart, needs
+/// no state directory, any rotator of the key sees it, and a new value's record starts clean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PendingHooks {
+    pub on_rotated: Option<u32>,
+    pub on_finalized: Option<u32>,
+}
+
+impl PendingHooks {
+    const ON_ROTATED: &'static str = "on_rotated_pending";
+    const ON_FINALIZED: &'static str = "on_finalized_pending";
+
+    fn put(&self, m: &mut BTreeMap<String, String>) {
+        for (k, v) in [
+            (Self::ON_ROTATED, self.on_rotated),
+            (Self::ON_FINALIZED, self.on_finalized),
+        ] {
+            if let Some(n) = v {
+                m.insert(k.into(), n.to_string());
+            }
+        }
+    }
+
+    fn from_map(m: &BTreeMap<String, String>) -> PendingHooks {
+        let n = |k: &str| m.get(k).and_then(|v| v.parse().ok());
+        PendingHooks {
+            on_rotated: n(Self::ON_ROTATED),
+            on_finalized: n(Self::ON_FINALIZED),
+        }
+    }
 }
 
 /// RFC 3339 with as many sub-second digits as the time has: ZenML's microseconds survive, so a
@@ -126,6 +161,7 @@ impl RotationRecord {
         if let Some(id) = &self.rescue_for {
             m.insert("rescue_for".into(), id.clone());
         }
+        self.hooks.put(&mut m);
         m
     }
 
@@ -148,6 +184,7 @@ impl RotationRecord {
             retire_at: parse_ts(m.get("retire_at")),
             rescue_for: m.get("rescue_for").cloned(),
             rescue_until: parse_ts(m.get("rescue_until")),
+            hooks: PendingHooks::from_map(m),
         })
     }
 }
@@ -397,8 +434,14 @@ mod tests {
             retire_at: Some(t),
             rescue_for: Some("9abc".into()),
             rescue_until: Some(t),
+            hooks: PendingHooks {
+                on_rotated: Some(2),
+                on_finalized: None,
+            },
         };
         let m = r.to_map();
+        assert_eq!(m["on_rotated_pending"], "2");
+        assert!(!m.contains_key("on_finalized_pending"));
         assert_eq!(m["managed_by"], "zenml-rotator");
         assert_eq!(m["rotated_at"], "2026-01-02T03:04:05Z");
         assert_eq!(RotationRecord::from_map(&m), Some(r));

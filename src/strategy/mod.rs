@@ -62,6 +62,17 @@ pub trait KeyStrategy: Send + Sync {
         claim: &mut ClaimHandle,
     ) -> Result<Outcome, KeyFailure>;
 
+    /// `revoke` (a leaked key): issues and stores a new value, then cuts the current value off
+    /// at once, with every token minted from it (and any older value still working), under the
+    /// key's claim, whatever the retain window says.
+    async fn revoke(
+        &self,
+        ctx: &Context,
+        policy: &KeyPolicy,
+        obs: &Observed,
+        claim: &mut ClaimHandle,
+    ) -> Result<Outcome, KeyFailure>;
+
     /// Heals a rotation whose new value nobody kept (`recover`), under the key's claim. Only a
     /// strategy whose rotations can lose a value needs it: by default there is nothing to heal.
     async fn recover(

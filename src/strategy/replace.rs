@@ -79,7 +79,25 @@ impl KeyStrategy for Replacement {
         force: Force,
         claim: &mut ClaimHandle,
     ) -> Result<Outcome, KeyFailure> {
-        replace(ctx, policy, obs, force, claim).await
+        let retain = ChronoDuration::from_std(policy.retain).unwrap_or(ChronoDuration::MAX);
+        replace(ctx, policy, obs, force, retain, claim).await
+    }
+
+    /// A new key, stored; then every other active key of the policy deactivated at once (which
+    /// also refuses every token minted from it) and rotated with retain 0 while inactive, so
+    /// that re-activating it by mistake cannot bring the leaked value back.
+    async fn revoke(
+        &self,
+        ctx: &Context,
+        policy: &KeyPolicy,
+        obs: &Observed,
+        claim: &mut ClaimHandle,
+    ) -> Result<Outcome, KeyFailure> {
+        let outcome = replace(ctx, policy, obs, Force::Yes, ChronoDuration::zero(), claim).await?;
+        if let Outcome::Rotated { key_id, .. } = &outcome {
+            cut_off_now(ctx, policy, obs, key_id, claim).await?;
+        }
+        Ok(outcome)
     }
 
     async fn finalize(
@@ -196,6 +214,7 @@ async fn replace(
     policy: &KeyPolicy,
     obs: &Observed,
     force: Force,
+    retain: ChronoDuration,
     claim: &mut ClaimHandle,
 ) -> Result<Outcome, KeyFailure> {
     let started = Instant::now();
@@ -256,7 +275,6 @@ async fn replace(
 
     // The window of the replaced key starts when its successor is stored: now, give or take
     // the few seconds the store takes.
-    let retain = ChronoDuration::from_std(policy.retain).unwrap_or(ChronoDuration::MAX);
     let retire_at = current.and_then(|k| retire_time(k, retain));
     let record = RotationRecord {
         policy: policy.name.clone(),
@@ -271,6 +289,7 @@ async fn replace(
         retire_at,
         rescue_for: None,
         rescue_until: None,
+        hooks: Default::default(),
     };
     let token = Uuid::new_v4().to_string();
     still_ours(claim, policy, Stage::Store).await?;
@@ -278,6 +297,7 @@ async fn replace(
     let key_id = new.key.id.to_string();
     events::emit(Event::Rotated {
         policy: &policy.name,
+        api_key: &new.key.name,
         key_id: &key_id,
         fingerprint: &fp,
         store: store.kind(),
@@ -300,6 +320,72 @@ async fn replace(
         key_id,
         fingerprint: fp,
     })
+}
+
+/// `revoke`, once the new key is stored: every other active key of the policy out of service
+/// now (the guard refuses the stored one), its value rotated away, and nothing left retiring.
+async fn cut_off_now(
+    ctx: &Context,
+    policy: &KeyPolicy,
+    obs: &Observed,
+    new_id: &str,
+    claim: &mut ClaimHandle,
+) -> Result<(), KeyFailure> {
+    let Some(sa) = obs.service_account.as_ref() else {
+        return Ok(());
+    };
+    let mut old: Vec<&ApiKey> = obs
+        .family
+        .iter()
+        .flat_map(|f| f.keys.iter())
+        .chain(obs.key.as_ref())
+        .filter(|k| k.active && k.id.to_string() != new_id)
+        .collect();
+    old.sort_by_key(|k| k.id);
+    old.dedup_by_key(|k| k.id);
+    let store = ctx.store(&policy.store).await?;
+    still_ours(claim, policy, Stage::Finalize).await?;
+    let protected = guard::protected_keys(policy, &store)
+        .await
+        .map_err(finalize_failure)?;
+    let how = Disable::Deactivate(DeactivationReason::Revoked);
+    for key in old {
+        guard::disable_key(
+            ctx.zenml(),
+            key,
+            how,
+            Actor::Policy(&policy.name),
+            &protected,
+        )
+        .await
+        .map_err(finalize_failure)?;
+        // Deactivation is undone by re-activation; a rotation with retain 0 is not.
+        if let Err(e) = ctx
+            .zenml()
+            .rotate_api_key(sa.id, &key.id.to_string(), 0)
+            .await
+        {
+            tracing::warn!(policy = %policy.name, key = %key.name, key_id = %key.id, error = %e,
+                "deactivated, but its value could not be rotated away: re-activating this key would bring the leaked value back");
+        }
+    }
+    let fail = |e| KeyFailure::store(Stage::Finalize, e);
+    if let Some(mut record) = store.inspect(&policy.path).await.map_err(fail)?.record {
+        record.retiring_key_id = None;
+        record.retire_at = None;
+        record.finalized_at = Some(Utc::now());
+        still_ours(claim, policy, Stage::Finalize).await?;
+        store
+            .set_record(&policy.path, &record)
+            .await
+            .map_err(fail)?;
+    }
+    events::emit(Event::DeactivationsPending {
+        policy: &policy.name,
+        pending: 0,
+        due: None,
+    });
+    Ok(())
 }
 
 /// The clean-up `decide` found due: record a value its record lags behind, remove orphans,
@@ -353,6 +439,7 @@ async fn retire(
     }
 
     let mut still_pending = work.retiring.len();
+    let finalized = work.retire_due(now) && !work.retiring.is_empty();
     if work.retire_due(now) {
         for key in &work.retiring {
             disable(key, Disable::Deactivate(DeactivationReason::Retired)).await?;
@@ -363,6 +450,7 @@ async fn retire(
             record.retiring_key_id = None;
             record.retire_at = None;
             record.finalized_at = Some(Utc::now());
+            record.hooks.on_finalized = policy.hooks.on_finalized.as_ref().map(|_| 0);
             store
                 .set_record(&policy.path, &record)
                 .await
@@ -394,6 +482,13 @@ async fn retire(
     } else {
         done.join("; ")
     };
+    if finalized {
+        events::emit(Event::Finalized {
+            policy: &policy.name,
+            detail: &detail,
+            retired: true,
+        });
+    }
     tracing::info!(policy = %policy.name, %detail, "replace clean-up done");
     Ok(Outcome::Finalized { detail })
 }
@@ -447,6 +542,7 @@ async fn adopt(
         retire_at,
         rescue_for: None,
         rescue_until: None,
+        hooks: Default::default(),
     };
     store
         .set_record(&policy.path, &record)

@@ -60,6 +60,9 @@ fn assert_design_metrics(e: &Exposition) {
         "version",
         "le",
         "reason",
+        // on_rotated or on_finalized; notify[N] from the policy file: both bounded.
+        "hook",
+        "sink",
     ];
     for s in &e.samples {
         assert!(s.name.starts_with("zenml_rotator_"), "{}", s.name);

@@ -513,6 +513,7 @@ impl Validator<'_> {
             None => Some(None),
             Some(j) => j.value.map(|d| (!d.is_zero()).then_some(d)),
         };
+        let hooks = self.key_hooks(k, &at);
         let strategy = strategy?;
         let retire_previous = match &resolved.retire_previous {
             None => Some(false),
@@ -537,6 +538,7 @@ impl Validator<'_> {
             retain: resolved.retain.value?,
             retire_previous: retire_previous?,
             delete_after: delete_after?,
+            hooks: hooks?,
         })
     }
 

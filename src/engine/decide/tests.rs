@@ -71,6 +71,7 @@ mod replace_tests {
             retire_at: retire_at.map(at),
             rescue_for: None,
             rescue_until: None,
+            hooks: Default::default(),
         }
     }
 
@@ -275,6 +276,7 @@ mod rotate_tests {
             retain: Duration::from_secs(3600),
             retire_previous: false,
             delete_after: None,
+            hooks: Default::default(),
         }
     }
 

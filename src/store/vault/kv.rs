@@ -14,7 +14,8 @@ use super::{STORE, VaultStore};
 use crate::metrics::observe_upstream;
 use crate::secret::{SecretString, secrets_equal};
 use crate::store::{
-    ENV_API_KEY, ENV_URL, Payload, RotationRecord, StoreError, StoreErrorKind, StoreSnapshot,
+    ENV_API_KEY, ENV_URL, Payload, PendingHooks, RotationRecord, StoreError, StoreErrorKind,
+    StoreSnapshot,
 };
 
 /// `custom_metadata` keys beside the record: which rotation wrote which KV version, so `promote`
@@ -40,6 +41,10 @@ fn record_keys() -> BTreeSet<String> {
         retire_at: Some(t),
         rescue_for: Some(String::new()),
         rescue_until: Some(t),
+        hooks: PendingHooks {
+            on_rotated: Some(0),
+            on_finalized: Some(0),
+        },
     }
     .to_map()
     .into_keys()

@@ -129,8 +129,12 @@ fn done(
         rfc3339(until),
         policy.api_key
     );
+    let rescue_id = rescue.id.to_string();
     events::emit(Event::Recovered {
         policy: &policy.name,
+        api_key: &rescue.name,
+        key_id: &rescue_id,
+        fingerprint: fp,
         detail: &detail,
         took: started.elapsed(),
     });
@@ -179,6 +183,7 @@ fn rescue_record(
         retire_at: None,
         rescue_for: Some(key.id.to_string()),
         rescue_until: Some(until),
+        hooks: Default::default(),
     }
 }
 
@@ -286,4 +291,27 @@ pub(super) async fn retire_rescue_keys(
         .map_err(failure)?;
     }
     Ok(())
+}
+
+/// `revoke`: a rescue key the new value took over from (or one still retiring) is deactivated
+/// now instead of a retain later, and the record says nothing is retiring.
+pub(super) async fn retire_rescue_now(
+    ctx: &Context,
+    policy: &KeyPolicy,
+    obs: &Observed,
+    claim: &mut ClaimHandle,
+) -> Result<(), KeyFailure> {
+    let store = ctx.store(&policy.store).await?;
+    let fail = |e| KeyFailure::store(Stage::Finalize, e);
+    let Some(mut record) = store.inspect(&policy.path).await.map_err(fail)?.record else {
+        return Ok(());
+    };
+    if record.retiring_key_id.is_none() {
+        return Ok(());
+    }
+    retire_rescue_keys(ctx, policy, obs, &store, claim).await?;
+    record.retiring_key_id = None;
+    record.retire_at = None;
+    still_ours(claim, policy, Stage::Finalize).await?;
+    store.set_record(&policy.path, &record).await.map_err(fail)
 }
