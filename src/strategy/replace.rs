@@ -25,7 +25,7 @@ use crate::fault;
 use crate::metrics::Stage;
 use crate::naming::{CREATED_MARK, generation_name, in_family};
 use crate::secret::fingerprint;
-use crate::store::{RotationRecord, SecretStore, StoreSnapshot};
+use crate::store::{PendingHooks, RotationRecord, SecretStore, StoreSnapshot};
 use crate::time::rfc3339;
 use crate::zenml::{ApiKey, KeyCheck, KeyFilter, ServiceAccount, ZenmlError, key_id_from_value};
 
@@ -542,7 +542,11 @@ async fn adopt(
         retire_at,
         rescue_for: None,
         rescue_until: None,
-        hooks: Default::default(),
+        // The run that stored this value stopped before its record: its hook never ran.
+        hooks: PendingHooks {
+            on_rotated: policy.hooks.on_rotated.as_ref().map(|_| 0),
+            on_finalized: None,
+        },
     };
     store
         .set_record(&policy.path, &record)

@@ -289,10 +289,15 @@ async fn a_value_stored_without_its_record_is_adopted_not_removed() {
     let admin = common::zenml_admin();
     let (sa, seed) = common::new_service_account_with_key(&admin, "replace-adopt").await;
     let path = unique("zr-adopt");
-    let rig = Rig::new(
-        Kind::Aws,
-        &replace_key("adopt", &sa.name, &path, "retain = \"30m\""),
+    // The hook notes the key id of each value it ran for.
+    let ran_for = tempfile::tempdir().unwrap();
+    let ran_for = ran_for.path().join("hook-ran-for");
+    let hook = format!(
+        "retain = \"30m\"\non_rotated = {{ command = [\"/bin/sh\", \"-c\", \
+         \"echo $ZENML_ROTATOR_KEY_ID >> {}\"] }}",
+        ran_for.display()
     );
+    let rig = Rig::new(Kind::Aws, &replace_key("adopt", &sa.name, &path, &hook));
     rig.run(&["once"], 0);
     let store = rig.store().await;
     let first = stored(&store, &path).await;
@@ -337,6 +342,13 @@ async fn a_value_stored_without_its_record_is_adopted_not_removed() {
     assert_eq!(record.key_id, newer.key.id.to_string());
     assert_eq!(record.retiring_key_id, Some(first_id.to_string()));
     assert!(record.retire_at.unwrap() > Utc::now() + chrono::Duration::minutes(25));
+    // The interrupted run never ran the hook for the value it stored: the adopting one did.
+    let hooked = std::fs::read_to_string(&ran_for).unwrap();
+    assert_eq!(
+        hooked.lines().collect::<Vec<_>>(),
+        [first_id.to_string(), newer.key.id.to_string()],
+        "{hooked}"
+    );
     // Nothing was removed: the stored key works, and so does the one it replaced (its window).
     assert!(
         admin
