@@ -11,8 +11,9 @@ start=$(date +%s)
 say "checking deploy/ (systemd units, Kubernetes manifests, Prometheus rules, Dockerfile)"
 scripts/check-deploy.sh
 
-# An older ZenML minor, for the compatibility run at the end: 0.96 predates the token-generation
-# checks of 0.97+ (see shared reference), so key and token behaviour differ.
+# An older ZenML minor, for the compatibility run at the end: the client, the engine and the
+# retiring strategies against another server generation (0.96.4 checks the key generation of
+# tokens too, although the shared reference says it arrived in 0.97; see the README).
 COMPAT_ZENML=${ZR_COMPAT_ZENML_VERSION:-0.96.4}
 COMPAT_RUN="$ROOT/.peers/run-compat"
 
