@@ -13,6 +13,7 @@ use crate::secret::SecretSource;
 mod diff;
 mod error;
 mod raw;
+pub mod schema;
 #[cfg(test)]
 mod tests;
 pub(crate) mod validate;
