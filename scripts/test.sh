@@ -20,6 +20,7 @@ say "installing the real servers (cached under .peers/)"
 scripts/peers.sh install
 ZR_ZENML_VERSION=$COMPAT_ZENML scripts/peers.sh install zenml
 scripts/install-prometheus.sh
+scripts/install-jsonschema.sh
 
 say "format and lint"
 cargo fmt --check

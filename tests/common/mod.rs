@@ -3,6 +3,7 @@
 //! A test that needs a server fails loudly when it is absent: it is never skipped.
 #![allow(dead_code)]
 
+pub mod policies;
 pub mod private_bao;
 pub mod rig;
 pub mod stores;
