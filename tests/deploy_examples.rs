@@ -175,12 +175,24 @@ fn the_systemd_policy_is_valid_and_matches_the_units() {
             "zenml-rotator.service neither loads nor documents {line}"
         );
     }
+    // The policy itself is root-only (0640, the package's conffile): the units read the copy
+    // systemd hands them, and a reload checks the file that copy is made from.
     for unit in [&daemon, &oneshot] {
         assert_eq!(
             unit_values(unit, "LoadCredential"),
-            ["zenml-password:/etc/zenml-rotator/credentials/zenml-password"]
+            [
+                "config.toml:/etc/zenml-rotator/config.toml",
+                "zenml-password:/etc/zenml-rotator/credentials/zenml-password"
+            ]
         );
     }
+    assert_eq!(
+        unit_values(&daemon, "ExecReload"),
+        [
+            "+/usr/bin/zenml-rotator check -c ${CONFIGURATION_DIRECTORY}/config.toml",
+            "+/usr/bin/systemctl --no-block restart %n"
+        ]
+    );
 
     // The sandbox lets the rotator write only to its StateDirectory=.
     for unit in [&daemon, &oneshot] {
@@ -190,10 +202,7 @@ fn the_systemd_policy_is_valid_and_matches_the_units() {
             unit_values(unit, "ConfigurationDirectory"),
             ["zenml-rotator"]
         );
-        assert!(
-            unit_values(unit, "ExecStart")[0]
-                .ends_with("-c ${CONFIGURATION_DIRECTORY}/config.toml")
-        );
+        assert!(unit_values(unit, "ExecStart")[0].ends_with("-c %d/config.toml"));
         let stop = seconds(&unit_values(unit, "TimeoutStopSec")[0]);
         assert!(
             Duration::from_secs(stop) > config.daemon.shutdown_timeout,
