@@ -34,6 +34,9 @@ else
   cargo test --all-features --no-run
 fi
 
+say "the Debian package: build (release), lintian, install, verify, remove, purge"
+scripts/check-package.sh
+
 say "starting ZenML, OpenBao and moto"
 trap 'scripts/peers.sh stop' EXIT
 scripts/peers.sh start
