@@ -6,10 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{DeserializeSeed, IgnoredAny};
 use serde::{Deserialize, Deserializer};
 
+use crate::config::Strategy;
 use crate::store::settings::store_table_fields;
 
 pub(super) mod table;
@@ -75,7 +76,7 @@ pub(super) struct RawDefaults {
     /// "rotate" (in place) or "replace" (a new key; the old one is deactivated after retain).
     // (`default` keeps it optional in the schema, as `Option` does without `schema_with`.)
     #[serde(default)]
-    #[schemars(schema_with = "crate::config::schema::strategy_name")]
+    #[schemars(schema_with = "strategy_name")]
     pub strategy: Option<String>,
     /// The [stores.NAME] keys are written to.
     pub store: Option<String>,
@@ -113,7 +114,7 @@ pub(super) struct RawKey {
     /// "rotate" (in place) or "replace" (a new key; the old one is deactivated after retain).
     // (`default` keeps it optional in the schema, as `Option` does without `schema_with`.)
     #[serde(default)]
-    #[schemars(schema_with = "crate::config::schema::strategy_name")]
+    #[schemars(schema_with = "strategy_name")]
     pub strategy: Option<String>,
     /// The [stores.NAME] the key is written to.
     pub store: Option<String>,
@@ -169,6 +170,12 @@ pub(super) struct RawDaemon {
     pub backoff_initial: Option<String>,
     /// The longest retry delay of a failing key (default 1h).
     pub backoff_max: Option<String>,
+}
+
+/// `strategy = "..."` in the schema: the names the parser accepts.
+fn strategy_name(_: &mut SchemaGenerator) -> Schema {
+    let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.as_str()).collect();
+    json_schema!({ "type": "string", "enum": names })
 }
 
 /// One `[stores.NAME]`: `kind` and the keys of every store kind, each read as its kind declares

@@ -12,7 +12,6 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde_json::{Map, Value};
 
-use super::Strategy;
 use super::raw::table::{Field, Shape};
 use super::raw::{RawConfig, RawStore};
 use crate::store::settings::store_kinds;
@@ -46,12 +45,6 @@ pub fn policy_schema() -> Value {
 pub fn policy_schema_json() -> String {
     // Serializing a `Value` cannot fail (its keys are strings).
     serde_json::to_string_pretty(&policy_schema()).unwrap_or_default()
-}
-
-/// `strategy = "..."`: the names the parser accepts.
-pub(super) fn strategy_name(_: &mut SchemaGenerator) -> Schema {
-    let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.as_str()).collect();
-    json_schema!({ "type": "string", "enum": names })
 }
 
 /// TOML has no null: an optional setting is one that may be left out, never one that may be
