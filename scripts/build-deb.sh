@@ -30,14 +30,14 @@ PACKAGE=zenml-rotator
 VERSION=$(python3 -c 'import tomllib; print(tomllib.load(open("Cargo.toml", "rb"))["package"]["version"])')
 ARCH=$(dpkg --print-architecture)
 MAINTAINER="${DEBFULLNAME:-zenml-rotator packagers} <${DEBEMAIL:-packagers@zenml-rotator.invalid}>"
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
-
 if [ -z "${BIN:-}" ]; then
   log "cargo build --release --locked"
   cargo build --release --locked >&2
   BIN=$TARGET/release/zenml-rotator
 fi
 [ -x "$BIN" ] || { log "no binary at $BIN"; exit 1; }
+# Exported only now: build scripts that read it would make cargo rebuild the dependencies.
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 
 OUT=$TARGET/debian
 STAGE=$OUT/$PACKAGE
