@@ -8,9 +8,16 @@
 #    then its wall time against the same GETs from a plain parallel curl loop (xargs -P N, one
 #    keep-alive curl per worker, N = CONCURRENCY = the policy's concurrency), REPS times each,
 #    interleaved; medians and the ratio.
-# Uses ZR_ZENML_URL/ZR_ZENML_ADMIN/ZR_ZENML_ADMIN_PASSWORD when set, else starts its own ZenML
-# (scripts/peers.sh) and stops it at the end. The 1,000 keys are created once per WORK_DIR and
-# server (bench/setup.py; ~7 min on 2 cores). Measures the release build (cargo build --release).
+# 3. `once` over 100 keys into Vault (KV v2 on OpenBao): peak RSS, and the rotator's own CPU
+#    (user+sys) per rotated key; each run takes the next of nine key sets that is due (bench/vault-policies.py).
+# 4. Start-up: exec to the first connection the rotator opens (bench/first-request.py), and `check`.
+# 5. Binary size.
+# With BEFORE=path/to/an/older/zenml-rotator, 1 and 3-5 measure both binaries, interleaved run by
+# run, and print both medians and their ratio. SECTIONS="3 4 5" runs only some sections.
+# Uses ZR_ZENML_URL/ZR_ZENML_ADMIN/ZR_ZENML_ADMIN_PASSWORD (and ZR_VAULT_ADDR, ZR_VAULT_ROOT_TOKEN)
+# when set, else starts its own ZenML and OpenBao (scripts/peers.sh) and stops them at the end.
+# The 1,000 keys are created once per WORK_DIR and server (bench/setup.py; ~7 min on 2 cores).
+# Measures the release build (cargo build --release).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -25,11 +32,17 @@ if [ ! -x "$BIN" ]; then
   cargo build --release
 fi
 
-if [ -z "${ZR_ZENML_URL:-}" ]; then
+SECTIONS=${SECTIONS:-1 2 3 4 5}
+BEFORE=${BEFORE:-}
+wants() { [[ " $SECTIONS " == *" $1 "* ]]; }
+# The binaries a side-by-side section measures, in the order each run takes them.
+BINS=("$BIN"); [ -z "$BEFORE" ] || BINS=("$BEFORE" "$BIN")
+
+if [ -z "${ZR_ZENML_URL:-}" ] || [ -z "${ZR_VAULT_ADDR:-}" ]; then
   export ZR_RUN_DIR=$ROOT/.peers/bench-run
-  scripts/peers.sh install zenml
+  scripts/peers.sh install zenml bao
   trap 'scripts/peers.sh stop' EXIT
-  scripts/peers.sh start zenml
+  scripts/peers.sh start zenml bao
   # shellcheck disable=SC1091
   source "$ZR_RUN_DIR/env"
 fi
@@ -51,75 +64,169 @@ policy() { # template url name -> file
   echo "$out"
 }
 
-say "1. idle peak RSS of run with 100 policies ($REPS runs)"
-P100=$(policy policy-100.toml.in "$URL" policy-100.toml)
-LISTEN=$(sed -n 's/^listen = "\(.*\)"/\1/p' "$P100")
-rss=()
-for i in $(seq "$REPS"); do
-  "$BIN" run -c "$P100" 2>"$WORK/run.log" &
-  pid=$!
-  for _ in $(seq 600); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$LISTEN/readyz")" = 200 ] && break
-    sleep 0.1
-  done
-  sleep 3
-  hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-  kill -TERM "$pid"; wait "$pid" || true
-  rss+=("$hwm")
-  echo "  run $i: VmHWM ${hwm} kB" >&2
-done
-RSS_MED=$(printf '%s\n' "${rss[@]}" | median)
-
-say "2a. requests plan sends for 1,000 keys (through a counting proxy; untimed)"
-P1000=$(policy policy-1000.toml.in "$URL" policy-1000.toml)
-python3 bench/count-proxy.py "$URL" "$WORK/proxy.port" "$WORK/proxy.counts" &
-proxy=$!
-for _ in $(seq 100); do [ -s "$WORK/proxy.port" ] && break; sleep 0.1; done
-PCOUNT=$(policy policy-1000.toml.in "http://127.0.0.1:$(cat "$WORK/proxy.port")" policy-1000-counted.toml)
-"$BIN" plan -c "$PCOUNT" --output json >"$WORK/plan.json" || { say "plan failed: see $WORK/plan.json"; exit 1; }
-kill -TERM "$proxy"; wait "$proxy" || true
-rm -f "$WORK/proxy.port"
-sed 's/^/  /' "$WORK/proxy.counts" >&2
-REQ_TOTAL=$(awk '{s+=$1} END {print s}' "$WORK/proxy.counts")
-REQ_KEYS=$(awk '/GET .*api_keys/ {s+=$1} END {print s+0}' "$WORK/proxy.counts")
-REQ_PAGES=$(awk '/GET \/api\/v1\/service_accounts$/ {s+=$1} END {print s+0}' "$WORK/proxy.counts")
-KEYS=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$WORK/plan.json")
-
-say "2b. plan vs the same GETs from curl under xargs -P $N ($REPS runs each, interleaved)"
-TOKEN=$(curl -fsS -X POST "$URL/api/v1/login" -d grant_type=password -d username="$ZR_ZENML_ADMIN" \
-  --data-urlencode password="$ZR_ZENML_ADMIN_PASSWORD" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-awk -v u="$URL" '{print u "/api/v1/service_accounts/" $1 "/api_keys/" $2 "?hydrate=true"}' "$WORK/ids.tsv" >"$WORK/urls.txt"
-PER_WORKER=$(( ($(wc -l <"$WORK/urls.txt") + N - 1) / N ))
-curl_loop() {
-  local page=1 pages=1
-  while [ "$page" -le "$pages" ]; do
-    pages=$(curl -fsS -H "Authorization: Bearer $TOKEN" \
-      "$URL/api/v1/service_accounts?hydrate=true&page=$page&size=1000" |
-      python3 -c 'import json,sys; print(json.load(sys.stdin)["total_pages"])')
-    page=$((page + 1))
-  done
-  xargs -P "$N" -n "$PER_WORKER" curl -fsS -H "Authorization: Bearer $TOKEN" <"$WORK/urls.txt" >/dev/null
+REPORT=()
+report() { REPORT+=("$(printf "$@")"); }
+# Per binary: the median of the runs recorded in the associative array NAME (BINS index -> "v v v "),
+# and all the runs, "| "-separated.
+medians() { local -n runs=$1; for b in "${!BINS[@]}"; do tr ' ' '\n' <<<"${runs[$b]}" | grep . | median; done; }
+all_runs() { local -n runs=$1; for b in "${!BINS[@]}"; do printf '%s| ' "${runs[$b]}"; done; }
+# A report line: LABEL, the medians of the runs in NAME side by side, every run, and NOTE; with
+# kB=1 the runs are kB and the medians are shown in MB.
+report_runs() { # label unit name note [kB]
+  local meds=() m unit=$2
+  [ -z "${5:-}" ] || unit=kB
+  while read -r m; do if [ -n "${5:-}" ]; then meds+=("$(mb "$m")"); else meds+=("$m"); fi; done < <(medians "$3")
+  report '%s median %s  [%s: %s]  (%s)' "$1" "$(compare "$2" "${meds[@]}")" "$unit" "$(all_runs "$3")" "$4"
 }
-t_plan=(); t_curl=()
-for i in $(seq "$REPS"); do
-  s=$(date +%s.%N)
-  "$BIN" plan -c "$P1000" --output json >/dev/null || { say "plan failed"; exit 1; }
-  e=$(date +%s.%N)
-  t_plan+=("$(awk -v a="$e" -v b="$s" 'BEGIN {printf "%.3f", a - b}')")
-  s=$(date +%s.%N); curl_loop; e=$(date +%s.%N)
-  t_curl+=("$(awk -v a="$e" -v b="$s" 'BEGIN {printf "%.3f", a - b}')")
-  echo "  run $i: plan ${t_plan[-1]}s, curl loop ${t_curl[-1]}s" >&2
-done
-PLAN_MED=$(printf '%s\n' "${t_plan[@]}" | median)
-CURL_MED=$(printf '%s\n' "${t_curl[@]}" | median)
-RATIO=$(awk -v a="$PLAN_MED" -v b="$CURL_MED" 'BEGIN {printf "%.3f", a / b}')
+mb() { awk -v a="$1" 'BEGIN {printf "%.1f", a / 1024}'; }
+# "before -> after (ratio)" of two medians, or the one median.
+compare() { # unit median...
+  local unit=$1; shift
+  if [ $# -eq 2 ]; then
+    printf '%s %s -> %s %s (x%s)' "$1" "$unit" "$2" "$unit" "$(awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b / a}')"
+  else printf '%s %s' "$1" "$unit"; fi
+}
 
-cat <<REPORT
+if wants 1; then
+  say "1. idle peak RSS of run with 100 policies ($REPS runs per binary)"
+  P100=$(policy policy-100.toml.in "$URL" policy-100.toml)
+  LISTEN=$(sed -n 's/^listen = "\(.*\)"/\1/p' "$P100")
+  declare -A rss=()
+  for i in $(seq "$REPS"); do
+    for b in "${!BINS[@]}"; do
+      "${BINS[$b]}" run -c "$P100" 2>"$WORK/run.log" &
+      pid=$!
+      for _ in $(seq 600); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$LISTEN/readyz")" = 200 ] && break
+        sleep 0.1
+      done
+      sleep 3
+      hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+      kill -TERM "$pid"; wait "$pid" || true
+      rss[$b]+="$hwm "
+      echo "  run $i, ${BINS[$b]}: VmHWM ${hwm} kB" >&2
+    done
+  done
+  report_runs 'idle run, 100 policies:   peak RSS (VmHWM)' MB rss 'target <= 20 MB' kB
+fi
 
-zenml-rotator benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $("$BIN" --version)
-idle run, 100 policies:   peak RSS (VmHWM) median $(awk -v a="$RSS_MED" 'BEGIN {printf "%.1f", a / 1024}') MB  [runs: ${rss[*]} kB]  (target <= 20 MB)
-plan, $KEYS keys:         $REQ_TOTAL requests: $REQ_KEYS key GETs, $REQ_PAGES service-account page(s), the rest login  (target <= 1 per key + paging)
-plan wall time:           median ${PLAN_MED}s  [runs: ${t_plan[*]}]
-curl loop, same GETs:     median ${CURL_MED}s  [runs: ${t_curl[*]}]  (xargs -P $N, one keep-alive curl per worker)
-ratio plan / curl:        $RATIO  (target <= 1.25)
-REPORT
+if wants 2; then
+  say "2a. requests plan sends for 1,000 keys (through a counting proxy; untimed)"
+  P1000=$(policy policy-1000.toml.in "$URL" policy-1000.toml)
+  python3 bench/count-proxy.py "$URL" "$WORK/proxy.port" "$WORK/proxy.counts" &
+  proxy=$!
+  for _ in $(seq 100); do [ -s "$WORK/proxy.port" ] && break; sleep 0.1; done
+  PCOUNT=$(policy policy-1000.toml.in "http://127.0.0.1:$(cat "$WORK/proxy.port")" policy-1000-counted.toml)
+  "$BIN" plan -c "$PCOUNT" --output json >"$WORK/plan.json" || { say "plan failed: see $WORK/plan.json"; exit 1; }
+  kill -TERM "$proxy"; wait "$proxy" || true
+  rm -f "$WORK/proxy.port"
+  sed 's/^/  /' "$WORK/proxy.counts" >&2
+  REQ_TOTAL=$(awk '{s+=$1} END {print s}' "$WORK/proxy.counts")
+  REQ_KEYS=$(awk '/GET .*api_keys/ {s+=$1} END {print s+0}' "$WORK/proxy.counts")
+  REQ_PAGES=$(awk '/GET \/api\/v1\/service_accounts$/ {s+=$1} END {print s+0}' "$WORK/proxy.counts")
+  KEYS=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$WORK/plan.json")
+
+  say "2b. plan vs the same GETs from curl under xargs -P $N ($REPS runs each, interleaved)"
+  TOKEN=$(curl -fsS -X POST "$URL/api/v1/login" -d grant_type=password -d username="$ZR_ZENML_ADMIN" \
+    --data-urlencode password="$ZR_ZENML_ADMIN_PASSWORD" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  awk -v u="$URL" '{print u "/api/v1/service_accounts/" $1 "/api_keys/" $2 "?hydrate=true"}' "$WORK/ids.tsv" >"$WORK/urls.txt"
+  PER_WORKER=$(( ($(wc -l <"$WORK/urls.txt") + N - 1) / N ))
+  curl_loop() {
+    local page=1 pages=1
+    while [ "$page" -le "$pages" ]; do
+      pages=$(curl -fsS -H "Authorization: Bearer $TOKEN" \
+        "$URL/api/v1/service_accounts?hydrate=true&page=$page&size=1000" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["total_pages"])')
+      page=$((page + 1))
+    done
+    xargs -P "$N" -n "$PER_WORKER" curl -fsS -H "Authorization: Bearer $TOKEN" <"$WORK/urls.txt" >/dev/null
+  }
+  t_plan=(); t_curl=()
+  for i in $(seq "$REPS"); do
+    s=$(date +%s.%N)
+    "$BIN" plan -c "$P1000" --output json >/dev/null || { say "plan failed"; exit 1; }
+    e=$(date +%s.%N)
+    t_plan+=("$(awk -v a="$e" -v b="$s" 'BEGIN {printf "%.3f", a - b}')")
+    s=$(date +%s.%N); curl_loop; e=$(date +%s.%N)
+    t_curl+=("$(awk -v a="$e" -v b="$s" 'BEGIN {printf "%.3f", a - b}')")
+    echo "  run $i: plan ${t_plan[-1]}s, curl loop ${t_curl[-1]}s" >&2
+  done
+  PLAN_MED=$(printf '%s\n' "${t_plan[@]}" | median)
+  CURL_MED=$(printf '%s\n' "${t_curl[@]}" | median)
+  RATIO=$(awk -v a="$PLAN_MED" -v b="$CURL_MED" 'BEGIN {printf "%.3f", a / b}')
+  report 'plan, %s keys:         %s requests: %s key GETs, %s service-account page(s), the rest login  (target <= 1 per key + paging)' \
+    "$KEYS" "$REQ_TOTAL" "$REQ_KEYS" "$REQ_PAGES"
+  report 'plan wall time:           median %ss  [runs: %s]' "$PLAN_MED" "${t_plan[*]}"
+  report 'curl loop, same GETs:     median %ss  [runs: %s]  (xargs -P %s, one keep-alive curl per worker)' "$CURL_MED" "${t_curl[*]}" "$N"
+  report 'ratio plan / curl:        %s  (target <= 1.25)' "$RATIO"
+fi
+
+if wants 3; then
+  say "3. once over 100 keys into Vault at $ZR_VAULT_ADDR ($REPS runs per binary, interleaved)"
+  [ -f "$WORK/policy-vault-1.toml.in" ] || python3 bench/vault-policies.py "$WORK"
+  export VAULT_TOKEN=${ZR_VAULT_ROOT_TOKEN:-root}
+  declare -A last=() rss3=() cpu3=()
+  run=0
+  for i in $(seq "$REPS"); do
+    for b in "${!BINS[@]}"; do
+      k=$(( run % 9 + 1 )); run=$((run + 1))
+      # A set is due again two minutes (every = "2m") after the pass that rotated it.
+      if [ -n "${last[$k]:-}" ]; then
+        wait_s=$(( last[$k] + 125 - $(date +%s) ))
+        [ "$wait_s" -le 0 ] || { echo "  (set $k is due in ${wait_s}s)" >&2; sleep "$wait_s"; }
+      fi
+      pv=$(policy "policy-vault-$k.toml.in" "$URL" "policy-vault-$k.toml")
+      sed -i "s|{vault}|$ZR_VAULT_ADDR|" "$pv"
+      usage=$(python3 bench/rusage.py "$WORK/once.json" -- "${BINS[$b]}" once -c "$pv" --output json 2>>"$WORK/once.log")
+      last[$k]=$(date +%s)
+      rotated=$(python3 -c 'import json,sys; print(sum(r["result"] == "rotated" for r in json.load(open(sys.argv[1]))))' "$WORK/once.json")
+      read -r code maxrss cpu wall < <(python3 -c 'import json,sys; u=json.loads(sys.argv[1]); print(u["exit"], u["maxrss_kb"], u["user_s"] + u["sys_s"], u["wall_s"])' "$usage")
+      [ "$code" = 0 ] && [ "$rotated" = 100 ] || { say "once rotated $rotated of 100 (exit $code): see $WORK/once.json, $WORK/once.log"; exit 1; }
+      per_key=$(awk -v c="$cpu" -v n="$rotated" 'BEGIN {printf "%.2f", c * 1000 / n}')
+      rss3[$b]+="$maxrss "; cpu3[$b]+="$per_key "
+      echo "  run $i, set $k, ${BINS[$b]}: $rotated rotated in ${wall}s, peak RSS ${maxrss} kB, CPU ${cpu}s = ${per_key} ms/key" >&2
+    done
+  done
+  report_runs 'once, 100 keys into Vault: peak RSS' MB rss3 'target <= 9.5 MB' kB
+  report_runs 'once, CPU per rotated key:' ms cpu3 'user+sys; target <= 2 ms'
+fi
+
+if wants 4; then
+  say "4. start-up: exec to the first connection ($REPS runs per binary), and check"
+  cat >"$WORK/startup.toml.in" <<'TOML'
+[zenml]
+url = "{zenml}"
+username = "admin"
+password_env = "ZR_BENCH_PASSWORD"
+
+[state]
+dir = "{state}"
+
+[[key]]
+name = "k"
+service_account = "sa"
+api_key = "default"
+path = "k.env"
+TOML
+  declare -A first=() check=()
+  for i in $(seq "$REPS"); do
+    for b in "${!BINS[@]}"; do
+      ms=$(python3 bench/first-request.py "${BINS[$b]}" "$WORK/startup.toml.in" once)
+      c=$(python3 bench/rusage.py /dev/null -- "${BINS[$b]}" check -c config.example.toml |
+        python3 -c 'import json,sys; print(round(json.load(sys.stdin)["wall_s"] * 1000, 2))')
+      first[$b]+="$ms "; check[$b]+="$c "
+      echo "  run $i, ${BINS[$b]}: first request after ${ms} ms; check ${c} ms" >&2
+    done
+  done
+  report_runs 'start-up to first request:' ms first 'once: exec to the login connect'
+  report_runs 'check config.example.toml:' ms check 'wall time'
+fi
+
+if wants 5; then
+  sizes=(); for b in "${BINS[@]}"; do sizes+=("$(awk -v s="$(stat -c %s "$b")" 'BEGIN {printf "%.1f", s / 1048576}')"); done
+  report 'binary size:              %s  (target <= 12 MB)' "$(compare MiB "${sizes[@]}")"
+fi
+
+printf '\nzenml-rotator benchmark, %s, %s cores, %s%s\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "$(nproc)" \
+  "$("$BIN" --version)" "${BEFORE:+ (before: $BEFORE)}"
+printf '%s\n' "${REPORT[@]}"

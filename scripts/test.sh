@@ -21,6 +21,7 @@ say "installing the real servers (cached under .peers/)"
 scripts/peers.sh install
 ZR_ZENML_VERSION=$COMPAT_ZENML scripts/peers.sh install zenml
 scripts/install-prometheus.sh
+scripts/install-jsonschema.sh
 
 say "format and lint"
 cargo fmt --check
@@ -33,6 +34,9 @@ if [ "$runner" = nextest ]; then
 else
   cargo test --all-features --no-run
 fi
+
+say "the Debian package: build (release), lintian, install, verify, remove, purge"
+scripts/check-package.sh
 
 say "starting ZenML, OpenBao and moto"
 trap 'scripts/peers.sh stop' EXIT

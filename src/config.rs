@@ -14,6 +14,7 @@ mod diff;
 mod error;
 mod notify;
 mod raw;
+pub mod schema;
 #[cfg(test)]
 mod tests;
 pub(crate) mod validate;

@@ -4,37 +4,17 @@
 //! the units and manifests themselves are linted by scripts/check-deploy.sh.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+mod common;
+
+use common::policies::{deploy, kubernetes_policy, yaml_block};
 use zenml_rotator::config::{Config, StoreSettings, VaultAuth, ZenmlAuth};
 use zenml_rotator::secret::SecretSource;
 
-fn deploy(rel: &str) -> (PathBuf, String) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("deploy")
-        .join(rel);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    (path, text)
-}
-
 fn parse(source: &str, path: &Path) -> Config {
     Config::parse(source, path).unwrap_or_else(|e| panic!("{} is invalid:\n{e}", path.display()))
-}
-
-/// The block scalar `KEY: |` of a YAML file, dedented (enough for the ConfigMap's one file).
-fn yaml_block(text: &str, key: &str) -> String {
-    let mut lines = text.lines().skip_while(|l| l.trim() != format!("{key}: |"));
-    let header = lines
-        .next()
-        .unwrap_or_else(|| panic!("no `{key}: |` block"));
-    let indent = header.len() - header.trim_start().len() + 2;
-    lines
-        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent)
-        .map(|l| l.get(indent..).unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Every value of `key: value` lines (comments and quotes stripped).
@@ -91,8 +71,8 @@ const POD_MANIFESTS: [&str; 2] = [
 
 #[test]
 fn the_kubernetes_policy_is_valid_and_matches_the_pods() {
-    let (path, configmap) = deploy("kubernetes/common/configmap.yaml");
-    let config = parse(&yaml_block(&configmap, "config.toml"), &path);
+    let (path, policy) = kubernetes_policy();
+    let config = parse(&policy, &path);
 
     let listen: SocketAddr = config.metrics.listen;
     assert!(
@@ -218,12 +198,24 @@ fn the_systemd_policy_is_valid_and_matches_the_units() {
             "zenml-rotator.service neither loads nor documents {line}"
         );
     }
+    // The policy itself is root-only (0640, the package's conffile): the units read the copy
+    // systemd hands them, and a reload checks the file that copy is made from.
     for unit in [&daemon, &oneshot] {
         assert_eq!(
             unit_values(unit, "LoadCredential"),
-            ["zenml-password:/etc/zenml-rotator/credentials/zenml-password"]
+            [
+                "config.toml:/etc/zenml-rotator/config.toml",
+                "zenml-password:/etc/zenml-rotator/credentials/zenml-password"
+            ]
         );
     }
+    assert_eq!(
+        unit_values(&daemon, "ExecReload"),
+        [
+            "+/usr/bin/zenml-rotator check -c ${CONFIGURATION_DIRECTORY}/config.toml",
+            "+/usr/bin/systemctl --no-block restart %n"
+        ]
+    );
 
     // The sandbox lets the rotator write only to its StateDirectory=.
     for unit in [&daemon, &oneshot] {
@@ -233,10 +225,7 @@ fn the_systemd_policy_is_valid_and_matches_the_units() {
             unit_values(unit, "ConfigurationDirectory"),
             ["zenml-rotator"]
         );
-        assert!(
-            unit_values(unit, "ExecStart")[0]
-                .ends_with("-c ${CONFIGURATION_DIRECTORY}/config.toml")
-        );
+        assert!(unit_values(unit, "ExecStart")[0].ends_with("-c %d/config.toml"));
         let stop = seconds(&unit_values(unit, "TimeoutStopSec")[0]);
         assert!(
             Duration::from_secs(stop) > config.daemon.shutdown_timeout,

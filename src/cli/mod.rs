@@ -13,21 +13,37 @@ use crate::engine::{Engine, Mode};
 use crate::output::OutputFormat;
 
 mod check;
+mod completions;
 mod inventory;
+mod man;
 mod once;
 mod plan;
 mod revoke;
 mod rotate;
 mod run;
+mod schema;
 #[cfg(test)]
 mod tests;
+
+/// The binary's name, as the completions and manual pages call it.
+const BIN: &str = "zenml-rotator";
 
 /// sysexits.h EX_CONFIG: the configuration is wrong; retrying will not help.
 const EX_CONFIG: u8 = 78;
 
 /// Rotates ZenML service-account API keys into Vault KV v2, AWS Secrets Manager or a local file.
+///
+/// zenml-rotator reads a policy file (TOML) and, for each managed key, rotates it when it is due
+/// with ZenML's retain semantics, writes the new value where workloads read it, confirms the old
+/// value is rejected once its retain window has passed, and exports Prometheus metrics. It never
+/// rotates a key whose previous value is still inside its retain window (unless --force), never
+/// rotates into a store it cannot write right now, and never writes key material to its output.
+///
+/// Run it as a daemon (run; systemd: zenml-rotator.service) or one pass at a time (once;
+/// systemd: zenml-rotator.timer, or a Kubernetes CronJob). `check` validates a policy file
+/// without the network; `plan` shows what a pass would do and why.
 #[derive(Debug, Parser)]
-#[command(name = "zenml-rotator", version)]
+#[command(name = "zenml-rotator", version, propagate_version = true)]
 pub struct Cli {
     /// Log line format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -75,6 +91,12 @@ enum Command {
     Inventory(inventory::InventoryArgs),
     /// A leaked key: store a new value, then cut the old value and its tokens off now.
     Revoke(revoke::RevokeArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions(completions::CompletionsArgs),
+    /// Print the policy file's JSON Schema (for editors and CI).
+    Schema(schema::SchemaArgs),
+    /// Write the manual pages (zenml-rotator.1 and one per command) into a directory.
+    Man(man::ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -84,7 +106,8 @@ struct ConfigArg {
         short = 'c',
         long = "config",
         env = "ZENML_ROTATOR_CONFIG",
-        value_name = "FILE"
+        value_name = "FILE",
+        value_hint = clap::ValueHint::FilePath
     )]
     path: PathBuf,
 }
@@ -101,6 +124,9 @@ impl Cli {
             Command::Run(args) => run::run(args),
             Command::Inventory(args) => inventory::run(args),
             Command::Revoke(args) => revoke::run(args),
+            Command::Completions(args) => completions::run(args),
+            Command::Schema(args) => schema::run(args),
+            Command::Man(args) => man::run(args),
         };
         // Err carries the exit code of a command that stopped early (and already said why).
         result.unwrap_or_else(|code| code)

@@ -77,6 +77,12 @@ pub(crate) fn store_table_fields() -> Vec<Field> {
     union(std::iter::once(&kind[..]).chain(StoreKind::ALL.map(StoreKind::fields)))
 }
 
+/// Each kind's name and the keys its table accepts besides `kind`, in the order messages list
+/// them (the policy file's JSON Schema is built from these).
+pub(crate) fn store_kinds() -> impl Iterator<Item = (&'static str, &'static [Field])> {
+    StoreKind::ALL.into_iter().map(|k| (k.name(), k.fields()))
+}
+
 /// Checks one `[stores.NAME]` table and builds its settings; `None` when it has a problem
 /// (reported).
 pub(crate) fn validate(v: &mut Validator, raw: &RawTable, at: &FieldPath) -> Option<StoreSettings> {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod claims;
+pub mod policies;
 pub mod private_bao;
 pub mod rig;
 pub mod stores;

@@ -14,7 +14,6 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::ProvideCredentials;
-use aws_smithy_http_client::tls;
 
 use super::{
     Claim, Coordination, Payload, RotationRecord, SecretStore, StoreError, StoreSnapshot,
@@ -25,6 +24,7 @@ use crate::secret::SecretString;
 mod calls;
 mod claims;
 mod errors;
+mod http;
 pub mod settings;
 mod state;
 #[cfg(test)]
@@ -114,13 +114,10 @@ impl AwsStore {
         timeout: Duration,
         credentials: Option<aws_sdk_secretsmanager::config::SharedCredentialsProvider>,
     ) -> Result<AwsStore, StoreError> {
-        crate::http::install_crypto_provider();
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
         let timeout = timeout.max(Duration::from_millis(100));
+        let client = crate::http::client(timeout, None)
+            .map_err(|e| other("connect", "(store settings)", e.to_string()))?;
+        let http = http::ReqwestHttpClient::new(client);
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
             .timeout_config(timeout_config(timeout))
