@@ -15,8 +15,9 @@ pub struct Diagnostic {
     pub file: PathBuf,
     pub line: usize,
     pub column: usize,
-    /// The dotted path of the field, e.g. `key[2].retain` (array indices are 0-based); empty
-    /// when the problem is not inside any field (a syntax error between tables).
+    /// The dotted path of the field, e.g. `key[2].retain` (array indices are 0-based). A syntax
+    /// error outside any parsed field names the table it is in and the key written on its line
+    /// (`zenml.url`), or `(top level)` before the first table.
     pub field: String,
     pub message: String,
 }
@@ -123,8 +124,12 @@ impl fmt::Display for FieldPath {
                             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
                     if bare {
                         f.write_str(k)?;
-                    } else {
+                    } else if echoable(k) {
                         write!(f, "{k:?}")?;
+                    } else {
+                        // A damaged file can turn whole lines into one quoted key (an opening
+                        // `'''` swallows what follows it, a misplaced secret too): never echoed.
+                        write!(f, "<a key of {} characters>", k.chars().count())?;
                     }
                 }
                 Segment::Index(n) => write!(f, "[{n}]")?,
@@ -132,6 +137,18 @@ impl fmt::Display for FieldPath {
         }
         Ok(())
     }
+}
+
+/// Longest quoted key a diagnostic repeats: a store name, not a paragraph.
+const MAX_ECHOED_KEY: usize = 64;
+
+/// Whether a quoted key is a name to repeat (one short line, no quotes inside), not text a
+/// damaged file swept into a key.
+fn echoable(k: &str) -> bool {
+    k.chars().count() <= MAX_ECHOED_KEY
+        && !k
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '"' | '\'' | '\\' | '='))
 }
 
 /// Which part of an entry a diagnostic points at.
@@ -162,13 +179,85 @@ impl<'a> Locator<'a> {
         self.diagnostic(offset, path.to_string(), message)
     }
 
-    /// A diagnostic at a byte offset (toml's own errors), named by the innermost field there.
+    /// A diagnostic at a byte offset (a value serde refused), named by the innermost field there,
+    /// else by where it is written ([`Locator::enclosing`]).
     pub fn at_offset(&self, offset: usize, message: String) -> Diagnostic {
-        let field = self
-            .path_at(offset)
-            .map(|p| p.to_string())
-            .unwrap_or_default();
+        self.at_offset_in(offset, message, false)
+    }
+
+    /// A syntax error at a byte offset: like `at_offset`, but never named by a key inside an
+    /// inline table, which the error may have made out of the lines after it.
+    pub fn at_syntax_error(&self, offset: usize, message: String) -> Diagnostic {
+        self.at_offset_in(offset, message, true)
+    }
+
+    fn at_offset_in(&self, offset: usize, message: String, syntax: bool) -> Diagnostic {
+        let field = match self.path_at(offset, syntax) {
+            Some(p) => p.to_string(),
+            None => self.enclosing(offset),
+        };
         self.diagnostic(offset, field, message)
+    }
+
+    /// The field of an offset no parsed field holds (a duplicate key, a line toml's recovery
+    /// dropped): the table whose `[header]` comes last before it, plus the bare key written at
+    /// the start of its line; `(top level)` when neither exists.
+    fn enclosing(&self, offset: usize) -> String {
+        let mut best = None;
+        self.headers(self.root.get_ref(), &FieldPath::root(), offset, &mut best);
+        let mut path = best.map_or_else(FieldPath::root, |(_, p)| p);
+        if let Some(key) = key_on_line(self.source, offset) {
+            path = path.key(key);
+        }
+        if path.0.is_empty() {
+            TOP_LEVEL.to_owned()
+        } else {
+            path.to_string()
+        }
+    }
+
+    /// The `[header]` (or `[[header]]`) table starting last at or before `offset`; inline tables
+    /// and dotted keys have no header and do not count.
+    fn headers(
+        &self,
+        table: &DeTable<'_>,
+        path: &FieldPath,
+        offset: usize,
+        best: &mut Option<(usize, FieldPath)>,
+    ) {
+        for (k, v) in table.iter() {
+            let here = path.key(k.get_ref());
+            match v.get_ref() {
+                DeValue::Table(t) => {
+                    self.consider(v.span().start, &here, offset, best);
+                    self.headers(t, &here, offset, best);
+                }
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let DeValue::Table(t) = item.get_ref() {
+                            let here = here.index(i);
+                            self.consider(item.span().start, &here, offset, best);
+                            self.headers(t, &here, offset, best);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Keeps `here` when its table starts with a header at or before `offset`, later than `best`.
+    fn consider(
+        &self,
+        start: usize,
+        here: &FieldPath,
+        offset: usize,
+        best: &mut Option<(usize, FieldPath)>,
+    ) {
+        let header = self.source.as_bytes().get(start) == Some(&b'[');
+        if header && start <= offset && best.as_ref().is_none_or(|(s, _)| start >= *s) {
+            *best = Some((start, here.clone()));
+        }
     }
 
     fn diagnostic(&self, offset: usize, field: String, message: String) -> Diagnostic {
@@ -213,10 +302,16 @@ impl<'a> Locator<'a> {
         Some(best)
     }
 
-    fn path_at(&self, offset: usize) -> Option<FieldPath> {
-        let mut best: Option<(usize, FieldPath)> = None;
-        search_table(self.root.get_ref(), &FieldPath::root(), offset, &mut best);
-        best.map(|(_, p)| p)
+    fn path_at(&self, offset: usize, syntax: bool) -> Option<FieldPath> {
+        let mut search = Search {
+            offset,
+            best: None,
+            // A syntax error can turn the lines after it into keys of an inline table that
+            // never closed (a secret among them): it is named by the field the table belongs to.
+            stop_at_inline: syntax.then_some(self.source),
+        };
+        search.table(self.root.get_ref(), &FieldPath::root());
+        search.best.map(|(_, p)| p)
     }
 }
 
@@ -226,45 +321,82 @@ fn contains(span: &Range<usize>, offset: usize) -> bool {
 
 /// Finds the smallest key or value span holding `offset`. Every table is searched: the span of a
 /// `[header]` table covers only its header, not the entries below it.
-fn search_table(
-    table: &DeTable<'_>,
-    path: &FieldPath,
+struct Search<'s> {
     offset: usize,
-    best: &mut Option<(usize, FieldPath)>,
-) {
-    for (k, v) in table.iter() {
-        let here = path.key(k.get_ref());
-        for span in [k.span(), v.span()] {
-            let smaller = best.as_ref().is_none_or(|(len, _)| span.len() < *len);
-            if contains(&span, offset) && smaller {
-                *best = Some((span.len(), here.clone()));
+    best: Option<(usize, FieldPath)>,
+    /// When set (the source), inline tables are not searched inside.
+    stop_at_inline: Option<&'s str>,
+}
+
+impl Search<'_> {
+    fn consider(&mut self, span: Range<usize>, here: &FieldPath) {
+        let smaller = self.best.as_ref().is_none_or(|(len, _)| span.len() < *len);
+        if contains(&span, self.offset) && smaller {
+            self.best = Some((span.len(), here.clone()));
+        }
+    }
+
+    fn table(&mut self, table: &DeTable<'_>, path: &FieldPath) {
+        for (k, v) in table.iter() {
+            let here = path.key(k.get_ref());
+            self.consider(k.span(), &here);
+            self.consider(v.span(), &here);
+            // Whatever is written inside an inline secret field (`token = { "s.abc" ...`) is
+            // named by that field: a key in there may be the secret itself.
+            if !INLINE_SECRETS.contains(&k.get_ref().as_ref()) {
+                self.value(v.get_ref(), v.span().start, &here);
             }
         }
-        search_value(v.get_ref(), &here, offset, best);
+    }
+
+    fn value(&mut self, value: &DeValue<'_>, start: usize, path: &FieldPath) {
+        match value {
+            DeValue::Table(t) => {
+                let inline = self
+                    .stop_at_inline
+                    .is_some_and(|src| src.as_bytes().get(start) == Some(&b'{'));
+                if !inline {
+                    self.table(t, path);
+                }
+            }
+            DeValue::Array(a) => {
+                for (i, item) in a.iter().enumerate() {
+                    let here = path.index(i);
+                    self.consider(item.span(), &here);
+                    self.value(item.get_ref(), item.span().start, &here);
+                }
+            }
+            _ => {}
+        }
     }
 }
 
-fn search_value(
-    value: &DeValue<'_>,
-    path: &FieldPath,
-    offset: usize,
-    best: &mut Option<(usize, FieldPath)>,
-) {
-    match value {
-        DeValue::Table(t) => search_table(t, path, offset, best),
-        DeValue::Array(a) => {
-            for (i, item) in a.iter().enumerate() {
-                let here = path.index(i);
-                let span = item.span();
-                let smaller = best.as_ref().is_none_or(|(len, _)| span.len() < *len);
-                if contains(&span, offset) && smaller {
-                    *best = Some((span.len(), here.clone()));
-                }
-                search_value(item.get_ref(), &here, offset, best);
-            }
-        }
-        _ => {}
+/// Fields that would hold a secret inline (rejected, with a pointer to `*_env`/`*_file`).
+const INLINE_SECRETS: &[&str] = &[
+    "password",
+    "api_key",
+    "token",
+    "role_id",
+    "secret_id",
+    "jwt",
+];
+
+/// What a diagnostic names when the problem is before any table and on no `key =` line.
+const TOP_LEVEL: &str = "(top level)";
+
+/// The bare key written at the start of the line holding `offset` (`key = ...`), if any.
+fn key_on_line(source: &str, offset: usize) -> Option<&str> {
+    let mut offset = offset.min(source.len());
+    while !source.is_char_boundary(offset) {
+        offset -= 1;
     }
+    let start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = source[start..].split('\n').next()?.trim_start();
+    let end = line
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .unwrap_or(line.len());
+    let (key, rest) = line.split_at(end);
+    (!key.is_empty() && rest.trim_start().starts_with('=')).then_some(key)
 }
 
 /// 1-based line and character column of a byte offset (clamped into the text).
@@ -303,6 +435,10 @@ mod tests {
             .key("my vault")
             .key("address");
         assert_eq!(p.to_string(), "stores.\"my vault\".address");
+        // What a damaged file swept into a key is not repeated: it may hold a secret.
+        let swept = "l = 1\npassword = \"hunter2\"\n";
+        let p = FieldPath::root().key("zenml").key(swept);
+        assert_eq!(p.to_string(), "zenml.<a key of 27 characters>");
     }
 
     #[test]
@@ -331,5 +467,31 @@ mod tests {
         assert_eq!((d.line, d.column), (2, 1));
         let d = loc.at_offset(src.find("\"b\"").unwrap(), "m".into());
         assert_eq!(d.field, "key[1].name");
+    }
+
+    /// toml's own errors at a spot its recovery left out of the document still name a field:
+    /// the table they are in and the key on their line, or the top level.
+    #[test]
+    fn a_syntax_error_outside_any_parsed_field_names_where_it_is() {
+        let field = |src: &str, at: &str| {
+            let (doc, _) = DeTable::parse_recoverable(src);
+            let loc = Locator::new(src, PathBuf::from("f.toml"), &doc);
+            loc.at_syntax_error(src.find(at).unwrap(), "m".into()).field
+        };
+        let dup = "[zenml]\nurl = \"x\"\nurl = \"y\"\n";
+        assert_eq!(field(dup, "url = \"y"), "zenml.url");
+        let keys =
+            "[zenml]\nurl = \"x\"\n\n[[key]]\nname = \"a\"\n\n[[key]]\nname = \"b\"\nname = 1\n";
+        assert_eq!(field(keys, "name = 1"), "key[1].name");
+        let inline = "[stores.v]\nauth = { method = \"token\" }\nbad line\n";
+        assert_eq!(field(inline, "bad line"), "stores.v");
+        assert_eq!(field("\\u0000\n", "\\u0000"), "(top level)");
+        assert_eq!(field("every = 30d\n", "30d"), "every");
+        // A damaged secret field names the field, never what is inside it.
+        let secret = "[stores.v]\ntoken = {\"s.abcdef\"\n";
+        assert_eq!(field(secret, "s.abcdef"), "stores.v.token");
+        // An inline table left open swallows the lines after it: they are named by its field.
+        let open = "[zenml]\ntimeout = { method = \"x\"\npassword = \"hunter2\"\n";
+        assert_eq!(field(open, "password"), "zenml.timeout");
     }
 }

@@ -50,7 +50,7 @@ pub(super) fn parse(source: &str, file: &Path, ctx: &Context) -> Result<Config, 
             .iter()
             .map(|e| {
                 let offset = e.span().map_or(0, |s| s.start);
-                locator.at_offset(offset, e.message().to_owned())
+                locator.at_syntax_error(offset, e.message().to_owned())
             })
             .collect();
         return Err(ConfigError::Invalid(in_file_order(diagnostics)));
