@@ -139,7 +139,10 @@ start_moto() {
   local port; port=$(free_port)
   "$PEERS/moto-$MOTO_VERSION/bin/moto_server" -H 127.0.0.1 -p "$port" >"$RUN/moto.log" 2>&1 &
   echo $! >"$RUN/moto.pid"
-  echo "export ZR_AWS_ENDPOINT=http://127.0.0.1:$port" >>"$RUN/env"
+  {
+    echo "export ZR_AWS_ENDPOINT=http://127.0.0.1:$port"
+    echo "export ZR_MOTO_BIN=$PEERS/moto-$MOTO_VERSION/bin/moto_server"
+  } >>"$RUN/env"
   MOTO_WAIT_URL="http://127.0.0.1:$port/moto-api/"
 }
 

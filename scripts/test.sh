@@ -44,6 +44,12 @@ scripts/peers.sh start
 # shellcheck disable=SC1091
 source "${ZR_RUN_DIR:-$ROOT/.peers/run}/env"
 
+# What every rotator process wrote and every secret the tests saw, for the leak check at the end;
+# the fault suite's figures (the README's Reliability section quotes them).
+export ZR_TRANSCRIPTS="$ROOT/target/transcripts" ZR_FIGURES="$ROOT/target/fault-figures.txt"
+rm -rf "$ZR_TRANSCRIPTS" "$ZR_FIGURES"
+python3 scripts/scan-transcripts.py --self-test
+
 say "running every test ($runner)"
 if [ "$runner" = nextest ]; then
   cargo nextest run --all-features --no-fail-fast
@@ -62,5 +68,11 @@ if [ "$runner" = nextest ]; then
 else
   cargo test --all-features --no-fail-fast --test zenml_api --test engine --test retiring
 fi
+
+say "the fault suite's figures"
+cat "$ZR_FIGURES"
+
+say "no secret in anything the rotator wrote (invariant 4)"
+python3 scripts/scan-transcripts.py "$ZR_TRANSCRIPTS"
 
 say "done in $(( $(date +%s) - start ))s"

@@ -119,6 +119,9 @@ pub struct ClaimHandle {
     in_flight: bool,
     /// Taken fresh (not over from a holder that is gone) in this step.
     fresh: bool,
+    /// Taken over with the rotation its holder left (an intent, or a kept value), and no
+    /// rotation of this process begun under it since: what it says is still that rotation's.
+    inherited: bool,
     /// The claim says something new that the store does not have yet.
     dirty: bool,
     /// A write found another rotator's claim: this handle must not act any more.
@@ -193,6 +196,7 @@ impl ClaimHandle {
             stop_at: Instant::now(),
             in_flight: false,
             fresh,
+            inherited: !fresh,
             dirty: false,
             lost: false,
             settled: false,
@@ -287,6 +291,12 @@ impl ClaimHandle {
             self.dirty = true;
         }
         self.fresh = false;
+        self.inherited = false;
+    }
+
+    /// Whether the claim still carries the rotation a gone holder left in it (see `inherited`).
+    pub fn inherited(&self) -> bool {
+        self.inherited
     }
 
     /// Before each step that changes ZenML or the store: writes what the claim says anew,

@@ -57,7 +57,8 @@ pub async fn observe(
             }
         }
     }
-    obs.in_flight = in_flight(obs.claim.as_ref(), &snapshot, journaled);
+    let inherited = held.is_some_and(ClaimHandle::inherited);
+    obs.in_flight = in_flight(obs.claim.as_ref(), &snapshot, journaled, inherited);
     let Some(sa) = accounts.get(&policy.service_account) else {
         obs.snapshot = Some(snapshot);
         return obs;
@@ -81,18 +82,20 @@ pub async fn observe(
 
 /// The rotation in flight, if any: a claim whose holder left a rotation unfinished (its value kept
 /// in the claim, or staged under its token), else this host's journal. A value beats an intent.
-/// The claim this step holds counts only for the value it carries over: its own intent is the
-/// rotation about to happen.
+/// The claim this step holds counts for the value it carries over, and for the intent it was
+/// taken over with (`inherited`: a rotation whose answer may be lost, which looking again under
+/// the claim must not forget); its own intent is the rotation about to happen.
 fn in_flight(
     claim: Option<&ClaimSeen>,
     snapshot: &StoreSnapshot,
     journaled: Option<InFlight>,
+    inherited: bool,
 ) -> Option<InFlight> {
     let from_claim = claim.filter(|c| c.active()).and_then(|c| {
         let claim = &c.stored.claim;
         let staged = snapshot.pending.as_deref() == Some(claim.token.as_str());
         let kept = claim.phase == ClaimPhase::Rotated || staged;
-        (kept || !c.held_here).then(|| InFlight {
+        (kept || !c.held_here || inherited).then(|| InFlight {
             holder: Some(claim.holder.clone()),
             phase: if kept { Phase::Rotated } else { Phase::Intent },
             started_at: claim.since,

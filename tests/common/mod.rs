@@ -5,10 +5,13 @@
 
 pub mod claims;
 pub mod policies;
+pub mod fault_proxy;
 pub mod private_bao;
+pub mod private_moto;
 pub mod rig;
 pub mod stores;
 pub mod stub_http;
+pub mod transcript;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -95,9 +98,13 @@ pub fn rotator(dir: &Path) -> Command {
 }
 
 /// Runs a command and returns its output; the panic message of a later assertion can use `describe`.
+/// What the command wrote goes to the suite's transcript (the leak check reads it).
 pub fn run(cmd: &mut Command) -> Output {
     match cmd.output() {
-        Ok(o) => o,
+        Ok(o) => {
+            transcript::command(cmd, &o);
+            o
+        }
         Err(e) => panic!("could not run {cmd:?}: {e}"),
     }
 }
@@ -130,10 +137,12 @@ pub struct ZenmlPeer {
 }
 
 pub fn zenml() -> ZenmlPeer {
+    let password = required("ZR_ZENML_ADMIN_PASSWORD");
+    transcript::secret(&password);
     ZenmlPeer {
         url: required("ZR_ZENML_URL"),
         admin: required("ZR_ZENML_ADMIN"),
-        admin_password: required("ZR_ZENML_ADMIN_PASSWORD"),
+        admin_password: password,
     }
 }
 
@@ -172,5 +181,8 @@ pub async fn new_service_account_with_key(
         .create_api_key(sa.id, "default", "created by a zenml-rotator test")
         .await
         .unwrap_or_else(|e| panic!("create API key on {name}: {e}"));
+    transcript::secret(zenml_rotator::secret::ExposeSecret::expose_secret(
+        &key.value,
+    ));
     (sa, key)
 }

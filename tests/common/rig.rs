@@ -16,6 +16,9 @@ pub struct Rig {
     stores: Vec<String>,
     keys: Vec<String>,
     env: Vec<(String, String)>,
+    /// `[zenml] url` when not the real server's (a fault proxy in front of it), and more lines.
+    zenml_url: Option<String>,
+    zenml_lines: Vec<String>,
     /// The AWS secret access key handed to the binary: unique per rig, so a leak test can look for it.
     pub aws_secret_access_key: String,
 }
@@ -30,11 +33,14 @@ impl Rig {
     pub fn new() -> Rig {
         let peer = zenml();
         let aws_secret_access_key = format!("awssecret{}", unique("k").replace('-', ""));
+        super::transcript::secret(&aws_secret_access_key);
         Rig {
             dir: tempfile::tempdir().unwrap(),
             defaults: Vec::new(),
             stores: Vec::new(),
             keys: Vec::new(),
+            zenml_url: None,
+            zenml_lines: Vec::new(),
             env: vec![
                 (PASSWORD_ENV.into(), peer.admin_password),
                 // Static credentials for moto, from the SDK's environment provider.
@@ -72,6 +78,18 @@ impl Rig {
     /// A `[defaults]` line, e.g. `retain = "1m"` or `concurrency = 4`.
     pub fn default_line(&mut self, line: &str) -> &mut Self {
         self.defaults.push(line.to_owned());
+        self
+    }
+
+    /// Talk to ZenML at `url` (a proxy in front of the real server) instead.
+    pub fn zenml_url(&mut self, url: &str) -> &mut Self {
+        self.zenml_url = Some(url.to_owned());
+        self
+    }
+
+    /// A `[zenml]` line, e.g. `timeout = "2s"`.
+    pub fn zenml_line(&mut self, line: &str) -> &mut Self {
+        self.zenml_lines.push(line.to_owned());
         self
     }
 
@@ -125,6 +143,16 @@ impl Rig {
         self
     }
 
+    /// An AWS store with extra settings lines (e.g. `timeout = "3s"`).
+    pub fn aws_store_with(&mut self, name: &str, endpoint: &str, extra: &str) -> &mut Self {
+        self.aws_store(name, endpoint);
+        if let Some(last) = self.stores.last_mut() {
+            last.push_str(extra);
+            last.push('\n');
+        }
+        self
+    }
+
     pub fn aws_store(&mut self, name: &str, endpoint: &str) -> &mut Self {
         self.stores.push(format!(
             "[stores.{name}]\nkind = \"aws-secrets-manager\"\nregion = \"us-east-1\"\n\
@@ -157,12 +185,31 @@ impl Rig {
 
     /// Writes the policy file from what was declared so far.
     pub fn write(&self) -> PathBuf {
+        let path = self.config();
+        let url = self.zenml_url.clone().unwrap_or_else(|| zenml().url);
+        std::fs::write(&path, self.text(&url)).unwrap();
+        path
+    }
+
+    /// Writes the same policy with ZenML at `zenml_url`, as `<dir>/<name>.toml`: rotators of one
+    /// host (one state directory) that reach ZenML through different proxies.
+    pub fn write_variant(&self, name: &str, zenml_url: &str) -> PathBuf {
+        let path = self.path().join(format!("{name}.toml"));
+        std::fs::write(&path, self.text(zenml_url)).unwrap();
+        path
+    }
+
+    fn text(&self, zenml_url: &str) -> String {
         let peer = zenml();
         let mut text = format!(
-            "[zenml]\nurl = {:?}\nusername = {:?}\npassword_env = {PASSWORD_ENV:?}\n\n",
-            peer.url, peer.admin
+            "[zenml]\nurl = {zenml_url:?}\nusername = {:?}\npassword_env = {PASSWORD_ENV:?}\n",
+            peer.admin
         );
-        text.push_str("[defaults]\n");
+        for line in &self.zenml_lines {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str("\n[defaults]\n");
         for line in &self.defaults {
             text.push_str(line);
             text.push('\n');
@@ -178,18 +225,21 @@ impl Rig {
         for k in &self.keys {
             text.push_str(k);
         }
-        let path = self.config();
-        std::fs::write(&path, text).unwrap();
-        path
+        text
     }
 
     /// The built binary with this rig's environment and `-c <policy>` after the command's args.
     pub fn cmd(&self, args: &[&str]) -> Command {
+        self.cmd_with(&self.config(), args)
+    }
+
+    /// Like `cmd`, with another policy file (a `write_variant`).
+    pub fn cmd_with(&self, config: &Path, args: &[&str]) -> Command {
         let mut cmd = rotator(self.path());
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.args(args).arg("-c").arg(self.config());
+        cmd.args(args).arg("-c").arg(config);
         cmd
     }
 
@@ -234,6 +284,25 @@ impl Rig {
     pub fn journal_entry(&self, policy: &str) -> Option<serde_json::Value> {
         let bytes = std::fs::read(self.journal_dir().join(format!("{policy}.json"))).ok()?;
         Some(serde_json::from_slice(&bytes).unwrap())
+    }
+}
+
+/// What the rotator left behind goes to the suite's transcript: the state directory, metrics
+/// textfiles and the file store's records (never its values: holding them is its job).
+impl Drop for Rig {
+    fn drop(&mut self) {
+        super::transcript::tree(&self.state_dir());
+        for dir in [self.path().to_path_buf(), self.keys_dir()] {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".prom") || name.ends_with(".meta.json") {
+                    super::transcript::file(&e.path());
+                }
+            }
+        }
     }
 }
 
@@ -315,6 +384,7 @@ impl Rig {
             stdout: std::fs::read(&out_path).unwrap(),
             stderr: std::fs::read(&err_path).unwrap(),
         };
+        super::transcript::command(&cmd, &output);
         let ran = Ran::new(&cmd, output);
         assert_eq!(
             ran.output.status.code(),

@@ -60,6 +60,7 @@ impl VaultAdmin {
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = res.status().as_u16();
         let text = res.text().await.unwrap();
+        super::transcript::secrets_in(text.as_bytes());
         let v = if text.is_empty() {
             Value::Null
         } else {
@@ -151,7 +152,9 @@ impl VaultAdmin {
                 Some(json!({ "policies": [name], "ttl": "1h" })),
             )
             .await;
-        v["auth"]["client_token"].as_str().unwrap().to_owned()
+        let token = v["auth"]["client_token"].as_str().unwrap().to_owned();
+        super::transcript::secret(&token);
+        token
     }
 
     /// A token with exactly the policy `deploy/vault/zenml-rotator.hcl` ships, for the keys
@@ -171,7 +174,9 @@ impl VaultAdmin {
                 Some(json!({ "policies": [name], "ttl": "1h" })),
             )
             .await;
-        v["auth"]["client_token"].as_str().unwrap().to_owned()
+        let token = v["auth"]["client_token"].as_str().unwrap().to_owned();
+        super::transcript::secret(&token);
+        token
     }
 
     pub async fn seal(&self) {
@@ -202,6 +207,11 @@ impl VaultAdmin {
 
 /// A plain SDK client on moto: "someone else" creating, deleting and reading secrets.
 pub async fn aws() -> Client {
+    aws_at(&aws_endpoint()).await
+}
+
+/// The same, on the moto at `endpoint` (a private one, or a proxy in front of it).
+pub async fn aws_at(endpoint: &str) -> Client {
     zenml_rotator::http::install_crypto_provider();
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(
@@ -211,7 +221,7 @@ pub async fn aws() -> Client {
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(http)
         .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(aws_endpoint())
+        .endpoint_url(endpoint)
         .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
         .load()
         .await;
@@ -279,6 +289,7 @@ pub async fn aws_value(client: &Client, name: &str, stage: &str) -> Option<Strin
         .await
         .ok()
         .and_then(|o| o.secret_string().map(str::to_owned))
+        .inspect(|v| super::transcript::secrets_in(v.as_bytes()))
 }
 
 /// VersionId -> staging labels.
@@ -361,6 +372,7 @@ pub fn env_file(text: &str) -> BTreeMap<String, String> {
             k.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
             "not an env name: {k:?}"
         );
+        super::transcript::secrets_in(v.as_bytes());
         assert!(
             out.insert(k.to_owned(), v.to_owned()).is_none(),
             "{k} twice"
@@ -398,6 +410,7 @@ pub async fn zenml_state(admin: &ZenmlClient, sa: Uuid) -> Vec<String> {
 
 /// ZenML's verdict on a key value (a `current-user` call with the key as bearer).
 pub async fn check(admin: &ZenmlClient, value: &str) -> KeyCheck {
+    super::transcript::secret(value);
     admin
         .check_key(&SecretString::from(value.to_owned()))
         .await
@@ -412,6 +425,7 @@ pub fn payload_of(raw: &str) -> (String, String) {
     names.sort();
     assert_eq!(names, ["ZENML_STORE_API_KEY", "ZENML_STORE_URL"]);
     assert_eq!(obj["ZENML_STORE_URL"], zenml().url.as_str());
+    super::transcript::secrets_in(raw.as_bytes());
     (
         obj["ZENML_STORE_URL"].as_str().unwrap().to_owned(),
         obj["ZENML_STORE_API_KEY"].as_str().unwrap().to_owned(),

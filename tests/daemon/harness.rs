@@ -99,9 +99,11 @@ pub fn keys_dir(dir: &Path) -> PathBuf {
 /// The value the file store holds for a policy, if any.
 pub fn stored_value(dir: &Path, policy: &str) -> Option<SecretString> {
     let text = std::fs::read_to_string(keys_dir(dir).join(format!("{policy}.env"))).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("ZENML_STORE_API_KEY="))
-        .map(|v| SecretString::from(v.trim().to_owned()))
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ZENML_STORE_API_KEY="))?;
+    common::transcript::secret(value);
+    Some(SecretString::from(value.trim().to_owned()))
 }
 
 pub fn fingerprint(v: &SecretString) -> String {
@@ -243,6 +245,11 @@ impl Drop for Daemon {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        // For the leak check: its log, and what it left in its state directory.
+        common::transcript::file(&self.log);
+        if let Some(dir) = self.log.parent() {
+            common::transcript::tree(&state_dir(dir));
         }
     }
 }

@@ -82,7 +82,9 @@ fn spawn(rig: &Rig, args: &[&str], env: &[(&str, &str)]) -> (Child, Command) {
 }
 
 fn finish(child: Child, cmd: &Command) -> Ran {
-    Ran::new(cmd, child.wait_with_output().unwrap())
+    let out = child.wait_with_output().unwrap();
+    crate::common::transcript::command(cmd, &out);
+    Ran::new(cmd, out)
 }
 
 async fn wait_for<F, Fut>(what: &str, limit: Duration, mut ready: F)

@@ -147,3 +147,43 @@ async fn a_stored_value_found_dead_is_replaced_at_once() {
     );
     assert_eq!(check(&admin, &lost).await, KeyCheck::Rejected);
 }
+
+/// The first rotation of a key whose store is still empty loses its answer (the holder dies
+/// after ZenML rotated, simulated by a crash before the call plus a rotation by hand). The next
+/// pass takes the dead holder's claim over and, looking again under it, must still see the lost
+/// answer: a rescue key is stored at once, rather than the key waiting with nothing stored until
+/// the window ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_first_rotation_into_an_empty_store_is_recovered_at_once() {
+    let admin = zenml_admin();
+    let (sa, original) = new_service_account_with_key(&admin, "eng-heal-empty").await;
+    let root = VaultAdmin::shared();
+    let prefix = unique("eng-heal-empty");
+    let path = format!("{prefix}/k");
+    let token = root.rotator_token(&prefix).await;
+    let mut rig = Rig::new();
+    rig.vault_store("vault", &root.addr, &token)
+        .key("k", &sa.name, "vault", &path, "");
+    rig.write();
+    let mut cmd = rig.cmd(&["once"]);
+    cmd.env("ZR_FAULT", "before_rotate");
+    let out = crate::common::run(&mut cmd);
+    assert_eq!(out.status.code(), Some(86), "the simulated crash");
+    let lost = admin.rotate_api_key(sa.id, "default", 60).await.unwrap();
+    let rotated = key_now(&admin, sa.id).await.last_rotated;
+
+    let row = plan_row(&rig);
+    assert_eq!(row["action"], "recover", "{row}");
+    let ran = rig.expect(&["once", "--output", "json"], 0);
+    assert_eq!(ran.results_of("k"), ["recovered"], "{}", ran.describe());
+    let rescue = stored(&root, &path).await;
+    assert_eq!(check(&admin, &rescue).await, KeyCheck::Accepted);
+    assert_eq!(key_now(&admin, sa.id).await.last_rotated, rotated, "not rotated again");
+    for value in [original.value.expose_secret(), lost.value.expose_secret()] {
+        assert_eq!(check(&admin, value).await, KeyCheck::Accepted, "nobody cut off");
+    }
+    let claim = root
+        .data(&format!("zenml-rotator/claims/{path}"), None)
+        .await;
+    assert_eq!(claim["phase"], "released", "{claim}");
+}

@@ -48,6 +48,14 @@ struct Rig {
     kind: Kind,
 }
 
+/// For the leak check: the state directory and the metrics textfile the runs left.
+impl Drop for Rig {
+    fn drop(&mut self) {
+        common::transcript::tree(&self.dir.path().join("state"));
+        common::transcript::file(&self.dir.path().join("metrics.prom"));
+    }
+}
+
 fn store_section(kind: Kind, dir: &Path) -> String {
     match kind {
         Kind::File => format!(
