@@ -4,8 +4,8 @@
 #![allow(dead_code)]
 
 pub mod claims;
-pub mod policies;
 pub mod fault_proxy;
+pub mod policies;
 pub mod private_bao;
 pub mod private_moto;
 pub mod rig;

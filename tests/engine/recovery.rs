@@ -178,9 +178,17 @@ async fn a_lost_first_rotation_into_an_empty_store_is_recovered_at_once() {
     assert_eq!(ran.results_of("k"), ["recovered"], "{}", ran.describe());
     let rescue = stored(&root, &path).await;
     assert_eq!(check(&admin, &rescue).await, KeyCheck::Accepted);
-    assert_eq!(key_now(&admin, sa.id).await.last_rotated, rotated, "not rotated again");
+    assert_eq!(
+        key_now(&admin, sa.id).await.last_rotated,
+        rotated,
+        "not rotated again"
+    );
     for value in [original.value.expose_secret(), lost.value.expose_secret()] {
-        assert_eq!(check(&admin, value).await, KeyCheck::Accepted, "nobody cut off");
+        assert_eq!(
+            check(&admin, value).await,
+            KeyCheck::Accepted,
+            "nobody cut off"
+        );
     }
     let claim = root
         .data(&format!("zenml-rotator/claims/{path}"), None)

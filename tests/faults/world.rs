@@ -255,7 +255,9 @@ impl World {
         }
         let (ran, rows) = self.plan();
         let why = |policy: &str| {
-            let row = rows.as_array().and_then(|r| r.iter().find(|r| r["policy"] == policy));
+            let row = rows
+                .as_array()
+                .and_then(|r| r.iter().find(|r| r["policy"] == policy));
             row.map(|r| format!("{}: {}", r["action"], r["reason"]))
                 .unwrap_or_default()
         };
