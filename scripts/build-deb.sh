@@ -8,7 +8,7 @@
 # commit's time) fixes every date in the package, so the same commit gives the same package.
 #
 # What the package holds, and why each file is where it is (Debian policy, FHS):
-#   /usr/bin/zenml-rotator                          the binary
+#   /usr/bin/zenml-rotator                          the binary, stripped (its symbols: target/debian/zenml-rotator.debug)
 #   /lib/systemd/system/zenml-rotator{,-once}.service, zenml-rotator.timer   deploy/systemd/, unchanged
 #   /etc/zenml-rotator/config.toml                  conffile, root:root 0640 (deploy/systemd/config.toml)
 #   /etc/zenml-rotator/credentials/                 root:root 0700, empty: LoadCredential= sources
@@ -46,6 +46,14 @@ mkdir -p "$STAGE/DEBIAN"
 DOC=$STAGE/usr/share/doc/$PACKAGE
 
 install -D -m 0755 "$BIN" "$STAGE/usr/bin/zenml-rotator"
+# Debian ships stripped binaries (lintian: unstripped-binary-or-object), as dh_strip makes them:
+# the symbol table goes to a detached file beside the package (target/debian/zenml-rotator.debug,
+# linked by build id and .gnu_debuglink), for `addr2line -e` or a debugger on a backtrace's
+# addresses. A panic's own message keeps its file:line:col either way.
+objcopy --only-keep-debug "$STAGE/usr/bin/zenml-rotator" "$OUT/zenml-rotator.debug"
+chmod 0644 "$OUT/zenml-rotator.debug"
+strip --strip-unneeded --remove-section=.comment "$STAGE/usr/bin/zenml-rotator"
+objcopy --add-gnu-debuglink="$OUT/zenml-rotator.debug" "$STAGE/usr/bin/zenml-rotator"
 for unit in zenml-rotator.service zenml-rotator-once.service zenml-rotator.timer; do
   install -D -m 0644 "deploy/systemd/$unit" "$STAGE/lib/systemd/system/$unit"
 done

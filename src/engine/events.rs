@@ -97,6 +97,9 @@ pub enum Event<'a> {
     /// The previous value is confirmed rejected after its window.
     Finalized {
         policy: &'a str,
+        /// The policy's service account and API key, for the notice.
+        service_account: &'a str,
+        api_key: &'a str,
         detail: &'a str,
         retired: bool,
     },
@@ -206,13 +209,19 @@ pub fn emit(event: Event<'_>) {
         }
         Event::Finalized {
             policy,
+            service_account,
+            api_key,
             detail,
             retired,
         } => {
             m.previous_key_accepted.with_label_values(&[policy]).set(0);
             let sentence = format!("rotation finalized: {detail}");
             tracing::info!(policy, retired, "{sentence}");
-            notify::publish(Notice::new(NoticeKind::Finalized, policy, sentence));
+            notify::publish(
+                Notice::new(NoticeKind::Finalized, policy, sentence)
+                    .service_account(service_account)
+                    .key(Some(api_key), None),
+            );
         }
         Event::PreviousStillAccepted { policy } => {
             m.previous_key_accepted.with_label_values(&[policy]).set(1);

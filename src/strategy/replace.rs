@@ -485,6 +485,8 @@ async fn retire(
     if finalized {
         events::emit(Event::Finalized {
             policy: &policy.name,
+            service_account: &policy.service_account,
+            api_key: &policy.api_key,
             detail: &detail,
             retired: true,
         });

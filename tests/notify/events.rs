@@ -6,7 +6,7 @@ use sha2::Sha256;
 use zenml_rotator::secret::ExposeSecret;
 
 use crate::common::rig::Rig;
-use crate::common::stores::VaultAdmin;
+use crate::common::stores::{VaultAdmin, payload_of};
 use crate::common::stub_http::{StubReply, StubServer};
 use crate::common::{new_service_account_with_key, unique, zenml_admin};
 use crate::{
@@ -192,4 +192,111 @@ async fn a_receiver_that_fails_once_gets_one_delivery() {
         "{metrics}"
     );
     assert!(!ran.stderr.contains("given up"), "{}", ran.describe());
+}
+
+/// The later steps of a key's life reach the audit trail as well, each as one line with the nine
+/// fields and no value: a recovery (a `rotate --force` that died before ZenML answered, and the
+/// rotation done by hand), and a retain after a `replace` rotation, the old key's deactivation
+/// and the finalize.
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_deactivation_and_finalize_reach_the_audit_trail() {
+    let admin = zenml_admin();
+    let root = VaultAdmin::shared();
+    let prefix = unique("nt-later");
+    let token = root.rotator_token(&prefix).await;
+    let (healed_sa, healed_first) = new_service_account_with_key(&admin, "nt-heal").await;
+    let (replaced_sa, replaced_first) = new_service_account_with_key(&admin, "nt-repl").await;
+    let (healed_path, replaced_path) = (format!("{prefix}/healed"), format!("{prefix}/replaced"));
+    let mut rig = Rig::new();
+    let audit = rig.path().join("audit.jsonl");
+    rig.default_line("retain = \"1m\"")
+        .section(&format!(
+            "[[notify]]\npath = {:?}\n",
+            audit.display().to_string()
+        ))
+        .vault_store("vault", &root.addr, &token)
+        .key("healed", &healed_sa.name, "vault", &healed_path, "")
+        .key(
+            "replaced",
+            &replaced_sa.name,
+            "vault",
+            &replaced_path,
+            "strategy = \"replace\"",
+        );
+    rig.write();
+    let ran = rig.expect(&["once", "--output", "json"], 0);
+    assert_eq!(
+        ran.results_of("replaced"),
+        ["rotated"],
+        "{}",
+        ran.describe()
+    );
+    let replaced_at = chrono::Utc::now();
+
+    let mut cmd = rig.cmd(&["rotate", "healed", "--force"]);
+    cmd.env("ZR_FAULT", "before_rotate");
+    let out = crate::common::run(&mut cmd);
+    assert_eq!(out.status.code(), Some(86), "the simulated crash");
+    let lost = admin
+        .rotate_api_key(healed_sa.id, "default", 1)
+        .await
+        .unwrap();
+    let ran = rig.expect(&["once", "--output", "json"], 0);
+    assert_eq!(
+        ran.results_of("healed"),
+        ["recovered"],
+        "{}",
+        ran.describe()
+    );
+    let rescue = payload_of(&root.data(&healed_path, None).await.to_string()).1;
+
+    let wait = (replaced_at + chrono::Duration::seconds(65) - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(wait).await;
+    let ran = rig.expect(&["once", "--output", "json"], 0);
+    assert_eq!(
+        ran.results_of("replaced")[0],
+        "finalized",
+        "{}",
+        ran.describe()
+    );
+
+    let lines = audit_lines(&audit);
+    lines.iter().for_each(assert_shape);
+    let find = |event: &str, policy: &str| -> Value {
+        lines
+            .iter()
+            .find(|l| l["event"] == event && l["policy"] == policy)
+            .unwrap_or_else(|| panic!("no {event} line of {policy} in {lines:#?}"))
+            .clone()
+    };
+    let recovered = find("recovered", "healed");
+    assert_eq!(recovered["service_account"], healed_sa.name.as_str());
+    assert_eq!(recovered["fingerprint"], fingerprint(&rescue).as_str());
+    let deactivated = find("deactivated", "replaced");
+    assert_eq!(deactivated["service_account"], replaced_sa.name.as_str());
+    assert_eq!(deactivated["api_key"], "default", "the replaced key");
+    let first_id = admin
+        .get_api_key(replaced_sa.id, "default")
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(deactivated["key_id"], first_id.to_string().as_str());
+    let finalized = find("finalized", "replaced");
+    assert_eq!(finalized["service_account"], replaced_sa.name.as_str());
+    assert_eq!(finalized["api_key"], "default");
+
+    let replaced_now = payload_of(&root.data(&replaced_path, None).await.to_string()).1;
+    assert_no_value(
+        "the audit file",
+        &std::fs::read_to_string(&audit).unwrap(),
+        &[
+            healed_first.value.expose_secret(),
+            replaced_first.value.expose_secret(),
+            lost.value.expose_secret(),
+            &rescue,
+            &replaced_now,
+        ],
+    );
 }

@@ -48,10 +48,12 @@ fn stored_value(rig: &Rig, file: &str) -> String {
     env_file(&text)["ZENML_STORE_API_KEY"].clone()
 }
 
-/// Every line of an audit file, parsed; asserts the file is private.
+/// Every line of an audit file, parsed; asserts the file is private. The file goes to the
+/// suite's transcript too (the leak check reads it).
 fn audit_lines(path: &Path) -> Vec<Value> {
     let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "audit file mode {mode:o}");
+    common::transcript::file(path);
     std::fs::read_to_string(path)
         .unwrap()
         .lines()

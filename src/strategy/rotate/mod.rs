@@ -623,6 +623,8 @@ async fn finalize(
         .map_err(fail)?;
     events::emit(Event::Finalized {
         policy: &policy.name,
+        service_account: &policy.service_account,
+        api_key: &policy.api_key,
         detail: &detail,
         retired: policy.retire_previous,
     });
