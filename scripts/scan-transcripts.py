@@ -4,7 +4,9 @@ rotator process wrote.
 
 The tests record both sides under $ZR_TRANSCRIPTS (see tests/common/transcript.rs):
   out/<pid>.log      what the processes wrote: stdout, stderr, daemon logs, metrics textfiles,
-                     plan/inventory JSON, the files left in state directories
+                     plan/inventory JSON, audit files, the files left in state directories
+                     (a journal entry of a rotation a test leaves in flight on purpose without
+                     its value: that is the value's durable copy; listed in inflight/<pid>.txt)
   secrets/<pid>.txt  one secret per line: key values (and the secret inside each), passwords, tokens
 
 Usage: scan-transcripts.py DIR. Exit 0 when nothing leaked; 1 with the place of every leak (the
@@ -37,6 +39,16 @@ def outputs(directory):
     if not os.path.isdir(odir):
         return []
     return [os.path.join(odir, n) for n in sorted(os.listdir(odir))]
+
+
+def in_flight(directory):
+    """Journal entries the tests left holding a value in flight (recorded without it)."""
+    idir = os.path.join(directory, "inflight")
+    paths = []
+    for name in sorted(os.listdir(idir)) if os.path.isdir(idir) else []:
+        with open(os.path.join(idir, name), encoding="utf-8", errors="replace") as f:
+            paths.extend(line.strip() for line in f if line.strip())
+    return paths
 
 
 def fingerprint(secret):
@@ -107,6 +119,12 @@ def main():
         f"leak check: {len(secrets)} secrets searched in {len(files)} transcripts "
         f"({size / 1e6:.1f} MB): {len(leaks)} found"
     )
+    inflight = in_flight(sys.argv[1])
+    if inflight:
+        print(
+            f"  ({len(inflight)} journal entries of rotations left in flight on purpose were "
+            "scanned without their value, which is the durable copy by design)"
+        )
     for path, lineno, fp in leaks:
         print(f"  LEAK {path}:{lineno}: secret {fp}", file=sys.stderr)
     return 1 if leaks else 0

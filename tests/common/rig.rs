@@ -93,6 +93,12 @@ impl Rig {
         self
     }
 
+    /// Drops the `[zenml]` lines added with `zenml_line` (write again to apply).
+    pub fn clear_zenml_lines(&mut self) -> &mut Self {
+        self.zenml_lines.clear();
+        self
+    }
+
     /// Any other table, as written (e.g. `[coordination]\nclaim_ttl = "10s"`).
     pub fn section(&mut self, text: &str) -> &mut Self {
         self.stores.push(format!("{text}\n"));

@@ -112,6 +112,10 @@ async fn run_case(case: Case) {
     ));
 
     proxy.clear();
+    // The healing pass meets no fault: it runs with the default timeout, since the 2 s that
+    // keeps the hang cases short is too short for real answers on a loaded machine.
+    world.rig.clear_zenml_lines();
+    world.rig.write();
     let after = world.rig.expect(&["once", "--output", "json"], 0);
     no_panic(case.name, &after.stderr);
     assert_eq!(
