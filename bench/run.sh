@@ -56,6 +56,10 @@ if [ ! -f "$WORK/ids.tsv" ] || [ "$(cat "$WORK/server" 2>/dev/null)" != "$URL" ]
   echo "$URL" >"$WORK/server"
 fi
 
+# The rotator refuses a state or file-store directory others can enter (README, Security).
+install -d -m 0700 "$WORK/keys" "$WORK/state"
+chmod -R go-rwx "$WORK/keys" "$WORK/state"
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 policy() { # template url name -> file
@@ -175,6 +179,8 @@ if wants 3; then
         wait_s=$(( last[$k] + 125 - $(date +%s) ))
         [ "$wait_s" -le 0 ] || { echo "  (set $k is due in ${wait_s}s)" >&2; sleep "$wait_s"; }
       fi
+      # Private, as the rotator requires now (an older binary may have created it 0755).
+      install -d -m 0700 "$WORK/state-vault"; chmod 0700 "$WORK/state-vault"
       pv=$(policy "policy-vault-$k.toml.in" "$URL" "policy-vault-$k.toml")
       sed -i "s|{vault}|$ZR_VAULT_ADDR|" "$pv"
       usage=$(python3 bench/rusage.py "$WORK/once.json" -- "${BINS[$b]}" once -c "$pv" --output json 2>>"$WORK/once.log")
