@@ -58,6 +58,14 @@ fn load_ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Htt
     Ok(certs)
 }
 
+/// How long an idle connection stays in the pool. Servers close idle keep-alive connections after
+/// a few seconds (uvicorn, which runs ZenML, after 5 s; gunicorn after 2 s), and a request written
+/// on a connection the server is closing at that moment dies with "connection closed before
+/// message completed": for ZenML's rotate call, an answer lost for nothing (the server may or may
+/// not have acted), which then needs a recovery. Dropping connections idle for a second costs a
+/// new connection after each pause, and a pass's requests to one server rarely pause that long.
+const POOL_IDLE: Duration = Duration::from_secs(1);
+
 /// A reqwest client with a per-request timeout and, when given, an extra trusted CA bundle.
 /// A 3xx answer comes back as it is: reqwest would re-send a 307/308's body (a login form, a key)
 /// and every header but `Authorization` (`X-Vault-Token` among them) to wherever it points.
@@ -82,6 +90,7 @@ pub fn client(
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("zenml-rotator/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(POOL_IDLE)
         .build()
         .map_err(|e| HttpSetupError::Build(e.to_string()))
 }
@@ -197,6 +206,62 @@ impl ServerCertVerifier for LazyPlatformVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A loopback HTTP/1.1 server that keeps connections alive and counts the ones it accepted.
+    async fn counting_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while let Ok(n) = stream.read(&mut chunk).await {
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    /// A connection idle past `POOL_IDLE` is not reused: the server may be closing it just then.
+    #[tokio::test]
+    async fn a_connection_idle_for_a_second_is_not_reused() {
+        use std::sync::atomic::Ordering;
+        let (url, accepted) = counting_server().await;
+        let http = client(Duration::from_secs(5), None).unwrap();
+        for _ in 0..3 {
+            http.get(&url).send().await.unwrap().text().await.unwrap();
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "back-to-back requests share one"
+        );
+        tokio::time::sleep(POOL_IDLE + Duration::from_millis(800)).await;
+        http.get(&url).send().await.unwrap().text().await.unwrap();
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "an idle connection was reused"
+        );
+    }
 
     #[test]
     fn building_clients_loads_no_trust_store_and_shares_one() {
