@@ -300,6 +300,18 @@ async fn retries_with_the_same_token_are_idempotent() {
         Some("ZENKEY_two")
     );
 
+    // Another rotator finishing this rotation, which reaches ZenML under another URL: the same
+    // key value under the same token is the same rotation, and the staged version stays as it is.
+    let elsewhere = Payload {
+        zenml_url: "https://zenml.internal.example".into(),
+        api_key: SecretString::from("ZENKEY_two".to_owned()),
+    };
+    store
+        .stage(&name, &elsewhere, &record("k1"), &snap, &t2)
+        .await
+        .unwrap();
+    assert_eq!(stages(&raw, &name).await.len(), 2);
+
     // A retried promote, and a stage retried after the promote landed: both no-ops.
     store.promote(&name, &t2, &snap).await.unwrap();
     store.promote(&name, &t2, &snap).await.unwrap();

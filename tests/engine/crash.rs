@@ -362,6 +362,53 @@ async fn an_aws_replay_resumes_with_the_same_client_request_token() {
     assert_eq!(stored, value);
 }
 
+/// The same crash, finished by a rotator that reaches ZenML under another URL (an operator's
+/// public name beside a cluster's internal one): the version staged under the token holds the
+/// same key, so it is the same rotation, promoted as it is rather than refused as a reused token.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aws_replay_by_a_rotator_with_another_zenml_url_finishes_the_rotation() {
+    let admin = zenml_admin();
+    let (sa, _) = new_service_account_with_key(&admin, "eng-crash-aws-url").await;
+    let client = aws().await;
+    let name = unique("eng-crash-aws-url");
+    let mut rig = Rig::new();
+    rig.aws_store("aws", &aws_endpoint())
+        .key("k", &sa.name, "aws", &name, "");
+    rig.write();
+    rig.expect(&["once"], 0);
+    let other_url = zenml().url.replace("127.0.0.1", "localhost");
+    assert_ne!(other_url, zenml().url);
+    let other = rig.write_variant("other-url", &other_url);
+    let mut cmd = rig.cmd_with(&other, &["rotate", "k", "--force"]);
+    cmd.env("ZR_FAULT", "after_stage");
+    let out = crate::common::run(&mut cmd);
+    let ran = Ran::new(&cmd, out);
+    assert_eq!(
+        ran.output.status.code(),
+        Some(CRASHED),
+        "{}",
+        ran.describe()
+    );
+    // The payload as the other rotator wrote it: its URL, and the key.
+    let fields = |raw: String| -> (String, String) {
+        crate::common::transcript::secrets_in(raw.as_bytes());
+        let v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        let text = |name: &str| v[name].as_str().unwrap().to_owned();
+        (text("ZENML_STORE_URL"), text("ZENML_STORE_API_KEY"))
+    };
+    let (url, value) = fields(aws_value(&client, &name, "AWSPENDING").await.unwrap());
+    assert_eq!(url, other_url);
+
+    replay(&rig);
+    let stored = fields(aws_value(&client, &name, "AWSCURRENT").await.unwrap());
+    assert_eq!(
+        stored,
+        (other_url, value),
+        "the staged version, promoted as it is"
+    );
+    assert_eq!(check(&admin, &stored.1).await, KeyCheck::Accepted);
+}
+
 /// A journaled value whose policy is gone from the policy file cannot be replayed, and may be the
 /// only working copy of the key: the pass keeps it, fails, and says where it is.
 #[tokio::test(flavor = "multi_thread")]

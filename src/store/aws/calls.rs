@@ -27,9 +27,11 @@ pub(super) enum Version<'a> {
 }
 
 /// Whether a stored value is exactly the payload we would write (same URL, same key).
-fn same_payload(stored: &SecretString, ours: &Payload) -> bool {
-    Payload::from_json(stored)
-        .is_some_and(|p| p.zenml_url == ours.zenml_url && secrets_equal(&p.api_key, &ours.api_key))
+/// Whether a stored payload holds our key value. The ZenML URL beside it is not compared: rotators
+/// that reach ZenML under different URLs (a cluster's internal name, an operator's public one)
+/// finish each other's rotations, and the value is what a rotation token stands for.
+fn same_key(stored: &SecretString, ours: &Payload) -> bool {
+    Payload::from_json(stored).is_some_and(|p| secrets_equal(&p.api_key, &ours.api_key))
 }
 
 pub(super) fn check_token(op: &'static str, path: &str, token: &str) -> Result<(), StoreError> {
@@ -176,9 +178,11 @@ impl AwsStore {
         const OP: &str = "stage";
         state.refuse_unwritable(OP, path)?;
         if state.versions.contains_key(token) {
-            // A retry of this rotation's write (or of its create): done if it holds our value.
+            // A retry of this rotation's write (or of its create), or its finish by another
+            // rotator: done if it holds our key value. (AWS refuses the same token with other
+            // content, so a version staged with another ZenML URL is kept as it is.)
             return match self.get_value(OP, path, Version::Id(token)).await? {
-                Some((_, stored)) if same_payload(&stored, payload) => Ok(()),
+                Some((_, stored)) if same_key(&stored, payload) => Ok(()),
                 _ => Err(conflict(
                     OP,
                     path,
