@@ -7,28 +7,12 @@ use zenml_rotator::secret::ExposeSecret;
 use zenml_rotator::zenml::KeyCheck;
 
 use crate::common::private_bao::PrivateBao;
-use crate::common::rig::{Ran, Rig};
+use crate::common::rig::Rig;
 use crate::common::stores::{VaultAdmin, aws, check, zenml_state};
 use crate::common::stub_http::{StubReply, StubServer};
 use crate::common::{aws_endpoint, new_service_account_with_key, unique, zenml, zenml_admin};
 
-/// The one row of `policy` in a `--output json` pass report: failed, at `stage`. Returns the detail.
-pub fn failed_at(ran: &Ran, policy: &str, stage: &str) -> String {
-    let rows: Vec<_> = ran
-        .rows()
-        .into_iter()
-        .filter(|(p, _, _)| p == policy)
-        .collect();
-    assert_eq!(rows.len(), 1, "{}", ran.describe());
-    let (_, result, detail) = &rows[0];
-    assert_eq!(result, "failed", "{}", ran.describe());
-    assert!(
-        detail.starts_with(&format!("{stage}: ")),
-        "expected stage {stage}\n{}",
-        ran.describe()
-    );
-    detail.clone()
-}
+pub use crate::common::rig::failed_at;
 
 /// Runs `args` (a pass or a rotate of policy `k`), expects a pre-flight failure, and checks that
 /// ZenML is untouched and `old` still logs in. Returns the failure's detail.

@@ -287,20 +287,4 @@ impl World {
     }
 }
 
-/// The one row of `policy` in a pass report: failed at `stage`. Returns the detail.
-pub fn failed_at(ran: &Ran, policy: &str, stage: &str) -> String {
-    let rows: Vec<_> = ran
-        .rows()
-        .into_iter()
-        .filter(|(p, _, _)| p == policy)
-        .collect();
-    assert_eq!(rows.len(), 1, "{}", ran.describe());
-    let (_, result, detail) = &rows[0];
-    assert_eq!(result, "failed", "{}", ran.describe());
-    assert!(
-        detail.starts_with(&format!("{stage}: ")),
-        "expected stage {stage}\n{}",
-        ran.describe()
-    );
-    detail.clone()
-}
+pub use crate::common::rig::failed_at;
