@@ -256,7 +256,9 @@ async fn rotate_by_hand_beside_a_daemon_rotating_the_key_waits_for_its_claim() {
 async fn a_killed_holder_is_finished_by_another_rotator_once_its_claim_expired() {
     let (sa, original, path, token) = one_key("eng-coord-kill").await;
     let keys = [(sa.name.clone(), path.clone())];
-    let holder = rig_for(Kind::Vault, &token, &keys, SHORT_CLAIMS);
+    // A claim with room for a slow server: the second rotator must find it still held.
+    let claims = "[coordination]\nclaim_ttl = \"30s\"\nmax_clock_skew = \"1s\"";
+    let holder = rig_for(Kind::Vault, &token, &keys, claims);
     let (child, cmd) = spawn(
         &holder,
         &["once"],
@@ -279,7 +281,7 @@ async fn a_killed_holder_is_finished_by_another_rotator_once_its_claim_expired()
         &token,
         &keys,
         &format!(
-            "{SHORT_CLAIMS}\n[metrics]\ntextfile = {:?}",
+            "{claims}\n[metrics]\ntextfile = {:?}",
             textfile.display().to_string()
         ),
     );
