@@ -51,7 +51,8 @@ export ZR_BENCH_PASSWORD=$ZR_ZENML_ADMIN_PASSWORD
 
 if [ ! -f "$WORK/ids.tsv" ] || [ "$(cat "$WORK/server" 2>/dev/null)" != "$URL" ]; then
   say "creating 100 service accounts x 10 API keys on $URL"
-  rm -rf "$WORK/keys" "$WORK/state" "$WORK/ids.tsv"
+  # The Vault key sets name the old accounts: made again from the new ones (section 3).
+  rm -rf "$WORK/keys" "$WORK/state" "$WORK/state-vault" "$WORK/ids.tsv" "$WORK"/policy-vault-*.toml.in
   python3 bench/setup.py "$WORK"
   echo "$URL" >"$WORK/server"
 fi

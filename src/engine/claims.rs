@@ -234,6 +234,17 @@ impl ClaimHandle {
         self.version.as_deref()
     }
 
+    /// The claim exactly as the store holds it: this handle wrote it last and has changed nothing
+    /// since, so nobody else can have written it before it expires. `None` for a lock file, or
+    /// once it says something the store does not have yet.
+    pub fn as_stored(&self) -> Option<StoredClaim> {
+        let version = self.version.as_ref()?;
+        (!self.dirty && !self.lost && self.lock.is_none()).then(|| StoredClaim {
+            claim: self.claim.clone(),
+            version: version.clone(),
+        })
+    }
+
     /// The rotation's id (AWS ClientRequestToken).
     pub fn token(&self) -> &str {
         &self.claim.token

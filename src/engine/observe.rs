@@ -42,7 +42,12 @@ pub async fn observe(
         }
     };
     if store.coordination() == Coordination::Shared {
-        match store.read_claim(&policy.path).await {
+        // Under the claim this step just wrote, what the store holds is known: no read.
+        let claim = match held.and_then(ClaimHandle::as_stored) {
+            Some(stored) => Ok(Some(stored)),
+            None => store.read_claim(&policy.path).await,
+        };
+        match claim {
             Ok(stored) => {
                 obs.claim = stored.map(|stored| ClaimSeen {
                     stale_at: ctx.claim_rules().stale_at(&stored.claim),

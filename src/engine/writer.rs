@@ -1,6 +1,7 @@
 //! The one way a new value reaches a store, for every strategy: pre-flight (invariant 2), then
-//! stage, read back equal, promote, read back current equal, record (invariant 3). And the key
-//! check that proves ZenML accepts a value (no token is minted).
+//! stage, read back equal, promote, read back current equal, record (invariant 3); a store that
+//! stages in place (the value and its record current at once) is read back once, after promote.
+//! And the key check that proves ZenML accepts a value (no token is minted).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,9 @@ use crate::config::KeyPolicy;
 use crate::fault;
 use crate::metrics::Stage;
 use crate::secret::{ExposeSecret, SecretString, secrets_equal};
-use crate::store::{Payload, PendingHooks, RotationRecord, SecretStore, StoreError, StoreSnapshot};
+use crate::store::{
+    Payload, PendingHooks, RotationRecord, SecretStore, Staging, StoreError, StoreSnapshot,
+};
 use crate::zenml::KeyCheck;
 
 /// Invariant 2: the store's snapshot proves a write to the policy's path would succeed now.
@@ -34,7 +37,8 @@ pub async fn preflight_store(
     Ok(snapshot)
 }
 
-/// Stage, read back equal, promote, read back current equal, record. Idempotent on retry.
+/// Stage, read back equal, promote, read back current equal, record (in-place stores: stage,
+/// promote, read back current equal). Idempotent on retry.
 /// The record marks the policy's `on_rotated` hook pending for the new value (run after the
 /// pass's steps, retried by later passes until it succeeds), and keeps an `on_finalized` still
 /// pending from the record it replaces (a finalize and a rotation can share one pass).
@@ -63,14 +67,19 @@ pub async fn store_value(
         zenml_url: ctx.zenml_url().to_owned(),
         api_key: SecretString::from(value.expose_secret().to_owned()),
     };
+    // Staged in place, the value and its record are current at once: one read-back, after
+    // `promote` has checked the current version is still this rotation's, covers both reads.
+    let beside = store.staging() == Staging::Beside;
     fault::point("before_store");
     retry(|| store.stage(&policy.path, &payload, record, snapshot, token))
         .await
         .map_err(fail)?;
-    let staged = retry(|| store.read_staged(&policy.path, token))
-        .await
-        .map_err(fail)?;
-    read_back_equal(staged, value, "staged")?;
+    if beside {
+        let staged = retry(|| store.read_staged(&policy.path, token))
+            .await
+            .map_err(fail)?;
+        read_back_equal(staged, value, "staged")?;
+    }
     fault::point("after_stage");
     retry(|| store.promote(&policy.path, token, snapshot))
         .await
@@ -79,9 +88,11 @@ pub async fn store_value(
         .await
         .map_err(fail)?;
     read_back_equal(current, value, "current")?;
-    retry(|| store.set_record(&policy.path, record))
-        .await
-        .map_err(fail)?;
+    if beside {
+        retry(|| store.set_record(&policy.path, record))
+            .await
+            .map_err(fail)?;
+    }
     fault::point("after_store");
     Ok(())
 }

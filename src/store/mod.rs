@@ -384,6 +384,20 @@ pub trait SecretStore: Send + Sync {
 
     /// Where a new value waits between ZenML's answer and the store write.
     fn keeps_value(&self) -> ValueKept;
+
+    /// What `stage` writes: the current value itself, or a value beside it.
+    fn staging(&self) -> Staging;
+}
+
+/// What a store's `stage` writes, so the writer reads back and records only what it must.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staging {
+    /// The current value and its record, at once (KV v2, the file store): `read_staged` is
+    /// `read_current`, and `set_record` after `promote` would write the same record again.
+    InPlace,
+    /// A version beside the current one (AWS `AWSPENDING`): read back before `promote` moves it,
+    /// and recorded after, since the record describes the current version.
+    Beside,
 }
 
 /// Where a store keeps a new value between ZenML's answer and the store write, so another

@@ -395,15 +395,18 @@ async fn once_needs_no_state_directory_for_vault_and_aws_keys() {
 async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
     use crate::common::stub_http::{StubRequest, StubServer, forward};
 
-    let (sa, _original, path, token) = one_key("eng-coord-cost").await;
+    let (sa, original, path, token) = one_key("eng-coord-cost").await;
     let (aws_sa, _) = new_service_account_with_key(&zenml_admin(), "eng-coord-cost").await;
     let aws_path = unique("eng-coord-cost");
     let vault_up = VaultAdmin::shared().addr.clone();
     let aws_up = aws_endpoint();
     let vault = StubServer::start(move |r| forward(&vault_up, r)).await;
     let aws_proxy = StubServer::start(move |r| forward(&aws_up, r)).await;
+    let zenml_up = std::env::var("ZR_ZENML_URL").unwrap();
+    let zenml = StubServer::start(move |r| forward(&zenml_up, r)).await;
     let mut rig = Rig::new();
-    rig.vault_store("vault", &vault.url, &token)
+    rig.zenml_url(&zenml.url)
+        .vault_store("vault", &vault.url, &token)
         .aws_store("aws", &aws_proxy.url)
         .key("v", &sa.name, "vault", &path, "")
         .key("a", &aws_sa.name, "aws", &aws_path, "");
@@ -421,6 +424,43 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
             .collect();
         let reads = calls.iter().filter(|m| *m == "GET").count();
         (reads, calls.len() - reads)
+    };
+    // Every request on the key's own path, as "METHOD data|metadata" (claims live elsewhere).
+    let vault_key_calls = |from: usize| {
+        let (data, meta) = (format!("/data/{path}"), format!("/metadata/{path}"));
+        vault.requests()[from..]
+            .iter()
+            .filter_map(|r| {
+                let kind = if r.path().ends_with(&data) {
+                    "data"
+                } else if r.path().ends_with(&meta) {
+                    "metadata"
+                } else {
+                    return None;
+                };
+                Some(format!("{} {kind}", r.method))
+            })
+            .collect::<Vec<_>>()
+    };
+    // The Vault key's requests to ZenML, as "METHOD name|id|rotate" (how the key is addressed).
+    let zenml_key_calls = || {
+        let keys = format!("/service_accounts/{}/api_keys/", sa.id);
+        let name = original.key.name.clone();
+        zenml
+            .requests()
+            .iter()
+            .filter(|r| r.path().contains(&keys))
+            .map(|r| {
+                let kind = if r.path().ends_with("/rotate") {
+                    "rotate"
+                } else if r.path().ends_with(&format!("/{name}")) {
+                    "name"
+                } else {
+                    "id"
+                };
+                format!("{} {kind}", r.method)
+            })
+            .collect::<Vec<_>>()
     };
     let aws_calls = |from: usize| {
         aws_proxy.requests()[from..]
@@ -440,13 +480,43 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
     let ran = run(&["once", "--output", "json"]).await.unwrap();
     assert_eq!(ran.results_of("v"), ["rotated"], "{}", ran.describe());
     assert_eq!(ran.results_of("a"), ["rotated"], "{}", ran.describe());
-    // Looked at before taking, under the claim and after rotating; taken, value kept, released.
-    assert_eq!(vault_calls(0), (3, 3), "first rotation, Vault");
+    // Looked at before taking and after rotating (under the claim, the taker knows what it
+    // wrote); taken, value kept, released.
+    assert_eq!(vault_calls(0), (2, 3), "first rotation, Vault");
+    // KV v2 writes the value current at once, with its record: one read-back after the
+    // ownership check, and no second record write.
+    assert_eq!(
+        vault_key_calls(0),
+        [
+            "GET metadata",  // looked at
+            "GET metadata",  // under the claim
+            "GET metadata",  // pre-flight: the version to check-and-set against
+            "POST data",     // the value, check-and-set
+            "GET metadata",  // the record merged into custom_metadata
+            "POST metadata", //
+            "GET metadata",  // promote: the current version is this rotation's
+            "GET data",      // read back equal
+            "GET metadata",  // looked at after the rotation, for the metrics
+        ],
+        "first rotation, Vault key path"
+    );
+    // The key as the rotate call's own read-back gave it is what the record says: not read again.
+    assert_eq!(
+        zenml_key_calls(),
+        [
+            "GET name",   // looked at
+            "GET name",   // under the claim
+            "PUT rotate", //
+            "GET id",     // the rotated key's last_rotated
+            "GET name",   // looked at after the rotation, for the metrics
+        ],
+        "first rotation, ZenML"
+    );
     let get = "GetSecretValue";
     let (put, stage) = ("PutSecretValue", "UpdateSecretVersionStage");
     assert_eq!(
         aws_calls(0),
-        [get, "CreateSecret", get, put, stage, get],
+        [get, "CreateSecret", put, stage, get],
         "first rotation, AWS"
     );
 
@@ -460,10 +530,10 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
         let ran = run(args).await.unwrap();
         assert_eq!(ran.results_of(name), ["rotated"], "{}", ran.describe());
     }
-    assert_eq!(vault_calls(v_from), (3, 3), "later rotation, Vault");
+    assert_eq!(vault_calls(v_from), (2, 3), "later rotation, Vault");
     assert_eq!(
         aws_calls(a_from),
-        [get, put, stage, get, put, stage, get],
+        [get, put, stage, put, stage, get],
         "later rotation, AWS"
     );
 }

@@ -16,7 +16,7 @@ use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::ProvideCredentials;
 
 use super::{
-    Claim, Coordination, Payload, RotationRecord, SecretStore, StoreError, StoreSnapshot,
+    Claim, Coordination, Payload, RotationRecord, SecretStore, Staging, StoreError, StoreSnapshot,
     StoredClaim, ValueKept,
 };
 use crate::secret::SecretString;
@@ -423,6 +423,10 @@ impl SecretStore for AwsStore {
 
     fn keeps_value(&self) -> ValueKept {
         ValueKept::Staged
+    }
+
+    fn staging(&self) -> Staging {
+        Staging::Beside
     }
 }
 

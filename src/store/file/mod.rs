@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{
-    Claim, Coordination, ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, StoreError,
-    StoreErrorKind, StoreSnapshot, StoredClaim, ValueKept,
+    Claim, Coordination, ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, Staging,
+    StoreError, StoreErrorKind, StoreSnapshot, StoredClaim, ValueKept,
 };
 use crate::durable;
 use crate::durable::sync_dir;
@@ -400,5 +400,9 @@ impl SecretStore for FileStore {
 
     fn keeps_value(&self) -> ValueKept {
         ValueKept::Journal
+    }
+
+    fn staging(&self) -> Staging {
+        Staging::InPlace
     }
 }

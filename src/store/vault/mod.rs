@@ -33,8 +33,8 @@ use tokio::sync::Mutex;
 use vaultrs::api::kv2::requests::SetSecretRequestOptions;
 
 use super::{
-    Claim, Coordination, ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, StoreError,
-    StoreErrorKind, StoreSnapshot, StoredClaim, ValueKept,
+    Claim, Coordination, ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, Staging,
+    StoreError, StoreErrorKind, StoreSnapshot, StoredClaim, ValueKept,
 };
 use crate::metrics::observe_upstream;
 use crate::secret::{ExposeSecret, SecretString};
@@ -421,5 +421,9 @@ impl SecretStore for VaultStore {
 
     fn keeps_value(&self) -> ValueKept {
         ValueKept::InClaim
+    }
+
+    fn staging(&self) -> Staging {
+        Staging::InPlace
     }
 }

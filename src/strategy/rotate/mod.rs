@@ -224,7 +224,10 @@ async fn rotate(
     keep(ctx, policy, &store, &snapshot, claim, &entry, &new.value).await;
     tracing::info!(policy = %policy.name, key_id = %key.id, fingerprint = %fingerprint(&new.value), "rotated in ZenML");
     fault::point("after_rotate");
-    let kept = Kept::from_entry(&entry);
+    let kept = Kept {
+        answered: Some(new.key.clone()),
+        ..Kept::from_entry(&entry)
+    };
     complete(
         ctx, policy, &store, &kept, &new.value, snapshot, started, claim,
     )
@@ -309,6 +312,9 @@ struct Kept {
     rotated_at: Option<DateTime<Utc>>,
     retain_minutes: u32,
     fingerprint: Option<String>,
+    /// The key as ZenML described it just after this rotator's own rotate call; a rotation
+    /// finished later (a replay, another holder's) reads the key again.
+    answered: Option<ApiKey>,
 }
 
 impl Kept {
@@ -321,6 +327,7 @@ impl Kept {
             rotated_at: entry.rotated_at,
             retain_minutes: entry.retain_minutes,
             fingerprint: entry.fingerprint.clone(),
+            answered: None,
         }
     }
 
@@ -333,6 +340,7 @@ impl Kept {
             rotated_at: claim.rotated_at,
             retain_minutes: claim.retain_minutes,
             fingerprint: claim.fingerprint.clone(),
+            answered: None,
         }
     }
 }
@@ -398,11 +406,14 @@ async fn complete(
     // kept one first: if the key was rotated again between a crash and this replay, the key's
     // timestamp is that other rotation's, and recording it would hide that the value stored
     // here is now the previous generation, alive only until that window ends.
-    let key_now = ctx
-        .zenml()
-        .get_api_key(sa_id, &kept.key_id)
-        .await
-        .map_err(|e| KeyFailure::zenml(Stage::Verify, e))?;
+    let key_now = match &kept.answered {
+        Some(key) => key.clone(),
+        None => ctx
+            .zenml()
+            .get_api_key(sa_id, &kept.key_id)
+            .await
+            .map_err(|e| KeyFailure::zenml(Stage::Verify, e))?,
+    };
     let rotated_at = kept
         .rotated_at
         .or(key_now.last_rotated)
