@@ -24,7 +24,11 @@ const CRASHED: i32 = 86;
 
 /// Runs `args` with `ZR_FAULT=<point>` and expects the simulated crash.
 fn crash_at(rig: &Rig, point: &str, args: &[&str]) -> Ran {
-    let mut cmd = rig.cmd(args);
+    crash_running(rig.cmd(args), point)
+}
+
+/// Runs `cmd` with `ZR_FAULT=<point>` and expects the simulated crash.
+fn crash_running(mut cmd: std::process::Command, point: &str) -> Ran {
     cmd.env("ZR_FAULT", point);
     let out = crate::common::run(&mut cmd);
     let ran = Ran::new(&cmd, out);
@@ -379,15 +383,9 @@ async fn an_aws_replay_by_a_rotator_with_another_zenml_url_finishes_the_rotation
     let other_url = zenml().url.replace("127.0.0.1", "localhost");
     assert_ne!(other_url, zenml().url);
     let other = rig.write_variant("other-url", &other_url);
-    let mut cmd = rig.cmd_with(&other, &["rotate", "k", "--force"]);
-    cmd.env("ZR_FAULT", "after_stage");
-    let out = crate::common::run(&mut cmd);
-    let ran = Ran::new(&cmd, out);
-    assert_eq!(
-        ran.output.status.code(),
-        Some(CRASHED),
-        "{}",
-        ran.describe()
+    crash_running(
+        rig.cmd_with(&other, &["rotate", "k", "--force"]),
+        "after_stage",
     );
     // The payload as the other rotator wrote it: its URL, and the key.
     let fields = |raw: String| -> (String, String) {
