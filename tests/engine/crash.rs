@@ -11,13 +11,13 @@ use zenml_rotator::secret::ExposeSecret;
 use zenml_rotator::zenml::KeyCheck;
 
 use crate::common::private_bao::PrivateBao;
+use crate::common::rig::failed_at;
 use crate::common::rig::{Ran, Rig};
 use crate::common::stores::{
     VaultAdmin, aws, aws_value, aws_versions, check, env_file, payload_of,
 };
 use crate::common::{aws_endpoint, new_service_account_with_key, unique, zenml, zenml_admin};
 use crate::key_now;
-use crate::preflight::failed_at;
 
 /// The exit code of a fault point's simulated crash (src/fault.rs).
 const CRASHED: i32 = 86;

@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 use zenml_rotator::zenml::KeyCheck;
 
 use crate::common::rig::Rig;
+use crate::common::rig::failed_at;
 use crate::common::stores::{VaultAdmin, aws_value, check, env_file, payload_of};
 use crate::common::{aws_endpoint, new_service_account_with_key, unique, zenml_admin};
-use crate::preflight::failed_at;
 
 const KEYS: usize = 20;
 const BROKEN: usize = 7;

@@ -7,12 +7,10 @@ use zenml_rotator::secret::ExposeSecret;
 use zenml_rotator::zenml::KeyCheck;
 
 use crate::common::private_bao::PrivateBao;
-use crate::common::rig::Rig;
+use crate::common::rig::{Rig, failed_at};
 use crate::common::stores::{VaultAdmin, aws, check, zenml_state};
 use crate::common::stub_http::{StubReply, StubServer};
 use crate::common::{aws_endpoint, new_service_account_with_key, unique, zenml, zenml_admin};
-
-pub use crate::common::rig::failed_at;
 
 /// Runs `args` (a pass or a rotate of policy `k`), expects a pre-flight failure, and checks that
 /// ZenML is untouched and `old` still logs in. Returns the failure's detail.

@@ -4,7 +4,8 @@
 //! next `once` completes and nothing is lost.
 
 use crate::common::fault_proxy::{Fault, FaultProxy, Head};
-use crate::world::{Kind, Setup, StoreAt, World, failed_at};
+use crate::common::rig::failed_at;
+use crate::world::{Kind, Setup, StoreAt, World};
 use crate::{figure, metric, no_panic};
 
 /// Where the bad answer comes from.

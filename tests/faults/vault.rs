@@ -10,9 +10,10 @@ use zenml_rotator::zenml::KeyCheck;
 use crate::common::fault_proxy::{Exchange, FaultProxy};
 use crate::common::private_bao::PrivateBao;
 use crate::common::rig::Ran;
+use crate::common::rig::failed_at;
 use crate::common::stores::{VaultAdmin, check};
 use crate::common::zenml_admin;
-use crate::world::{Setup, StoreAt, World, failed_at};
+use crate::world::{Setup, StoreAt, World};
 use crate::{figure, metric};
 
 /// The faulted run failed at `stage`, counted once in `errors_total`; the requests that met the

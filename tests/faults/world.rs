@@ -286,5 +286,3 @@ impl World {
         );
     }
 }
-
-pub use crate::common::rig::failed_at;

@@ -9,9 +9,10 @@ use std::time::Duration;
 use zenml_rotator::zenml::KeyCheck;
 
 use crate::common::fault_proxy::{Exchange, Fault, FaultProxy, Head};
+use crate::common::rig::failed_at;
 use crate::common::stores::check;
 use crate::common::zenml_admin;
-use crate::world::{Kind, Setup, StoreAt, World, failed_at};
+use crate::world::{Kind, Setup, StoreAt, World};
 use crate::{figure, metric, no_panic};
 
 /// The ZenML client's timeout in these tests: a hang must outlast it.

@@ -26,7 +26,6 @@ pub(super) enum Version<'a> {
     Id(&'a str),
 }
 
-/// Whether a stored value is exactly the payload we would write (same URL, same key).
 /// Whether a stored payload holds our key value. The ZenML URL beside it is not compared: rotators
 /// that reach ZenML under different URLs (a cluster's internal name, an operator's public one)
 /// finish each other's rotations, and the value is what a rotation token stands for.
