@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian package and checks it for real on this machine (run by scripts/test.sh):
-# lintian (no errors), then `dpkg -i`, and on the installed files: no user created and nothing
-# enabled, systemd-analyze verify and security, `zenml-rotator check` on the installed policy,
+# the release binary's hot functions come first in its code (build.rs), lintian (no errors), then
+# `dpkg -i`, and on the installed files: no user created and nothing enabled, systemd-analyze
+# verify and security, `zenml-rotator check` on the installed policy,
 # the man pages render, bash/zsh/fish load the completions, the schema is the binary's; then an
 # edited policy survives a reinstall, `dpkg -r` keeps the policy and the state directory, and
 # `dpkg -P` removes the policy but keeps the state and the operator's credentials.
@@ -25,6 +26,7 @@ command -v man >/dev/null 2>&1 || missing+=(man-db)
 command -v zsh >/dev/null 2>&1 || missing+=(zsh)
 command -v fish >/dev/null 2>&1 || missing+=(fish)
 command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=(dpkg-dev)
+command -v nm >/dev/null 2>&1 || missing+=(binutils)
 if [ ${#missing[@]} -gt 0 ]; then
   log "apt-get install ${missing[*]}"
   apt-get update -qq
@@ -32,7 +34,24 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # ---- build and lint -------------------------------------------------------------------------
+given=${DEB:-}
 DEB=${DEB:-$(scripts/build-deb.sh)}
+if [ -z "$given" ]; then
+  # build.rs had the linker put the functions a pass runs first in .text (link/hot-functions.txt):
+  # without it the binary keeps ~3 MB more resident (bench/README.md). The package's binary is
+  # stripped, so the release build it came from is read.
+  # A symbol's name carries a hash of its crate's build settings: a dependency update or a
+  # profile change renames many, and the list has to be made again (bench/hot-functions.sh).
+  bin=${CARGO_TARGET_DIR:-$ROOT/target}/release/zenml-rotator
+  first=$(nm -n "$bin" | awk '$2 ~ /^[tT]$/ && n++ < 200 {print $3}')
+  off=$(grep -cvxFf link/hot-functions.txt <<<"$first" || true)
+  [ "$off" = 0 ] || fail "$off of the first 200 functions of $bin are not in link/hot-functions.txt: the link did not take the symbol order (build.rs)"
+  listed=$(sort -u link/hot-functions.txt | wc -l)
+  present=$(nm "$bin" | awk '{print $NF}' | sort -u | comm -12 - <(sort -u link/hot-functions.txt) | wc -l)
+  [ $((present * 100)) -ge $((listed * 90)) ] ||
+    fail "only $present of the $listed functions in link/hot-functions.txt are in $bin: the list is stale, run bench/hot-functions.sh"
+  log "the release binary's .text starts with link/hot-functions.txt ($present of its $listed functions present)"
+fi
 log "lintian $(lintian --version | awk '{print $2}'): $DEB"
 # Errors fail the check; warnings and the overrides (deploy/debian/lintian-overrides, each with
 # its reason) are shown.
