@@ -35,10 +35,11 @@ policy() { # template -> file
     -e "s|{vault}|$ZR_VAULT_ADDR|" "$WORK/$1" >"$out"
   echo "$out"
 }
+# A run that fails would leave its functions out of the list: stop instead, with its log.
 grind() { # name args...
   local name=$1; shift
   valgrind -q --tool=callgrind --demangle=no --callgrind-out-file="$CG/$name.out" "$BIN" "$@" \
-    >/dev/null 2>>"$CG/log" || true
+    >/dev/null 2>>"$CG/log" || { tail -20 "$CG/log" >&2; say "$name failed: no list written"; exit 1; }
 }
 
 say "check"
@@ -65,11 +66,14 @@ pr=$(policy policy-100.toml.in "$port")
 valgrind -q --tool=callgrind --demangle=no --callgrind-out-file="$CG/run.out" "$BIN" run -c "$pr" \
   >/dev/null 2>>"$CG/log" &
 pid=$!
+ready=
 for _ in $(seq 600); do
-  curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+  curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && { ready=1; break; }
   sleep 0.5
 done
-kill -TERM "$pid"; wait "$pid" || true
+kill -TERM "$pid"
+wait "$pid" || { tail -20 "$CG/log" >&2; say "run failed: no list written"; exit 1; }
+[ -n "$ready" ] || { say "run never became ready: no list written"; exit 1; }
 
 # Every function of the binary with any cost, from every run; sorted, so the file diffs well.
 python3 - "$BIN" "$OUT" "$CG"/*.out <<'PY'
