@@ -75,6 +75,16 @@ pub fn check_private_dir(dir: &Path, what: &'static str) -> Result<(), PrivateDi
 /// starts with a dot and ends in neither the target's name nor its extension, so readers that
 /// pick files by suffix (node-exporter reads `*.prom`) never see it.
 pub fn write_atomic(target: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_atomic_with(target, mode, |w| w.write_all(bytes))
+}
+
+/// [`write_atomic`] of what `write` streams into the temporary file. Unbuffered: a caller that
+/// buffers does so itself (never for a secret, whose copy a buffer would leave in freed memory).
+pub fn write_atomic_with(
+    target: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = target.parent().unwrap_or(Path::new("."));
     let name = target
         .file_name()
@@ -91,7 +101,7 @@ pub fn write_atomic(target: &Path, bytes: &[u8], mode: u32) -> std::io::Result<(
         // An existing temp file keeps its old mode through open(), and a new one gets the umask:
         // force it.
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
+        write(&mut f)?;
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, target)?;

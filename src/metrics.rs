@@ -278,6 +278,18 @@ impl Metrics {
         Ok(metrics)
     }
 
+    /// The text exposition streamed to `w`, one metric family at a time (a one-shot run's
+    /// textfile: no copy of the whole text in memory).
+    pub fn write_text(&self, mut w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let encoder = TextEncoder::new();
+        for family in self.registry.gather() {
+            encoder
+                .encode(std::slice::from_ref(&family), &mut w)
+                .map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

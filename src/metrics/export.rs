@@ -14,6 +14,11 @@ use super::{Metrics, NAMESPACE, get, observe_upstream};
 /// Pushgateway, so one-shot runs (CronJob, systemd timer) are as observable as the daemon.
 /// Failures are logged, never fatal: the rotation itself already happened.
 pub async fn export_one_shot(settings: &crate::config::MetricsSettings) {
+    // Nothing reads them once the process exits: creating every policy's series would only cost
+    // the run its CPU and heap.
+    if settings.textfile.is_none() && settings.pushgateway.is_none() {
+        return;
+    }
     let m = get();
     // A one-shot run exports only after its policy file loaded: without this the gauge would
     // read 0 and every "config reload failed" alert would fire on every CronJob run.
@@ -29,7 +34,7 @@ pub async fn export_one_shot(settings: &crate::config::MetricsSettings) {
         if let Ok(previous) = std::fs::read_to_string(path) {
             m.carry_over_last_success(&previous);
         }
-        match write_textfile(path, &m.render()) {
+        match write_textfile(path, |w| m.write_text(w)) {
             Ok(()) => tracing::debug!(file = %path.display(), "metrics textfile written"),
             Err(e) => {
                 tracing::error!(file = %path.display(), error = %e, "cannot write the metrics textfile")
@@ -49,6 +54,9 @@ impl Metrics {
     /// no success of its own yet, from an earlier exposition (the previous textfile).
     pub fn carry_over_last_success(&self, previous: &str) {
         let prefix = format!("{NAMESPACE}_last_success_timestamp_seconds{{policy=\"");
+        // Looked up once: asking the vecs per line would collect all their series every time.
+        let looked_at = policies_seen(&self.policy_healthy);
+        let succeeded = policies_seen(&self.last_success_timestamp_seconds);
         for line in previous.lines() {
             let Some(rest) = line.strip_prefix(&prefix) else {
                 continue;
@@ -60,9 +68,8 @@ impl Metrics {
                 continue;
             };
             // Only policies this run looked at: a policy gone from the config stays gone.
-            if has_child(&self.policy_healthy, policy)
-                && !has_child(&self.last_success_timestamp_seconds, policy)
-            {
+            let found = |seen: &[String]| seen.binary_search_by(|p| p.as_str().cmp(policy)).is_ok();
+            if found(&looked_at) && !found(&succeeded) {
                 self.last_success_timestamp_seconds
                     .with_label_values(&[policy])
                     .set(value);
@@ -86,20 +93,17 @@ fn policies_seen<T: MetricVecBuilder>(vec: &MetricVec<T>) -> Vec<String> {
     seen
 }
 
-/// Whether `vec` already has a series for `policy` (without creating one).
-fn has_child<T: MetricVecBuilder>(vec: &MetricVec<T>, policy: &str) -> bool {
-    vec.collect().iter().any(|f| {
-        f.get_metric().iter().any(|m| {
-            m.get_label()
-                .iter()
-                .any(|l| l.name() == "policy" && l.value() == policy)
-        })
-    })
-}
-
 /// Atomic (temp file + rename) so the collector never reads half a file; 0644 so it can read it.
-pub fn write_textfile(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    crate::durable::write_atomic(path, text.as_bytes(), 0o644)
+/// `write` streams the exposition into the temporary file.
+pub fn write_textfile(
+    path: &std::path::Path,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    crate::durable::write_atomic_with(path, 0o644, |f| {
+        let mut buffered = std::io::BufWriter::new(f);
+        write(&mut buffered)?;
+        std::io::Write::flush(&mut buffered)
+    })
 }
 
 /// The instance label of pushed metrics: this host's name.

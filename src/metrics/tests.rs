@@ -51,6 +51,27 @@ fn text(m: &Metrics) -> String {
 }
 
 #[test]
+fn the_textfile_is_streamed_family_by_family_as_the_endpoint_renders_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = Metrics::new().unwrap();
+    for p in ["a", "b"] {
+        m.init_policy(p);
+        m.policy_healthy.with_label_values(&[p]).set(1);
+    }
+    observe_upstream("vault", "read", Duration::from_millis(3));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zr.prom");
+    write_textfile(&path, |w| m.write_text(w)).unwrap();
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(written, m.render());
+    assert!(written.contains("zenml_rotator_policy_healthy{policy=\"b\"} 1"));
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o644);
+    // Only the target is left: the temporary file was renamed onto it.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
 fn a_removed_policy_loses_every_series_counters_included() {
     let m = Metrics::new().unwrap();
     for p in ["gone", "kept"] {
