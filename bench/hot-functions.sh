@@ -10,7 +10,8 @@
 #   - `check` on config.example.toml;
 #   - `plan` over the 1,000 keys (the listing, the key GETs);
 #   - `once` over a Vault key set that is due (a steady-state pass: the previous rotation
-#     finalized, a new one written, claims taken and released);
+#     finalized, a new one written, claims taken and released), writing a metrics textfile over
+#     the one a previous run left (as in bench/run.sh section 3, and a CronJob's runs);
 #   - `run` with the 100 file-store policies of section 1 until its first pass is over, then SIGTERM.
 # Uses the bench servers: ZR_ZENML_URL, ZR_ZENML_ADMIN_PASSWORD, ZR_VAULT_ADDR (bench/run.sh).
 set -euo pipefail
@@ -59,7 +60,11 @@ done
 [ -n "$set_due" ] || { say "no Vault key set is due yet: wait two minutes after bench/run.sh"; exit 1; }
 install -d -m 0700 "$WORK/state-vault" "$WORK/keys" "$WORK/state"
 say "once over Vault key set $set_due"
-grind once once -c "$(policy "policy-vault-$set_due.toml.in")" --output json
+po=$(policy "policy-vault-$set_due.toml.in")
+sed -i "s|^listen = .*|textfile = \"$CG/once.prom\"|" "$po"
+[ ! -f "$WORK/once.prom" ] || cp "$WORK/once.prom" "$CG/once.prom"
+grind once once -c "$po" --output json
+[ -s "$CG/once.prom" ] || { say "once wrote no metrics textfile: no list written"; exit 1; }
 say "run with 100 policies, until its first pass is over"
 port=$(free_port)
 pr=$(policy policy-100.toml.in "$port")
