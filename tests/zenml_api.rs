@@ -557,6 +557,65 @@ async fn stub_with_login(
     .await
 }
 
+/// A service account of the listing, as ZenML pages them.
+fn listed_account(id: &str, name: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","name":"{name}","body":{{"created":"2026-11-28T05:57:26.902277","active":true}},"metadata":{{"description":""}}}}"#
+    )
+}
+
+#[tokio::test]
+async fn a_listing_that_changes_while_paged_is_walked_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const A: &str = "0b8d2c9e-1c55-4d38-8d0e-3c7a1f1f0a01";
+    const B: &str = "0b8d2c9e-1c55-4d38-8d0e-3c7a1f1f0a02";
+    const C: &str = "0b8d2c9e-1c55-4d38-8d0e-3c7a1f1f0a03";
+    // Pages of two. B is deleted between the first two pages, so C moves to page 1, which the
+    // first walk has already read: its page 2 is empty. The second walk sees the new listing.
+    let lists = AtomicUsize::new(0);
+    let stub = stub_with_login(move |r| {
+        let page = |total: u32, pages: u32, items: &[(&str, &str)]| {
+            let items: Vec<_> = items.iter().map(|(i, n)| listed_account(i, n)).collect();
+            StubReply::json(
+                200,
+                &format!(
+                    r#"{{"index":1,"max_size":2,"total_pages":{pages},"total":{total},"items":[{}]}}"#,
+                    items.join(",")
+                ),
+            )
+        };
+        if r.path() != "/api/v1/service_accounts" {
+            return StubReply::json(404, r#"{"detail":"not scripted"}"#);
+        }
+        match lists.fetch_add(1, Ordering::SeqCst) {
+            0 => page(3, 2, &[(A, "a"), (B, "b")]),
+            1 => page(2, 1, &[]),
+            _ => page(2, 1, &[(A, "a"), (C, "c")]),
+        }
+    })
+    .await;
+    let client = stub_client(&stub.url, Duration::from_secs(5)).with_page_size(2);
+    let names: Vec<_> = client
+        .list_service_accounts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(names, ["a", "c"]);
+    let pages: Vec<_> = stub
+        .requests()
+        .iter()
+        .filter(|r| r.path() == "/api/v1/service_accounts")
+        .map(|r| r.target.contains("page=2"))
+        .collect();
+    assert_eq!(
+        pages,
+        [false, true, false],
+        "page 1, page 2, then page 1 again"
+    );
+}
+
 #[tokio::test]
 async fn a_401_on_the_cached_token_logs_in_again_once() {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -16,6 +16,8 @@ use super::{Operation, ZenmlClient, ZenmlError, error_message, wire};
 use crate::secret::{ExposeSecret, SecretString};
 
 /// A runaway `total_pages` must not loop forever: 10 000 pages of 10 000 is far beyond any server.
+/// Walks of a listing that keeps changing while it is paged.
+const MAX_WALKS: u32 = 3;
 const MAX_PAGES: u32 = 10_000;
 /// Attempts per request for failures that may pass (429, and 5xx/transport/timeout on safe calls).
 const MAX_ATTEMPTS: u32 = 4;
@@ -125,18 +127,38 @@ impl ZenmlClient {
         url: Url,
         query: Vec<(&'static str, String)>,
     ) -> Result<Vec<T>, ZenmlError> {
-        let mut items = Vec::new();
-        let mut page = 1;
-        loop {
-            let mut call = Call::new(op, Method::GET, url.clone());
-            call.query = query.clone();
-            let call = call.query("page", page).query("size", self.page_size);
-            let answer: wire::Page<T> = self.call_json(call).await?;
-            items.extend(answer.items);
-            if page >= answer.total_pages || page >= MAX_PAGES {
-                return Ok(items);
+        // Offset paging over a listing that changes underneath (an account deleted on an earlier
+        // page) shifts items back a page, and the walk would skip them: when the total changes
+        // between pages, walk again, a few times at most.
+        let mut walk = 1;
+        'walk: loop {
+            let mut items = Vec::new();
+            let mut page = 1;
+            let mut first_total = None;
+            loop {
+                let mut call = Call::new(op, Method::GET, url.clone());
+                call.query = query.clone();
+                let call = call.query("page", page).query("size", self.page_size);
+                let answer: wire::Page<T> = self.call_json(call).await?;
+                match first_total {
+                    None => first_total = Some(answer.total),
+                    Some(total) if total != answer.total => {
+                        if walk < MAX_WALKS {
+                            tracing::debug!(operation = ?op, walk, "the listing changed while paging; walking it again");
+                            walk += 1;
+                            continue 'walk;
+                        }
+                        tracing::warn!(operation = ?op, "the listing kept changing while paging; an item may be missing from it");
+                        first_total = Some(answer.total);
+                    }
+                    Some(_) => {}
+                }
+                items.extend(answer.items);
+                if page >= answer.total_pages || page >= MAX_PAGES {
+                    return Ok(items);
+                }
+                page += 1;
             }
-            page += 1;
         }
     }
 

@@ -12,6 +12,9 @@ use crate::secret::SecretString;
 #[derive(Debug, Deserialize)]
 pub(super) struct Page<T> {
     pub total_pages: u32,
+    /// Items in the whole listing; a change between pages means the walk may have skipped one.
+    #[serde(default)]
+    pub total: Option<u64>,
     pub items: Vec<T>,
 }
 
