@@ -10,6 +10,10 @@
 #    interleaved; medians and the ratio.
 # 3. `once` over 100 keys into Vault (KV v2 on OpenBao): peak RSS, and the rotator's own CPU
 #    (user+sys) per rotated key; each run takes the next of nine key sets that is due (bench/vault-policies.py).
+#    The requests a run sent are read from the metrics textfile it writes (upstream request counts;
+#    each run finds the previous run's file, as a CronJob's do);
+#    after each run, curl sends that many requests to the same servers (keep-alive GETs of the set's
+#    keys and Vault paths, one curl per server) and its CPU per key is the floor beside the rotator's.
 # 4. Start-up: exec to the first connection the rotator opens (bench/first-request.py), and `check`.
 # 5. Binary size.
 # With BEFORE=path/to/an/older/zenml-rotator, 1 and 3-5 measure both binaries, interleaved run by
@@ -67,6 +71,12 @@ policy() { # template url name -> file
   local out=$WORK/$3
   sed -e "s|{concurrency}|$N|" -e "s|{port}|$(free_port)|" -e "s|^url = .*|url = \"$2\"|" "$WORK/$1" >"$out"
   echo "$out"
+}
+
+# A bearer token for the admin, for curl.
+zenml_token() {
+  curl -fsS -X POST "$URL/api/v1/login" -d grant_type=password -d username="$ZR_ZENML_ADMIN" \
+    --data-urlencode password="$ZR_ZENML_ADMIN_PASSWORD" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
 }
 
 REPORT=()
@@ -132,8 +142,7 @@ if wants 2; then
   KEYS=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$WORK/plan.json")
 
   say "2b. plan vs the same GETs from curl under xargs -P $N ($REPS runs each, interleaved)"
-  TOKEN=$(curl -fsS -X POST "$URL/api/v1/login" -d grant_type=password -d username="$ZR_ZENML_ADMIN" \
-    --data-urlencode password="$ZR_ZENML_ADMIN_PASSWORD" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  TOKEN=$(zenml_token)
   awk -v u="$URL" '{print u "/api/v1/service_accounts/" $1 "/api_keys/" $2 "?hydrate=true"}' "$WORK/ids.tsv" >"$WORK/urls.txt"
   PER_WORKER=$(( ($(wc -l <"$WORK/urls.txt") + N - 1) / N ))
   curl_loop() {
@@ -170,7 +179,19 @@ if wants 3; then
   say "3. once over 100 keys into Vault at $ZR_VAULT_ADDR ($REPS runs per binary, interleaved)"
   [ -f "$WORK/policy-vault-1.toml.in" ] || python3 bench/vault-policies.py "$WORK"
   export VAULT_TOKEN=${ZR_VAULT_ROOT_TOKEN:-root}
-  declare -A last=() rss3=() cpu3=() wall3=()
+  declare -A last=() rss3=() cpu3=() wall3=() req3=() floor3=()
+  TOKEN=$(zenml_token)
+  # The curl floor: Z GETs of the set's keys from ZenML and V GETs of its paths' metadata from
+  # Vault, cycling over the 100 keys, each server's in one keep-alive curl; prints its user+sys.
+  curl_same() { # set zenml-requests vault-requests policy
+    awk -v u="$URL" -v k="key-$1" -v n="$2" '$2 == k {a[c++] = u "/api/v1/service_accounts/" $1 "/api_keys/" $2 "?hydrate=true"}
+      END {for (i = 0; i < n; i++) print "url = \"" a[i % c] "\""}' "$WORK/ids.tsv" >"$WORK/curl-zenml.cfg"
+    sed -n 's/^path = "\(.*\)"$/\1/p' "$4" | awk -v u="$ZR_VAULT_ADDR" -v n="$3" '{a[c++] = u "/v1/secret/metadata/" $1}
+      END {for (i = 0; i < n; i++) print "url = \"" a[i % c] "\""}' >"$WORK/curl-vault.cfg"
+    { python3 bench/rusage.py /dev/null -- curl -fsS --fail-early -H "Authorization: Bearer $TOKEN" -K "$WORK/curl-zenml.cfg"
+      python3 bench/rusage.py /dev/null -- curl -fsS --fail-early -H "X-Vault-Token: $VAULT_TOKEN" -K "$WORK/curl-vault.cfg"
+    } | python3 -c 'import json,sys; u=[json.loads(l) for l in sys.stdin]; assert all(x["exit"] == 0 for x in u), u; print(sum(x["user_s"] + x["sys_s"] for x in u))'
+  }
   run=0
   for i in $(seq "$REPS"); do
     for b in "${!BINS[@]}"; do
@@ -183,20 +204,36 @@ if wants 3; then
       # Private, as the rotator requires now (an older binary may have created it 0755).
       install -d -m 0700 "$WORK/state-vault"; chmod 0700 "$WORK/state-vault"
       pv=$(policy "policy-vault-$k.toml.in" "$URL" "policy-vault-$k.toml")
-      sed -i "s|{vault}|$ZR_VAULT_ADDR|" "$pv"
+      # As a CronJob's runs do, each run finds the last one's textfile (and carries over from it).
+      touch "$WORK/once.started"; sleep 0.01
+      sed -i -e "s|{vault}|$ZR_VAULT_ADDR|" -e "s|^listen = .*|textfile = \"$WORK/once.prom\"|" "$pv"
       usage=$(python3 bench/rusage.py "$WORK/once.json" -- "${BINS[$b]}" once -c "$pv" --output json 2>>"$WORK/once.log")
       last[$k]=$(date +%s)
       rotated=$(python3 -c 'import json,sys; print(sum(r["result"] == "rotated" for r in json.load(open(sys.argv[1]))))' "$WORK/once.json")
       read -r code maxrss cpu wall < <(python3 -c 'import json,sys; u=json.loads(sys.argv[1]); print(u["exit"], u["maxrss_kb"], u["user_s"] + u["sys_s"], u["wall_s"])' "$usage")
       [ "$code" = 0 ] && [ "$rotated" = 100 ] || { say "once rotated $rotated of 100 (exit $code): see $WORK/once.json, $WORK/once.log"; exit 1; }
       per_key=$(awk -v c="$cpu" -v n="$rotated" 'BEGIN {printf "%.2f", c * 1000 / n}')
-      rss3[$b]+="$maxrss "; cpu3[$b]+="$per_key "; wall3[$b]+="$wall "
-      echo "  run $i, set $k, ${BINS[$b]}: $rotated rotated in ${wall}s, peak RSS ${maxrss} kB, CPU ${cpu}s = ${per_key} ms/key" >&2
+      [ "$WORK/once.prom" -nt "$WORK/once.started" ] || { say "once wrote no metrics textfile"; exit 1; }
+      read -r zreq vreq < <(awk '/^zenml_rotator_upstream_request_duration_seconds_count/ {
+          if (/upstream="zenml"/) z += $NF; else if (/upstream="vault"/) v += $NF } END {print z + 0, v + 0}' "$WORK/once.prom")
+      floor=$(curl_same "$k" "$zreq" "$vreq" "$pv")
+      floor_key=$(awk -v c="$floor" -v n="$rotated" 'BEGIN {printf "%.2f", c * 1000 / n}')
+      reqs_key=$(awk -v a="$zreq" -v b="$vreq" -v n="$rotated" 'BEGIN {printf "%.1f", (a + b) / n}')
+      rss3[$b]+="$maxrss "; cpu3[$b]+="$per_key "; wall3[$b]+="$wall "; req3[$b]+="$reqs_key "; floor3[$b]+="$floor_key "
+      echo "  run $i, set $k, ${BINS[$b]}: $rotated rotated in ${wall}s, peak RSS ${maxrss} kB, CPU ${cpu}s = ${per_key} ms/key;" \
+        "$zreq + $vreq requests (ZenML + Vault); curl sending as many: ${floor}s = ${floor_key} ms/key" >&2
     done
   done
   report_runs 'once, 100 keys into Vault: peak RSS' MB rss3 'target <= 9.5 MB' kB
   report_runs 'once, CPU per rotated key:' ms cpu3 'user+sys; target <= 2 ms'
   report_runs 'once, wall time for 100 keys:' s wall3 'the server is the bottleneck; claims add requests'
+  report_runs 'once, requests per key:' requests req3 'ZenML + Vault, from the metrics textfile'
+  report_runs 'curl, as many requests:  CPU per key' ms floor3 'user+sys; the floor for that many requests'
+  mapfile -t cpu_med < <(medians cpu3); mapfile -t floor_med < <(medians floor3)
+  for b in "${!BINS[@]}"; do
+    report 'once CPU / curl CPU:      x%s  (%s)' \
+      "$(awk -v a="${cpu_med[$b]}" -v c="${floor_med[$b]}" 'BEGIN {printf "%.2f", a / c}')" "${BINS[$b]}"
+  done
 fi
 
 if wants 4; then
