@@ -15,9 +15,9 @@ use super::error::scrub;
 use super::{Operation, ZenmlClient, ZenmlError, error_message, wire};
 use crate::secret::{ExposeSecret, SecretString};
 
-/// A runaway `total_pages` must not loop forever: 10 000 pages of 10 000 is far beyond any server.
 /// Walks of a listing that keeps changing while it is paged.
 const MAX_WALKS: u32 = 3;
+/// A runaway `total_pages` must not loop forever: 10 000 pages of 10 000 is far beyond any server.
 const MAX_PAGES: u32 = 10_000;
 /// Attempts per request for failures that may pass (429, and 5xx/transport/timeout on safe calls).
 const MAX_ATTEMPTS: u32 = 4;
@@ -120,45 +120,57 @@ impl ZenmlClient {
     }
 
     /// Fetches every page of a list, page 1 up to the server's `total_pages` (asking past the end is
-    /// a 400, so it never overshoots).
+    /// a 400, so it never overshoots). Offset paging over a listing that changes underneath (an
+    /// account deleted on an earlier page) shifts items back a page, where a walk would skip them:
+    /// when the total changes between pages, the list is walked again, a few times at most.
     pub(super) async fn list_all<T: DeserializeOwned>(
         &self,
         op: Operation,
         url: Url,
         query: Vec<(&'static str, String)>,
     ) -> Result<Vec<T>, ZenmlError> {
-        // Offset paging over a listing that changes underneath (an account deleted on an earlier
-        // page) shifts items back a page, and the walk would skip them: when the total changes
-        // between pages, walk again, a few times at most.
-        let mut walk = 1;
-        'walk: loop {
-            let mut items = Vec::new();
-            let mut page = 1;
-            let mut first_total = None;
-            loop {
-                let mut call = Call::new(op, Method::GET, url.clone());
-                call.query = query.clone();
-                let call = call.query("page", page).query("size", self.page_size);
-                let answer: wire::Page<T> = self.call_json(call).await?;
-                match first_total {
-                    None => first_total = Some(answer.total),
-                    Some(total) if total != answer.total => {
-                        if walk < MAX_WALKS {
-                            tracing::debug!(operation = ?op, walk, "the listing changed while paging; walking it again");
-                            walk += 1;
-                            continue 'walk;
-                        }
-                        tracing::warn!(operation = ?op, "the listing kept changing while paging; an item may be missing from it");
-                        first_total = Some(answer.total);
-                    }
-                    Some(_) => {}
+        for walk in 1..MAX_WALKS {
+            match self.walk_pages(op, &url, &query, false).await? {
+                Some(items) => return Ok(items),
+                None => {
+                    tracing::debug!(operation = ?op, walk, "the listing changed while paging; walking it again")
                 }
-                items.extend(answer.items);
-                if page >= answer.total_pages || page >= MAX_PAGES {
-                    return Ok(items);
-                }
-                page += 1;
             }
+        }
+        let items = self.walk_pages(op, &url, &query, true).await?;
+        Ok(items.unwrap_or_default())
+    }
+
+    /// One walk over every page. `None` when the total changed between pages, unless this is the
+    /// `last` walk, which finishes anyway and warns.
+    async fn walk_pages<T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        url: &Url,
+        query: &[(&'static str, String)],
+        last: bool,
+    ) -> Result<Option<Vec<T>>, ZenmlError> {
+        let mut items = Vec::new();
+        let mut first_total = None;
+        let mut page = 1;
+        loop {
+            let mut call = Call::new(op, Method::GET, url.clone());
+            call.query = query.to_vec();
+            let call = call.query("page", page).query("size", self.page_size);
+            let answer: wire::Page<T> = self.call_json(call).await?;
+            let total = *first_total.get_or_insert(answer.total);
+            if total != answer.total {
+                if !last {
+                    return Ok(None);
+                }
+                tracing::warn!(operation = ?op, "the listing kept changing while paging; an item may be missing from it");
+                first_total = Some(answer.total);
+            }
+            items.extend(answer.items);
+            if page >= answer.total_pages || page >= MAX_PAGES {
+                return Ok(Some(items));
+            }
+            page += 1;
         }
     }
 
