@@ -13,7 +13,8 @@
 #    The requests a run sent are read from the metrics textfile it writes (upstream request counts;
 #    each run finds the previous run's file, as a CronJob's do);
 #    after each run, curl sends that many requests to the same servers (keep-alive GETs of the set's
-#    keys and Vault paths, one curl per server) and its CPU per key is the floor beside the rotator's.
+#    keys and Vault paths, one curl per server) and its CPU per key is printed beside the rotator's,
+#    user and system time apart (curl spends more in the kernel, the rotator in user space).
 # 4. Start-up: exec to the first connection the rotator opens (bench/first-request.py), and `check`.
 # 5. Binary size.
 # With BEFORE=path/to/an/older/zenml-rotator, 1 and 3-5 measure both binaries, interleaved run by
@@ -179,10 +180,11 @@ if wants 3; then
   say "3. once over 100 keys into Vault at $ZR_VAULT_ADDR ($REPS runs per binary, interleaved)"
   [ -f "$WORK/policy-vault-1.toml.in" ] || python3 bench/vault-policies.py "$WORK"
   export VAULT_TOKEN=${ZR_VAULT_ROOT_TOKEN:-root}
-  declare -A last=() rss3=() cpu3=() wall3=() req3=() floor3=()
+  declare -A last=() rss3=() cpu3=() user3=() wall3=() req3=() floor3=() curl_user3=()
   TOKEN=$(zenml_token)
-  # The curl floor: Z GETs of the set's keys from ZenML and V GETs of its paths' metadata from
-  # Vault, cycling over the 100 keys, each server's in one keep-alive curl; prints its user+sys.
+  # curl sending as many: Z GETs of the set's keys from ZenML and V GETs of its paths' metadata
+  # from Vault, cycling over the 100 keys, each server's in one keep-alive curl; prints its user
+  # and system CPU seconds.
   curl_same() { # set zenml-requests vault-requests policy
     awk -v u="$URL" -v k="key-$1" -v n="$2" '$2 == k {a[c++] = u "/api/v1/service_accounts/" $1 "/api_keys/" $2 "?hydrate=true"}
       END {for (i = 0; i < n; i++) print "url = \"" a[i % c] "\""}' "$WORK/ids.tsv" >"$WORK/curl-zenml.cfg"
@@ -190,7 +192,7 @@ if wants 3; then
       END {for (i = 0; i < n; i++) print "url = \"" a[i % c] "\""}' >"$WORK/curl-vault.cfg"
     { python3 bench/rusage.py /dev/null -- curl -fsS --fail-early -H "Authorization: Bearer $TOKEN" -K "$WORK/curl-zenml.cfg"
       python3 bench/rusage.py /dev/null -- curl -fsS --fail-early -H "X-Vault-Token: $VAULT_TOKEN" -K "$WORK/curl-vault.cfg"
-    } | python3 -c 'import json,sys; u=[json.loads(l) for l in sys.stdin]; assert all(x["exit"] == 0 for x in u), u; print(sum(x["user_s"] + x["sys_s"] for x in u))'
+    } | python3 -c 'import json,sys; u=[json.loads(l) for l in sys.stdin]; assert all(x["exit"] == 0 for x in u), u; print(sum(x["user_s"] for x in u), sum(x["sys_s"] for x in u))'
   }
   run=0
   for i in $(seq "$REPS"); do
@@ -210,25 +212,32 @@ if wants 3; then
       usage=$(python3 bench/rusage.py "$WORK/once.json" -- "${BINS[$b]}" once -c "$pv" --output json 2>>"$WORK/once.log")
       last[$k]=$(date +%s)
       rotated=$(python3 -c 'import json,sys; print(sum(r["result"] == "rotated" for r in json.load(open(sys.argv[1]))))' "$WORK/once.json")
-      read -r code maxrss cpu wall < <(python3 -c 'import json,sys; u=json.loads(sys.argv[1]); print(u["exit"], u["maxrss_kb"], u["user_s"] + u["sys_s"], u["wall_s"])' "$usage")
+      read -r code maxrss cpu user wall < <(python3 -c 'import json,sys; u=json.loads(sys.argv[1]); print(u["exit"], u["maxrss_kb"], u["user_s"] + u["sys_s"], u["user_s"], u["wall_s"])' "$usage")
       [ "$code" = 0 ] && [ "$rotated" = 100 ] || { say "once rotated $rotated of 100 (exit $code): see $WORK/once.json, $WORK/once.log"; exit 1; }
       per_key=$(awk -v c="$cpu" -v n="$rotated" 'BEGIN {printf "%.2f", c * 1000 / n}')
       [ "$WORK/once.prom" -nt "$WORK/once.started" ] || { say "once wrote no metrics textfile"; exit 1; }
       read -r zreq vreq < <(awk '/^zenml_rotator_upstream_request_duration_seconds_count/ {
           if (/upstream="zenml"/) z += $NF; else if (/upstream="vault"/) v += $NF } END {print z + 0, v + 0}' "$WORK/once.prom")
-      floor=$(curl_same "$k" "$zreq" "$vreq" "$pv")
+      read -r curl_user curl_sys < <(curl_same "$k" "$zreq" "$vreq" "$pv")
+      floor=$(awk -v u="$curl_user" -v s="$curl_sys" 'BEGIN {print u + s}')
       floor_key=$(awk -v c="$floor" -v n="$rotated" 'BEGIN {printf "%.2f", c * 1000 / n}')
+      user_key=$(awk -v c="$user" -v n="$rotated" 'BEGIN {printf "%.2f", c * 1000 / n}')
+      curl_user_key=$(awk -v c="$curl_user" -v n="$rotated" 'BEGIN {printf "%.2f", c * 1000 / n}')
       reqs_key=$(awk -v a="$zreq" -v b="$vreq" -v n="$rotated" 'BEGIN {printf "%.1f", (a + b) / n}')
       rss3[$b]+="$maxrss "; cpu3[$b]+="$per_key "; wall3[$b]+="$wall "; req3[$b]+="$reqs_key "; floor3[$b]+="$floor_key "
-      echo "  run $i, set $k, ${BINS[$b]}: $rotated rotated in ${wall}s, peak RSS ${maxrss} kB, CPU ${cpu}s = ${per_key} ms/key;" \
-        "$zreq + $vreq requests (ZenML + Vault); curl sending as many: ${floor}s = ${floor_key} ms/key" >&2
+      user3[$b]+="$user_key "; curl_user3[$b]+="$curl_user_key "
+      echo "  run $i, set $k, ${BINS[$b]}: $rotated rotated in ${wall}s, peak RSS ${maxrss} kB, CPU ${cpu}s = ${per_key} ms/key" \
+        "(user ${user_key});" "$zreq + $vreq requests (ZenML + Vault); curl sending as many: ${floor}s = ${floor_key}" \
+        "ms/key (user ${curl_user_key})" >&2
     done
   done
   report_runs 'once, 100 keys into Vault: peak RSS' MB rss3 'target <= 9.5 MB' kB
   report_runs 'once, CPU per rotated key:' ms cpu3 'user+sys; target <= 2 ms'
   report_runs 'once, wall time for 100 keys:' s wall3 'the server is the bottleneck; claims add requests'
   report_runs 'once, requests per key:' requests req3 'ZenML + Vault, from the metrics textfile'
-  report_runs 'curl, as many requests:  CPU per key' ms floor3 'user+sys; the floor for that many requests'
+  report_runs 'once, user CPU per key:' ms user3 'user space only'
+  report_runs 'curl, as many requests:  CPU per key' ms floor3 'user+sys of a plain client sending the same number'
+  report_runs 'curl, user CPU per key:' ms curl_user3 'user space only'
   mapfile -t cpu_med < <(medians cpu3); mapfile -t floor_med < <(medians floor3)
   for b in "${!BINS[@]}"; do
     report 'once CPU / curl CPU:      x%s  (%s)' \
