@@ -14,7 +14,8 @@ use crate::secret::ExposeSecret;
 use crate::store::{StoreError, StoreErrorKind};
 
 impl VaultStore {
-    /// A request vaultrs does not wrap, with the same token, namespace and timeout.
+    /// A request vaultrs does not wrap, with the same token, namespace and timeout: its answer as
+    /// JSON, or the store error its status says.
     async fn raw(
         &self,
         authed: &Authed,
@@ -24,6 +25,41 @@ impl VaultStore {
         op: &'static str,
         path: &str,
     ) -> Result<Value, StoreError> {
+        let call = RawCall {
+            method,
+            api_path,
+            body,
+            label: op,
+            op,
+            path,
+        };
+        let (status, bytes) = self.exchange(authed, call).await?;
+        let json: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        if (200..300).contains(&status) {
+            return Ok(json);
+        }
+        Err(self.status_error(op, path, status, &api_errors(&json)))
+    }
+
+    /// Sends one request on the shared client and reads the whole answer: its status and body.
+    /// The time it took is recorded under `label`; failing to reach Vault is the only error.
+    pub(super) async fn exchange(
+        &self,
+        authed: &Authed,
+        call: RawCall<'_>,
+    ) -> Result<(u16, Vec<u8>), StoreError> {
+        let RawCall {
+            method,
+            api_path,
+            body,
+            label,
+            op,
+            path,
+        } = call;
         let mut token = reqwest::header::HeaderValue::from_str(authed.token.expose_secret())
             .map_err(|_| {
                 self.other(
@@ -49,7 +85,7 @@ impl VaultStore {
         let res = match res {
             Ok(r) => r,
             Err(e) => {
-                observe_upstream(STORE, op, start.elapsed());
+                observe_upstream(STORE, label, start.elapsed());
                 let mut detail = e.to_string();
                 let mut cause = e.source();
                 while let Some(c) = cause {
@@ -62,27 +98,10 @@ impl VaultStore {
         };
         let status = res.status().as_u16();
         let bytes = res.bytes().await;
-        observe_upstream(STORE, op, start.elapsed());
+        observe_upstream(STORE, label, start.elapsed());
         let bytes =
             bytes.map_err(|e| self.unreachable(op, path, e.is_timeout(), &e.to_string()))?;
-        let json: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
-        if (200..300).contains(&status) {
-            return Ok(json);
-        }
-        let errors: Vec<String> = json
-            .get("errors")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| e.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Err(self.status_error(op, path, status, &errors))
+        Ok((status, bytes.into()))
     }
 
     /// Invariant 2: the token may write the value and its metadata, and read them back.
@@ -209,4 +228,27 @@ impl VaultStore {
         self.mount_checked.store(true, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// One request [`VaultStore::exchange`] sends: `label` names it in the upstream metrics, `op` and
+/// `path` in its errors.
+pub(super) struct RawCall<'a> {
+    pub method: reqwest::Method,
+    pub api_path: &'a str,
+    pub body: Option<Value>,
+    pub label: &'static str,
+    pub op: &'static str,
+    pub path: &'a str,
+}
+
+/// The messages of Vault's `{"errors": [...]}` answer, if it is one.
+pub(super) fn api_errors(json: &Value) -> Vec<String> {
+    json.get("errors")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -4,12 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
+use zeroize::Zeroizing;
+
 use serde_json::Value;
-use vaultrs::api::kv2::requests::ReadSecretRequest;
 use vaultrs::api::kv2::responses::ReadSecretMetadataResponse;
 
 use super::auth::Authed;
-use super::errors::status_of;
+use super::checks::{RawCall, api_errors};
 use super::{STORE, VaultStore};
 use crate::metrics::observe_upstream;
 use crate::secret::{SecretString, secrets_equal};
@@ -51,21 +52,38 @@ fn record_keys() -> BTreeSet<String> {
     .collect()
 }
 
+/// Vault's envelope around a KV v2 answer.
+#[derive(serde::Deserialize)]
+struct Answer<T> {
+    data: T,
+}
+
+/// A KV v2 data read: the version's data (`null` when deleted) and its number.
+#[derive(serde::Deserialize)]
+struct DataAnswer {
+    data: Value,
+    metadata: VersionNumber,
+}
+
+#[derive(serde::Deserialize)]
+struct VersionNumber {
+    version: u64,
+}
+
 impl VaultStore {
+    /// The key's metadata (versions, the record in `custom_metadata`); `None` when nothing was
+    /// ever written there.
     pub(super) async fn read_metadata(
         &self,
         authed: &Authed,
         path: &str,
         op: &'static str,
     ) -> Result<Option<ReadSecretMetadataResponse>, StoreError> {
-        let start = Instant::now();
-        let res = vaultrs::kv2::read_metadata(&*authed.client, &self.mount, path).await;
-        observe_upstream(STORE, "read_metadata", start.elapsed());
-        match res {
-            Ok(m) => Ok(Some(m)),
-            Err(e) if status_of(&e) == Some(404) => Ok(None),
-            Err(e) => Err(self.map_error(op, path, e)),
-        }
+        let api_path = format!("{}/metadata/{path}", self.mount);
+        let answer: Option<Answer<ReadSecretMetadataResponse>> = self
+            .get_kv(authed, &api_path, "read_metadata", op, path)
+            .await?;
+        Ok(answer.map(|a| a.data))
     }
 
     /// One version's data (`None`: the current one) with its version number; `None` when absent,
@@ -77,22 +95,59 @@ impl VaultStore {
         version: Option<u64>,
         op: &'static str,
     ) -> Result<Option<(u64, Value)>, StoreError> {
-        let endpoint = ReadSecretRequest::builder()
-            .mount(self.mount.as_str())
-            .path(path)
-            .version(version)
-            .build()
-            .map_err(|e| self.other(op, path, format!("cannot build the read request: {e}")))?;
-        let start = Instant::now();
-        let res = vaultrs::api::exec_with_result(&*authed.client, endpoint).await;
-        observe_upstream(STORE, "read", start.elapsed());
-        match res {
-            Ok(r) if r.data.is_null() => Ok(None),
-            Ok(r) => Ok(Some((r.metadata.version, r.data))),
-            // Deleted and destroyed versions are a 404 without `errors`; a missing path has them.
-            Err(e) if status_of(&e) == Some(404) => Ok(None),
-            Err(e) => Err(self.map_error(op, path, e)),
+        let mut api_path = format!("{}/data/{path}", self.mount);
+        if let Some(v) = version {
+            api_path.push_str(&format!("?version={v}"));
         }
+        // Deleted and destroyed versions are a 404 (without `errors`), as is a missing path.
+        let answer: Option<Answer<DataAnswer>> =
+            self.get_kv(authed, &api_path, "read", op, path).await?;
+        Ok(answer
+            .filter(|a| !a.data.data.is_null())
+            .map(|a| (a.data.metadata.version, a.data.data)))
+    }
+
+    /// A KV v2 read, the most frequent requests of a pass: sent on the shared client and parsed
+    /// once into the answer's type, instead of through vaultrs' request builder, which builds and
+    /// parses each URL three times (bench/README.md). `None` on a 404. The body, which may hold
+    /// a key, is wiped once parsed; a parse error says where and why, never what it read.
+    async fn get_kv<T: serde::de::DeserializeOwned>(
+        &self,
+        authed: &Authed,
+        api_path: &str,
+        label: &'static str,
+        op: &'static str,
+        path: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let call = RawCall {
+            method: reqwest::Method::GET,
+            api_path,
+            body: None,
+            label,
+            op,
+            path,
+        };
+        let (status, body) = self.exchange(authed, call).await?;
+        let body = Zeroizing::new(body);
+        if status == 404 {
+            return Ok(None);
+        }
+        if !(200..300).contains(&status) {
+            let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            return Err(self.status_error(op, path, status, &api_errors(&json)));
+        }
+        serde_json::from_slice::<T>(&body).map(Some).map_err(|e| {
+            self.other(
+                op,
+                path,
+                format!(
+                    "unexpected response from Vault to {label} ({:?} error at line {} column {})",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })
     }
 
     /// Replaces the rotator's keys in `custom_metadata`, keeping everything else: an operator's
