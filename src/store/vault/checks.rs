@@ -1,5 +1,6 @@
 //! Pre-flight checks through Vault's `sys/` API (which vaultrs does not wrap): the token's
-//! capabilities on the exact path, and that the mount is a KV v2 engine.
+//! capabilities on the exact path, and that the mount is a KV v2 engine. `exchange` sends them,
+//! and the KV reads of `kv`, on the shared client with the session's token.
 
 use std::error::Error as _;
 use std::sync::atomic::Ordering;

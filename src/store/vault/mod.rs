@@ -20,8 +20,9 @@
 //! would race the operations it serves; the wall-clock lease check here has neither problem.
 //!
 //! Here: the store and its `SecretStore` steps. Beside it: `auth` (logins, token lease), `kv`
-//! (versions, record, ownership stamp), `checks` (pre-flight through `sys/`), `errors` (Vault's
-//! answers as store errors), `settings` (the `[stores.NAME]` table of kind "vault").
+//! (versions, record, ownership stamp; its reads go on the shared client directly), `checks`
+//! (pre-flight through `sys/`, and `exchange`, the one request sent without vaultrs), `errors`
+//! (Vault's answers as store errors), `settings` (the `[stores.NAME]` table of kind "vault").
 
 use std::fmt;
 use std::sync::atomic::AtomicBool;
