@@ -50,12 +50,17 @@ pub struct KeyWork<'a> {
 
 #[async_trait]
 pub trait Act: Send + Sync {
-    /// Carries out one decision.
+    /// Carries out one decision. `held`: the key's claim, kept from the step before when that
+    /// step ended with `Continue` and its claim can go on (a finalize; see
+    /// [`ClaimHandle::carries_on`]). `obs` was then made under it, so no second look is needed.
+    /// A step that ends with `Continue` may leave its claim there for the next one; the caller
+    /// releases what is left when the key's pass ends.
     async fn step(
         &self,
         work: &KeyWork<'_>,
         obs: &Observed,
         plan: KeyPlan,
+        held: &mut Option<ClaimHandle>,
     ) -> Result<Step, KeyFailure>;
 
     /// Hygiene: takes keys no policy covers out of service, never one a store holds (`policies`
@@ -160,24 +165,42 @@ impl Act for Live {
         work: &KeyWork<'_>,
         obs: &Observed,
         plan: KeyPlan,
+        held: &mut Option<ClaimHandle>,
     ) -> Result<Step, KeyFailure> {
-        if let Some(step) = settled(&plan, work)? {
-            return Ok(step);
-        }
         let (ctx, policy) = (work.ctx, work.policy);
-        let mut claim = match take_claim(ctx, policy, obs).await? {
-            Ok(c) => c,
-            Err(held) => return claimed(work, held),
+        let (mut claim, looked) = match held.take() {
+            // The step before kept the claim, and `obs` was made under it.
+            Some(claim) => (claim, None),
+            None => {
+                if let Some(step) = settled(&plan, work)? {
+                    return Ok(step);
+                }
+                let claim = match take_claim(ctx, policy, obs).await? {
+                    Ok(c) => c,
+                    Err(held) => return claimed(work, held),
+                };
+                // Look again under the claim: another rotator may have finished the key meanwhile.
+                let obs = observe(ctx, policy, work.accounts, Some(&claim)).await;
+                let plan = decide::decide(policy, &obs, Utc::now());
+                (claim, Some((obs, plan)))
+            }
         };
-        // Look again under the claim: another rotator may have finished the key meanwhile.
-        let obs = observe(ctx, policy, work.accounts, Some(&claim)).await;
-        let plan = decide::decide(policy, &obs, Utc::now());
+        let (obs, plan) = match looked {
+            Some((obs, plan)) => (std::borrow::Cow::Owned(obs), plan),
+            None => (std::borrow::Cow::Borrowed(obs), plan),
+        };
         let result = match settled(&plan, work) {
             Ok(Some(step)) => Ok(step),
             Ok(None) => act(work, &obs, plan, &mut claim).await,
             Err(e) => Err(e),
         };
-        claim.release().await;
+        if matches!(result, Ok(Step::Continue(_))) && claim.carries_on() {
+            // The next step (a rotation after a finalize) goes on under the same claim: no
+            // release, no second take, and the look it starts with is made under it.
+            *held = Some(claim);
+        } else {
+            claim.release().await;
+        }
         result
     }
 

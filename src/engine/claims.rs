@@ -303,6 +303,20 @@ impl ClaimHandle {
         }
         self.fresh = false;
         self.inherited = false;
+        // Whatever an earlier step under this claim stored, this rotation's value is not yet.
+        self.settled = false;
+    }
+
+    /// Whether the next step of the key's pass may go on under this claim instead of releasing
+    /// it and taking it again: it is this process's as the store holds it, and it carries no
+    /// rotation (none in flight, no value kept, none taken over from a gone holder). A step that
+    /// did any of that releases, and the next takes the claim anew, as it always did.
+    pub fn carries_on(&self) -> bool {
+        !self.lost
+            && !self.dirty
+            && !self.in_flight
+            && !self.inherited
+            && self.claim.phase == ClaimPhase::Claimed
     }
 
     /// Whether the claim still carries the rotation a gone holder left in it (see `inherited`).

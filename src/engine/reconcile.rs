@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 
 use super::Engine;
 use super::act::{KeyWork, Step};
+use super::claims::ClaimHandle;
 use super::decide::{self, KeyPlan, Observed, ReadError, Upstream};
 use super::events::{self, Event};
 use super::failure::{Force, KeyFailure, KeyReport, Outcome};
@@ -131,7 +132,8 @@ fn publish(policy: &KeyPolicy, plan: &KeyPlan, obs: &Observed) {
         plan,
         key: obs.key.as_ref(),
     });
-    let claim = obs.claim.as_ref().filter(|c| c.active());
+    // A claim this step holds is gone by the time anyone reads the metrics: not published.
+    let claim = obs.claim.as_ref().filter(|c| c.active() && !c.held_here);
     events::emit(Event::ClaimSeen {
         policy: &policy.name,
         holder: claim.map(|c| c.stored.claim.holder.as_str()),
@@ -171,12 +173,14 @@ async fn reconcile(
         force,
     };
     let mut outcomes = Vec::new();
+    // The claim a step kept for the next one (a finalize, then the rotation it made due).
+    let mut held: Option<ClaimHandle> = None;
     for _ in 0..3 {
-        let obs = observe(engine.ctx(), policy, accounts, None).await;
+        let obs = observe(engine.ctx(), policy, accounts, held.as_ref()).await;
         let plan = decide::decide(policy, &obs, Utc::now());
         publish(policy, &plan, &obs);
         *next_due = plan.wake_at.or(plan.next_due);
-        match engine.act().step(&work, &obs, plan).await? {
+        match engine.act().step(&work, &obs, plan, &mut held).await? {
             Step::Continue(outcome) => outcomes.extend(outcome),
             Step::Finish(outcome) => {
                 outcomes.push(outcome);
@@ -189,6 +193,9 @@ async fn reconcile(
                 return Ok(outcomes);
             }
         }
+    }
+    if let Some(claim) = held {
+        claim.release().await;
     }
     Ok(outcomes)
 }

@@ -398,6 +398,8 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
     let (sa, original, path, token) = one_key("eng-coord-cost").await;
     let (aws_sa, _) = new_service_account_with_key(&zenml_admin(), "eng-coord-cost").await;
     let aws_path = unique("eng-coord-cost");
+    let (w_sa, _) = new_service_account_with_key(&zenml_admin(), "eng-coord-cost").await;
+    let w_path = unique("eng-coord-cost");
     let vault_up = VaultAdmin::shared().addr.clone();
     let aws_up = aws_endpoint();
     let vault = StubServer::start(move |r| forward(&vault_up, r)).await;
@@ -405,11 +407,19 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
     let zenml_up = std::env::var("ZR_ZENML_URL").unwrap();
     let zenml = StubServer::start(move |r| forward(&zenml_up, r)).await;
     let mut rig = Rig::new();
+    // A one-minute window, so the last part can finalize a rotation and rotate again.
     rig.zenml_url(&zenml.url)
+        .default_line("retain = \"1m\"")
         .vault_store("vault", &vault.url, &token)
         .aws_store("aws", &aws_proxy.url)
         .key("v", &sa.name, "vault", &path, "")
-        .key("a", &aws_sa.name, "aws", &aws_path, "");
+        .key("a", &aws_sa.name, "aws", &aws_path, "")
+        .key("w", &w_sa.name, "vault", &w_path, "");
+    let textfile = rig.path().join("metrics.prom");
+    rig.section(&format!(
+        "[metrics]\ntextfile = {:?}",
+        textfile.display().to_string()
+    ));
     rig.write();
     let rig = std::sync::Arc::new(rig);
 
@@ -535,5 +545,50 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
         aws_calls(a_from),
         [get, put, stage, put, stage, get],
         "later rotation, AWS"
+    );
+
+    // Once the window is over, a finalize and the rotation it leads to share one claim: taken
+    // once, the rotation's value kept in it, released once; the look between the two steps is
+    // made under it, so the claim is not read again there.
+    let (v_from, a_from) = (vault.requests().len(), aws_proxy.requests().len());
+    tokio::time::sleep(Duration::from_secs(62)).await;
+    for name in ["v", "a"] {
+        let args: &'static [&'static str] = if name == "v" {
+            &["rotate", "v", "--output", "json"]
+        } else {
+            &["rotate", "a", "--output", "json"]
+        };
+        let ran = run(args).await.unwrap();
+        assert_eq!(
+            ran.results_of(name),
+            ["finalized", "rotated"],
+            "{}",
+            ran.describe()
+        );
+    }
+    assert_eq!(vault_calls(v_from), (2, 3), "finalize and rotation, Vault");
+    assert_eq!(
+        aws_calls(a_from),
+        [get, put, stage, put, stage, get],
+        "finalize and rotation, AWS"
+    );
+
+    // A finalize with no rotation due after it: the look after the finalize is made under the
+    // claim, which is released when the key's pass ends; the metrics do not say it is held.
+    let ran = run(&["once", "--output", "json"]).await.unwrap();
+    assert_eq!(ran.results_of("w"), ["finalized"], "{}", ran.describe());
+    let metrics = std::fs::read_to_string(&textfile).unwrap();
+    assert!(
+        metrics.contains("zenml_rotator_last_success_timestamp_seconds{policy=\"w\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("zenml_rotator_claim_since_timestamp_seconds{"),
+        "no claim is held after the pass:\n{metrics}"
+    );
+    assert_eq!(
+        claim_doc(Kind::Vault, &w_path).await["phase"],
+        "released",
+        "w's claim"
     );
 }
