@@ -380,6 +380,73 @@ async fn inspect_is_one_request() {
     assert_eq!(vault_request_count(), total_before + 1);
 }
 
+/// A rotation's write on top of another rotation's finished one sends no read first (the
+/// check-and-set fences it); one that may find its own value there (a retry, a replay after a
+/// fresh pre-flight of a write cut off before its stamp) still writes no second copy.
+#[tokio::test]
+async fn a_write_over_another_rotations_stamped_version_reads_nothing_first() {
+    let root = Root::new();
+    let (store, prefix, _token, _dir) = rotator_store(&root).await;
+    let path = format!("{prefix}/stamped");
+    rotate(&store, &path, &secret_key(), &record("k1"), "t1").await;
+    let snap = store.preflight(&path).await.unwrap();
+    assert_eq!(snap.version.as_deref(), Some("1"));
+    assert_eq!(snap.written_by.as_deref(), Some("t1"));
+    let data_reads = || {
+        zenml_rotator::metrics::get()
+            .upstream_request_duration_seconds
+            .get_metric_with_label_values(&["vault", "read"])
+            .unwrap()
+            .get_sample_count()
+    };
+
+    let (key2, rec2) = (secret_key(), record("k2"));
+    let before = data_reads();
+    store
+        .stage(&path, &payload(&key2), &rec2, &snap, "t2")
+        .await
+        .unwrap();
+    assert_eq!(data_reads(), before, "no read before the write");
+    assert_eq!(root.metadata(&path).await["current_version"], 2);
+    // A retry with the same pre-flight: the check-and-set fails, the conflict is read and the
+    // value found ours.
+    store
+        .stage(&path, &payload(&key2), &rec2, &snap, "t2")
+        .await
+        .unwrap();
+    assert_eq!(data_reads(), before + 1);
+    assert_eq!(root.metadata(&path).await["current_version"], 2);
+    store.promote(&path, "t2", &snap).await.unwrap();
+
+    // A write cut off between the value and its stamp: version 3 holds it, the stamp still names
+    // version 2. A replay after a fresh pre-flight reads first and finds it.
+    let (key3, rec3) = (secret_key(), record("k3"));
+    let cut = root
+        .write(
+            &path,
+            json!({ "ZENML_STORE_URL": "https://zenml.example.com", "ZENML_STORE_API_KEY": key3 }),
+        )
+        .await;
+    assert_eq!(cut, 3);
+    let fresh = store.preflight(&path).await.unwrap();
+    assert_eq!(fresh.version.as_deref(), Some("3"));
+    assert_eq!(fresh.written_by, None, "the stamp names another version");
+    store
+        .stage(&path, &payload(&key3), &rec3, &fresh, "t3")
+        .await
+        .unwrap();
+    assert_eq!(
+        root.metadata(&path).await["current_version"],
+        3,
+        "no second copy"
+    );
+    store.promote(&path, "t3", &fresh).await.unwrap();
+    assert_eq!(
+        expose(store.read_previous(&path).await.unwrap()),
+        Some(key2)
+    );
+}
+
 fn vault_request_count() -> u64 {
     let families = zenml_rotator::metrics::get().registry.gather();
     families

@@ -81,10 +81,7 @@ pub async fn store_value(
         read_back_equal(staged, value, "staged")?;
     }
     fault::point("after_stage");
-    retry(|| store.promote(&policy.path, token, snapshot))
-        .await
-        .map_err(fail)?;
-    let current = retry(|| store.read_current(&policy.path))
+    let current = retry(|| store.promote_and_read_current(&policy.path, token, snapshot))
         .await
         .map_err(fail)?;
     read_back_equal(current, value, "current")?;

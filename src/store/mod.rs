@@ -201,6 +201,10 @@ pub struct StoreSnapshot {
     pub record: Option<RotationRecord>,
     /// A staged value waiting for promotion (AWS `AWSPENDING` on another version): its token.
     pub pending: Option<String>,
+    /// The rotation (token) whose finished write the current version is, where the store records
+    /// that beside the value (KV v2: the stamp in `custom_metadata`, naming the current version).
+    /// `None` when unknown: a hand-written version, a write cut off before its stamp.
+    pub written_by: Option<String>,
     /// A current version exists but holds no readable value (KV v2: soft-deleted or destroyed).
     pub current_deleted: bool,
     /// Why a write to this path would be refused whatever the credentials (AWS: scheduled for
@@ -354,6 +358,20 @@ pub trait SecretStore: Send + Sync {
         token: &str,
         expected: &StoreSnapshot,
     ) -> Result<(), StoreError>;
+
+    /// `promote`, then the current value read back: the writer's last check that the value is
+    /// where the workloads read it. A store that can prove both with one read overrides it (KV
+    /// v2: the current version's data carries the stamp `promote` checks), which also reads the
+    /// value and its ownership from the same version.
+    async fn promote_and_read_current(
+        &self,
+        path: &str,
+        token: &str,
+        expected: &StoreSnapshot,
+    ) -> Result<Option<SecretString>, StoreError> {
+        self.promote(path, token, expected).await?;
+        self.read_current(path).await
+    }
 
     /// Drops a staged value that will never be promoted (a stuck `AWSPENDING`). Idempotent.
     async fn discard_staged(&self, path: &str, token: &str) -> Result<(), StoreError>;

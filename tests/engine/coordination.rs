@@ -399,7 +399,8 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
     let (aws_sa, _) = new_service_account_with_key(&zenml_admin(), "eng-coord-cost").await;
     let aws_path = unique("eng-coord-cost");
     let (w_sa, _) = new_service_account_with_key(&zenml_admin(), "eng-coord-cost").await;
-    let w_path = unique("eng-coord-cost");
+    // Beside v's path, where the rotator's token may write.
+    let w_path = format!("{}/w", path.rsplit_once('/').map_or("", |(dir, _)| dir));
     let vault_up = VaultAdmin::shared().addr.clone();
     let aws_up = aws_endpoint();
     let vault = StubServer::start(move |r| forward(&vault_up, r)).await;
@@ -504,8 +505,7 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
             "POST data",     // the value, check-and-set
             "GET metadata",  // the record merged into custom_metadata
             "POST metadata", //
-            "GET metadata",  // promote: the current version is this rotation's
-            "GET data",      // read back equal
+            "GET data",      // read back equal, its stamp this rotation's (promote)
             "GET metadata",  // looked at after the rotation, for the metrics
         ],
         "first rotation, Vault key path"
@@ -567,6 +567,25 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
         );
     }
     assert_eq!(vault_calls(v_from), (2, 3), "finalize and rotation, Vault");
+    assert_eq!(
+        vault_key_calls(v_from),
+        [
+            "GET metadata",  // looked at
+            "GET metadata",  // under the claim
+            "GET metadata",  // finalize: the previous version
+            "GET data",      // its value, to check ZenML rejects it now
+            "GET metadata",  // the record merged into custom_metadata
+            "POST metadata", // finalized
+            "GET metadata",  // looked at again, under the same claim
+            "GET metadata",  // pre-flight
+            "POST data", // check-and-set over the last rotation's stamped version: no read first
+            "GET metadata", // the record merged into custom_metadata
+            "POST metadata", //
+            "GET data",  // read back equal, its stamp this rotation's
+            "GET metadata", // looked at after the rotation, for the metrics
+        ],
+        "finalize and rotation, Vault key path"
+    );
     assert_eq!(
         aws_calls(a_from),
         [get, put, stage, put, stage, get],

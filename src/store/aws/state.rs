@@ -83,6 +83,7 @@ impl SecretState {
             version: self.holder(AWSCURRENT).map(str::to_owned),
             record: RotationRecord::from_map(&record_map(&self.tags)),
             pending: self.pending(),
+            written_by: None,
             current_deleted: false,
             unwritable: self
                 .refuse_unwritable("inspect", "")

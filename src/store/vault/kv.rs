@@ -58,16 +58,19 @@ struct Answer<T> {
     data: T,
 }
 
-/// A KV v2 data read: the version's data (`null` when deleted) and its number.
+/// A KV v2 data read: the version's data (`null` when deleted), its number, and the path's
+/// `custom_metadata` (where the rotator's stamp is).
 #[derive(serde::Deserialize)]
 struct DataAnswer {
     data: Value,
-    metadata: VersionNumber,
+    metadata: VersionMeta,
 }
 
 #[derive(serde::Deserialize)]
-struct VersionNumber {
+struct VersionMeta {
     version: u64,
+    #[serde(default)]
+    custom_metadata: Option<HashMap<String, String>>,
 }
 
 impl VaultStore {
@@ -99,12 +102,42 @@ impl VaultStore {
         if let Some(v) = version {
             api_path.push_str(&format!("?version={v}"));
         }
+        Ok(self
+            .read_data_answer(authed, &api_path, op, path)
+            .await?
+            .map(|a| (a.metadata.version, a.data)))
+    }
+
+    /// The current version's value, once its stamp proves it this rotation's (`token`): what
+    /// `promote` and the read-back after it check, in one read of one version. `None` when
+    /// nothing readable is current; a `Conflict` when another write is.
+    pub(super) async fn read_current_if_ours(
+        &self,
+        authed: &Authed,
+        path: &str,
+        token: &str,
+        op: &'static str,
+    ) -> Result<Option<Value>, StoreError> {
+        let api_path = format!("{}/data/{path}", self.mount);
+        let Some(answer) = self.read_data_answer(authed, &api_path, op, path).await? else {
+            return Ok(None);
+        };
+        let custom = answer.metadata.custom_metadata.as_ref();
+        self.stamp_is_ours(custom, answer.metadata.version, Some(token), op, path)?;
+        Ok(Some(answer.data))
+    }
+
+    async fn read_data_answer(
+        &self,
+        authed: &Authed,
+        api_path: &str,
+        op: &'static str,
+        path: &str,
+    ) -> Result<Option<DataAnswer>, StoreError> {
         // Deleted and destroyed versions are a 404 (without `errors`), as is a missing path.
         let answer: Option<Answer<DataAnswer>> =
-            self.get_kv(authed, &api_path, "read", op, path).await?;
-        Ok(answer
-            .filter(|a| !a.data.data.is_null())
-            .map(|a| (a.data.metadata.version, a.data.data)))
+            self.get_kv(authed, api_path, "read", op, path).await?;
+        Ok(answer.map(|a| a.data).filter(|a| !a.data.is_null()))
     }
 
     /// A KV v2 read, the most frequent requests of a pass: sent on the shared client and parsed
@@ -184,11 +217,28 @@ impl VaultStore {
         op: &'static str,
         path: &str,
     ) -> Result<u64, StoreError> {
-        let conflict = |message: String| self.error(StoreErrorKind::Conflict, op, path, message);
         let Some(meta) = meta else {
-            return Err(conflict("nothing is stored there".to_owned()));
+            return Err(self.error(
+                StoreErrorKind::Conflict,
+                op,
+                path,
+                "nothing is stored there".to_owned(),
+            ));
         };
         let custom = meta.custom_metadata.as_ref();
+        self.stamp_is_ours(custom, meta.current_version, token, op, path)
+    }
+
+    /// Whether the stamp in `custom` names `current_version` (and, given `token`, this rotation).
+    fn stamp_is_ours(
+        &self,
+        custom: Option<&HashMap<String, String>>,
+        current_version: u64,
+        token: Option<&str>,
+        op: &'static str,
+        path: &str,
+    ) -> Result<u64, StoreError> {
+        let conflict = |message: String| self.error(StoreErrorKind::Conflict, op, path, message);
         let stamp_token = custom.and_then(|c| c.get(ROTATION_TOKEN));
         let stamp_version = custom
             .and_then(|c| c.get(ROTATION_VERSION))
@@ -199,10 +249,9 @@ impl VaultStore {
             ));
         }
         match stamp_version {
-            Some(v) if v == meta.current_version => Ok(v),
+            Some(v) if v == current_version => Ok(v),
             Some(v) => Err(conflict(format!(
-                "version {} was written on top of the rotator's version {v}",
-                meta.current_version
+                "version {current_version} was written on top of the rotator's version {v}"
             ))),
             None => Err(conflict(
                 "the current version was not written by the rotator".to_owned(),
@@ -240,11 +289,19 @@ pub(super) fn snapshot(meta: Option<&ReadSecretMetadataResponse>) -> StoreSnapsh
         .versions
         .get(&meta.current_version.to_string())
         .is_some_and(|v| v.destroyed || !v.deletion_time.is_empty());
+    let custom = meta.custom_metadata.as_ref();
+    let stamped = custom
+        .and_then(|c| c.get(ROTATION_VERSION))
+        .is_some_and(|v| v.parse::<u64>().ok() == Some(meta.current_version));
     StoreSnapshot {
         exists: meta.current_version > 0,
         version: (meta.current_version > 0).then(|| meta.current_version.to_string()),
         record,
         pending: None,
+        written_by: custom
+            .and_then(|c| c.get(ROTATION_TOKEN))
+            .filter(|_| stamped)
+            .cloned(),
         current_deleted,
         unwritable: None,
     }

@@ -285,8 +285,12 @@ impl SecretStore for VaultStore {
 
         // A retry (or a journal replay after a fresh pre-flight) finds its own value current:
         // it must not stack a second copy on top and push the real previous value out of reach.
+        // When the pre-flight saw another rotation's finished write current, this one's value
+        // is not there: the check-and-set below fails if anything was written since, and the
+        // conflict is read then.
         let mut written = None;
-        if cas > 0 {
+        let maybe_ours = expected.written_by.as_deref().is_none_or(|t| t == token);
+        if cas > 0 && maybe_ours {
             if let Some((version, data)) = self.read_data(&authed, path, None, OP).await? {
                 if holds_payload(&data, payload) {
                     written = Some(version);
@@ -363,6 +367,19 @@ impl SecretStore for VaultStore {
         let meta = self.read_metadata(&authed, path, "promote").await?;
         self.current_is_ours(meta.as_ref(), Some(token), "promote", path)
             .map(|_| ())
+    }
+
+    async fn promote_and_read_current(
+        &self,
+        path: &str,
+        token: &str,
+        _expected: &StoreSnapshot,
+    ) -> Result<Option<SecretString>, StoreError> {
+        const OP: &str = "promote";
+        self.check_path(OP, path)?;
+        let authed = self.authed(path).await?;
+        let data = self.read_current_if_ours(&authed, path, token, OP).await?;
+        Ok(data.and_then(|d| api_key_in(&d)))
     }
 
     async fn discard_staged(&self, _path: &str, _token: &str) -> Result<(), StoreError> {
