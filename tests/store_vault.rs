@@ -366,13 +366,7 @@ async fn inspect_is_one_request() {
     let (store, prefix, _token, _dir) = rotator_store(&root).await;
     let path = format!("{prefix}/one");
     rotate(&store, &path, &secret_key(), &record("k"), "t").await;
-    let count = || {
-        zenml_rotator::metrics::get()
-            .upstream_request_duration_seconds
-            .get_metric_with_label_values(&["vault", "read_metadata"])
-            .unwrap()
-            .get_sample_count()
-    };
+    let count = || vault_op_count("read_metadata");
     let before = count();
     let total_before: u64 = vault_request_count();
     store.inspect(&path).await.unwrap();
@@ -392,13 +386,7 @@ async fn a_write_over_another_rotations_stamped_version_reads_nothing_first() {
     let snap = store.preflight(&path).await.unwrap();
     assert_eq!(snap.version.as_deref(), Some("1"));
     assert_eq!(snap.written_by.as_deref(), Some("t1"));
-    let data_reads = || {
-        zenml_rotator::metrics::get()
-            .upstream_request_duration_seconds
-            .get_metric_with_label_values(&["vault", "read"])
-            .unwrap()
-            .get_sample_count()
-    };
+    let data_reads = || vault_op_count("read");
 
     let (key2, rec2) = (secret_key(), record("k2"));
     let before = data_reads();
@@ -445,6 +433,15 @@ async fn a_write_over_another_rotations_stamped_version_reads_nothing_first() {
         expose(store.read_previous(&path).await.unwrap()),
         Some(key2)
     );
+}
+
+/// The Vault requests of one kind (`operation` label) this process has sent.
+fn vault_op_count(op: &str) -> u64 {
+    zenml_rotator::metrics::get()
+        .upstream_request_duration_seconds
+        .get_metric_with_label_values(&["vault", op])
+        .unwrap()
+        .get_sample_count()
 }
 
 fn vault_request_count() -> u64 {

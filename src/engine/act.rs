@@ -168,9 +168,10 @@ impl Act for Live {
         held: &mut Option<ClaimHandle>,
     ) -> Result<Step, KeyFailure> {
         let (ctx, policy) = (work.ctx, work.policy);
-        let (mut claim, looked) = match held.take() {
+        let looked;
+        let (mut claim, obs, plan) = match held.take() {
             // The step before kept the claim, and `obs` was made under it.
-            Some(claim) => (claim, None),
+            Some(claim) => (claim, obs, plan),
             None => {
                 if let Some(step) = settled(&plan, work)? {
                     return Ok(step);
@@ -180,18 +181,14 @@ impl Act for Live {
                     Err(held) => return claimed(work, held),
                 };
                 // Look again under the claim: another rotator may have finished the key meanwhile.
-                let obs = observe(ctx, policy, work.accounts, Some(&claim)).await;
-                let plan = decide::decide(policy, &obs, Utc::now());
-                (claim, Some((obs, plan)))
+                looked = observe(ctx, policy, work.accounts, Some(&claim)).await;
+                let plan = decide::decide(policy, &looked, Utc::now());
+                (claim, &looked, plan)
             }
-        };
-        let (obs, plan) = match looked {
-            Some((obs, plan)) => (std::borrow::Cow::Owned(obs), plan),
-            None => (std::borrow::Cow::Borrowed(obs), plan),
         };
         let result = match settled(&plan, work) {
             Ok(Some(step)) => Ok(step),
-            Ok(None) => act(work, &obs, plan, &mut claim).await,
+            Ok(None) => act(work, obs, plan, &mut claim).await,
             Err(e) => Err(e),
         };
         if matches!(result, Ok(Step::Continue(_))) && claim.carries_on() {

@@ -239,11 +239,8 @@ impl VaultStore {
         path: &str,
     ) -> Result<u64, StoreError> {
         let conflict = |message: String| self.error(StoreErrorKind::Conflict, op, path, message);
-        let stamp_token = custom.and_then(|c| c.get(ROTATION_TOKEN));
-        let stamp_version = custom
-            .and_then(|c| c.get(ROTATION_VERSION))
-            .and_then(|v| v.parse::<u64>().ok());
-        if token.is_some_and(|t| stamp_token.map(String::as_str) != Some(t)) {
+        let (stamp_token, stamp_version) = stamp_of(custom);
+        if token.is_some_and(|t| stamp_token != Some(t)) {
             return Err(conflict(
                 "the last write recorded there is not this rotation's".to_owned(),
             ));
@@ -258,6 +255,17 @@ impl VaultStore {
             )),
         }
     }
+}
+
+/// The rotator's stamp in a path's `custom_metadata`: the token and the version of its last write.
+fn stamp_of(custom: Option<&HashMap<String, String>>) -> (Option<&str>, Option<u64>) {
+    let token = custom
+        .and_then(|c| c.get(ROTATION_TOKEN))
+        .map(String::as_str);
+    let version = custom
+        .and_then(|c| c.get(ROTATION_VERSION))
+        .and_then(|v| v.parse::<u64>().ok());
+    (token, version)
 }
 
 pub(super) fn merge_custom_metadata(
@@ -289,19 +297,15 @@ pub(super) fn snapshot(meta: Option<&ReadSecretMetadataResponse>) -> StoreSnapsh
         .versions
         .get(&meta.current_version.to_string())
         .is_some_and(|v| v.destroyed || !v.deletion_time.is_empty());
-    let custom = meta.custom_metadata.as_ref();
-    let stamped = custom
-        .and_then(|c| c.get(ROTATION_VERSION))
-        .is_some_and(|v| v.parse::<u64>().ok() == Some(meta.current_version));
+    let (stamp_token, stamp_version) = stamp_of(meta.custom_metadata.as_ref());
     StoreSnapshot {
         exists: meta.current_version > 0,
         version: (meta.current_version > 0).then(|| meta.current_version.to_string()),
         record,
         pending: None,
-        written_by: custom
-            .and_then(|c| c.get(ROTATION_TOKEN))
-            .filter(|_| stamped)
-            .cloned(),
+        written_by: stamp_token
+            .filter(|_| stamp_version == Some(meta.current_version))
+            .map(str::to_owned),
         current_deleted,
         unwritable: None,
     }
