@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use chrono::Utc;
 
-use super::claims::{ClaimError, ClaimHandle, Draft};
+use super::claims::{After, ClaimError, ClaimHandle, Draft};
 use super::context::Context;
 use super::decide::{self, KeyPlan, Observed, Why};
 use super::events::{self, Actor, DeactivationReason, Event};
@@ -32,6 +32,16 @@ pub enum Step {
     Wait(String),
 }
 
+/// What one step of a key's pass leaves for the next step, and for the look after the last.
+#[derive(Default)]
+pub struct Carry {
+    /// The key's claim, kept from the step before when that step ended with `Continue` and its
+    /// claim can go on (a finalize; see [`ClaimHandle::carries_on`]).
+    pub held: Option<ClaimHandle>,
+    /// What the last step's release of its claim knows of the key.
+    pub after: After,
+}
+
 /// A hygiene deactivation: done, or what a dry run would have done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retired {
@@ -50,17 +60,17 @@ pub struct KeyWork<'a> {
 
 #[async_trait]
 pub trait Act: Send + Sync {
-    /// Carries out one decision. `held`: the key's claim, kept from the step before when that
-    /// step ended with `Continue` and its claim can go on (a finalize; see
-    /// [`ClaimHandle::carries_on`]). `obs` was then made under it, so no second look is needed.
-    /// A step that ends with `Continue` may leave its claim there for the next one; the caller
-    /// releases what is left when the key's pass ends.
+    /// Carries out one decision. `carry.held`: the key's claim, kept from the step before;
+    /// `obs` was then made under it, so no second look is needed. A step that ends with
+    /// `Continue` may leave its claim there for the next one; the caller releases what is left
+    /// when the key's pass ends. A step that releases its claim leaves what the release knows
+    /// in `carry.after`.
     async fn step(
         &self,
         work: &KeyWork<'_>,
         obs: &Observed,
         plan: KeyPlan,
-        held: &mut Option<ClaimHandle>,
+        carry: &mut Carry,
     ) -> Result<Step, KeyFailure>;
 
     /// Hygiene: takes keys no policy covers out of service, never one a store holds (`policies`
@@ -165,11 +175,12 @@ impl Act for Live {
         work: &KeyWork<'_>,
         obs: &Observed,
         plan: KeyPlan,
-        held: &mut Option<ClaimHandle>,
+        carry: &mut Carry,
     ) -> Result<Step, KeyFailure> {
         let (ctx, policy) = (work.ctx, work.policy);
+        carry.after = After::default();
         let looked;
-        let (mut claim, obs, plan) = match held.take() {
+        let (mut claim, obs, plan) = match carry.held.take() {
             // The step before kept the claim, and `obs` was made under it.
             Some(claim) => (claim, obs, plan),
             None => {
@@ -194,9 +205,9 @@ impl Act for Live {
         if matches!(result, Ok(Step::Continue(_))) && claim.carries_on() {
             // The next step (a rotation after a finalize) goes on under the same claim: no
             // release, no second take, and the look it starts with is made under it.
-            *held = Some(claim);
+            carry.held = Some(claim);
         } else {
-            claim.release().await;
+            carry.after = claim.release().await;
         }
         result
     }

@@ -23,6 +23,7 @@ use crate::secret::{ExposeSecret, SecretString};
 use crate::store::{
     Claim, ClaimPhase, Coordination, SecretStore, StoreError, StoreErrorKind, StoredClaim,
 };
+use crate::zenml::ApiKey;
 
 /// This process's name in claims: `<host>/<pid>/<random>`, so two processes never share one.
 pub fn holder_id() -> &'static str {
@@ -128,6 +129,18 @@ pub struct ClaimHandle {
     lost: bool,
     /// The value the claim kept is stored (or dropped as dead): nothing in flight is left.
     settled: bool,
+    /// The key as ZenML gave it after the rotation stored under this claim (`settle_rotated`).
+    rotated: Option<ApiKey>,
+}
+
+/// What a step's release knows of its key afterwards, so the look after the key's pass does not
+/// read it again. Both empty when the release wrote nothing (see `ClaimHandle::release`).
+#[derive(Default)]
+pub struct After {
+    /// The claim exactly as the release wrote it.
+    pub claim: Option<StoredClaim>,
+    /// The key as ZenML gave it after the rotation the step stored.
+    pub key: Option<ApiKey>,
 }
 
 /// What a fresh claim says about the key it guards.
@@ -200,6 +213,7 @@ impl ClaimHandle {
             dirty: false,
             lost: false,
             settled: false,
+            rotated: None,
         };
         if handle.lock.is_none() {
             if let Err(e) = handle.write().await {
@@ -367,6 +381,13 @@ impl ClaimHandle {
         self.settled = true;
     }
 
+    /// `settle`, for a rotation whose value is stored: `key` is the key as ZenML gave it after
+    /// the rotation, which `release` hands on.
+    pub fn settle_rotated(&mut self, key: ApiKey) {
+        self.settle();
+        self.rotated = Some(key);
+    }
+
     /// Keeps the new value in the claim (phase `Rotated`), where the store keeps it there, or
     /// records that it is staged under the token.
     pub async fn keep(
@@ -388,30 +409,43 @@ impl ClaimHandle {
     /// Gives the claim up: anyone may claim the key now. A claim whose rotation may have left a
     /// value nobody kept is not released: it expires, and the next pass sees the lost answer; nor
     /// is one that keeps a value not stored yet: the next pass (of any rotator) stores it.
-    pub async fn release(mut self) {
+    /// Returns what the release knows of the key now (nothing when it wrote nothing).
+    pub async fn release(mut self) -> After {
         if self.lost {
-            return;
+            return After::default();
         }
         if self.in_flight {
             tracing::warn!(policy = %self.claim.policy, holder = %self.claim.holder,
                 "leaving the claim to expire: ZenML may have issued a value that was not kept");
-            return;
+            return After::default();
         }
         if self.claim.phase == ClaimPhase::Rotated && !self.settled {
             tracing::warn!(policy = %self.claim.policy, holder = %self.claim.holder,
                 "keeping the claim: it holds a new value that is not stored yet; the next pass stores it");
-            return;
+            return After::default();
         }
+        let key = self.rotated.take();
         if self.lock.is_some() {
-            return;
+            return After { claim: None, key };
         }
         self.claim.phase = ClaimPhase::Released;
         self.claim.value = None;
         self.claim.rotated_at = None;
         self.claim.fingerprint = None;
-        if let Err(e) = self.write().await {
-            tracing::warn!(policy = %self.claim.policy, error = %e,
-                "could not release the claim; it expires by itself");
+        match self.write().await {
+            Ok(()) => {
+                // The whole claim was written: the store holds exactly what the handle says.
+                self.dirty = false;
+                After {
+                    claim: self.as_stored(),
+                    key,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(policy = %self.claim.policy, error = %e,
+                    "could not release the claim; it expires by itself");
+                After::default()
+            }
         }
     }
 }

@@ -4,8 +4,7 @@
 
 use async_trait::async_trait;
 
-use super::act::{Act, KeyWork, Retired, Step};
-use super::claims::ClaimHandle;
+use super::act::{Act, Carry, KeyWork, Retired, Step};
 use super::context::Context;
 use super::decide::{Action, KeyPlan, Observed};
 use super::failure::{DisableError, KeyFailure, Outcome};
@@ -22,7 +21,7 @@ impl Act for DryRun {
         work: &KeyWork<'_>,
         _obs: &Observed,
         plan: KeyPlan,
-        _held: &mut Option<ClaimHandle>,
+        _carry: &mut Carry,
     ) -> Result<Step, KeyFailure> {
         if plan.action == Action::Blocked {
             return Err(KeyFailure::blocked(plan.reason));

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::claims::{ClaimHandle, holder_id};
+use super::claims::{After, ClaimHandle, holder_id};
 use super::context::Context;
 use super::decide::{ClaimSeen, InFlight, Observed, Phase, ReadError, Upstream};
 use crate::config::KeyPolicy;
@@ -18,6 +18,27 @@ pub async fn observe(
     policy: &KeyPolicy,
     accounts: &BTreeMap<String, ServiceAccount>,
     held: Option<&ClaimHandle>,
+) -> Observed {
+    look(ctx, policy, accounts, held, &After::default()).await
+}
+
+/// The look after a step that released its claim: what the release knows (the claim as it
+/// wrote it, the key as the rotation left it) is taken as read; the rest is read as always.
+pub async fn observe_after(
+    ctx: &Context,
+    policy: &KeyPolicy,
+    accounts: &BTreeMap<String, ServiceAccount>,
+    after: &After,
+) -> Observed {
+    look(ctx, policy, accounts, None, after).await
+}
+
+async fn look(
+    ctx: &Context,
+    policy: &KeyPolicy,
+    accounts: &BTreeMap<String, ServiceAccount>,
+    held: Option<&ClaimHandle>,
+    after: &After,
 ) -> Observed {
     let mut obs = Observed::default();
     let journaled = match ctx.journal().get(&policy.name) {
@@ -42,8 +63,12 @@ pub async fn observe(
         }
     };
     if store.coordination() == Coordination::Shared {
-        // Under the claim this step just wrote, what the store holds is known: no read.
-        let claim = match held.and_then(ClaimHandle::as_stored) {
+        // Under the claim this step just wrote, or after its release, what the store holds is
+        // known: no read.
+        let known = held
+            .and_then(ClaimHandle::as_stored)
+            .or_else(|| after.claim.clone());
+        let claim = match known {
             Some(stored) => Ok(Some(stored)),
             None => store.read_claim(&policy.path).await,
         };
@@ -71,10 +96,16 @@ pub async fn observe(
     obs.service_account = Some(sa.clone());
     let strategy = strategy::of(policy.strategy);
     let key_ref = strategy.current_key(policy, &snapshot);
-    match ctx.zenml().get_api_key(sa.id, &key_ref).await {
-        Ok(key) => obs.key = Some(key),
-        Err(ZenmlError::NotFound { .. }) => {}
-        Err(e) => obs.read_error = Some(ReadError::new(Upstream::Zenml, e)),
+    let known = after.key.as_ref().filter(|k| {
+        k.service_account_id == sa.id && (k.name == key_ref || k.id.to_string() == key_ref)
+    });
+    match known {
+        Some(key) => obs.key = Some(key.clone()),
+        None => match ctx.zenml().get_api_key(sa.id, &key_ref).await {
+            Ok(key) => obs.key = Some(key),
+            Err(ZenmlError::NotFound { .. }) => {}
+            Err(e) => obs.read_error = Some(ReadError::new(Upstream::Zenml, e)),
+        },
     }
     if obs.read_error.is_none() {
         strategy

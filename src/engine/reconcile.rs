@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::{DateTime, Utc};
 
 use super::Engine;
-use super::act::{KeyWork, Step};
-use super::claims::ClaimHandle;
+use super::act::{Carry, KeyWork, Step};
+use super::claims::After;
 use super::decide::{self, KeyPlan, Observed, ReadError, Upstream};
 use super::events::{self, Event};
 use super::failure::{Force, KeyFailure, KeyReport, Outcome};
-use super::observe::observe;
+use super::observe::{observe, observe_after};
 use crate::config::KeyPolicy;
 use crate::metrics::Stage;
 use crate::strategy;
@@ -84,9 +84,11 @@ pub async fn keys(
                     };
                 }
                 let mut next_due = None;
-                let mut result = reconcile(engine, &policy, &accounts, force, &mut next_due).await;
+                let mut after = After::default();
+                let mut result =
+                    reconcile(engine, &policy, &accounts, force, &mut next_due, &mut after).await;
                 if rotated(&result) {
-                    refresh(engine, &policy, &accounts, &mut next_due).await;
+                    refresh(engine, &policy, &accounts, &mut next_due, &after).await;
                 }
                 // After the steps: the value they stored is verified, and a finalize is recorded.
                 if let Ok(outcomes) = &mut result {
@@ -144,14 +146,16 @@ fn publish(policy: &KeyPolicy, plan: &KeyPlan, obs: &Observed) {
 
 /// The decision that led to a rotation was published before it: last rotation, next due and
 /// retain-until still describe the old value. Look once more so the metrics a one-shot run
-/// exports, and the daemon's next wake, describe the new one.
+/// exports, and the daemon's next wake, describe the new one: at the store; the claim as the
+/// release wrote it and the key as the rotation left it are not read again (`after`).
 async fn refresh(
     engine: &Engine,
     policy: &KeyPolicy,
     accounts: &BTreeMap<String, ServiceAccount>,
     next_due: &mut Option<DateTime<Utc>>,
+    after: &After,
 ) {
-    let obs = observe(engine.ctx(), policy, accounts, None).await;
+    let obs = observe_after(engine.ctx(), policy, accounts, after).await;
     if obs.read_error.is_none() {
         let plan = decide::decide(policy, &obs, Utc::now());
         publish(policy, &plan, &obs);
@@ -165,6 +169,7 @@ async fn reconcile(
     accounts: &BTreeMap<String, ServiceAccount>,
     force: Option<Force>,
     next_due: &mut Option<DateTime<Utc>>,
+    after: &mut After,
 ) -> Result<Vec<Outcome>, KeyFailure> {
     let work = KeyWork {
         ctx: engine.ctx(),
@@ -174,16 +179,17 @@ async fn reconcile(
     };
     let mut outcomes = Vec::new();
     // The claim a step kept for the next one (a finalize, then the rotation it made due).
-    let mut held: Option<ClaimHandle> = None;
+    let mut carry = Carry::default();
     for _ in 0..3 {
-        let obs = observe(engine.ctx(), policy, accounts, held.as_ref()).await;
+        let obs = observe(engine.ctx(), policy, accounts, carry.held.as_ref()).await;
         let plan = decide::decide(policy, &obs, Utc::now());
         publish(policy, &plan, &obs);
         *next_due = plan.wake_at.or(plan.next_due);
-        match engine.act().step(&work, &obs, plan, &mut held).await? {
+        match engine.act().step(&work, &obs, plan, &mut carry).await? {
             Step::Continue(outcome) => outcomes.extend(outcome),
             Step::Finish(outcome) => {
                 outcomes.push(outcome);
+                *after = carry.after;
                 return Ok(outcomes);
             }
             Step::Wait(reason) => {
@@ -194,7 +200,7 @@ async fn reconcile(
             }
         }
     }
-    if let Some(claim) = held {
+    if let Some(claim) = carry.held {
         claim.release().await;
     }
     Ok(outcomes)

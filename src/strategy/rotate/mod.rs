@@ -438,7 +438,8 @@ async fn complete(
     // Fenced twice: by the claim, and by the store's check-and-set against the pre-flight.
     still_ours(claim, policy, Stage::Store).await?;
     store_value(ctx, policy, store, &kept.token, value, &record, &snapshot).await?;
-    claim.settle();
+    // The look after the pass's steps takes the key from here instead of reading it again.
+    claim.settle_rotated(key_now.clone());
     ctx.journal().remove(&policy.name).map_err(|e| {
         KeyFailure::journal(Stage::Store, "stored, but the journal entry stays: ", e)
     })?;
