@@ -204,6 +204,20 @@ fn expose(v: Option<SecretString>) -> Option<String> {
     v.map(|s| s.expose_secret().to_owned())
 }
 
+/// The previous value, read both ways the store offers: through the path's metadata
+/// (`read_previous`) and as the version before the one a snapshot says is current
+/// (`read_previous_of`, what a finalize under the claim uses). They must agree.
+async fn previous(store: &VaultStore, path: &str) -> Option<String> {
+    let seen = store.inspect(path).await.unwrap();
+    let by_metadata = expose(store.read_previous(path).await.unwrap());
+    let by_version = expose(store.read_previous_of(path, &seen).await.unwrap());
+    assert_eq!(
+        by_metadata, by_version,
+        "{path}: read_previous vs read_previous_of"
+    );
+    by_metadata
+}
+
 /// A store with a fresh rotator token on a fresh prefix: (store, prefix, token, tempdir).
 async fn rotator_store(root: &Root) -> (VaultStore, String, String, tempfile::TempDir) {
     let prefix = unique("zr");
@@ -259,7 +273,7 @@ async fn token_auth_rotates_reads_back_and_keeps_the_previous_value() {
         expose(store.read_current(&path).await.unwrap()),
         Some(key1.clone())
     );
-    assert_eq!(store.read_previous(&path).await.unwrap().map(|_| ()), None);
+    assert_eq!(previous(&store, &path).await.map(|_| ()), None);
 
     let after = store.inspect(&path).await.unwrap();
     assert!(after.exists);
@@ -296,10 +310,7 @@ async fn token_auth_rotates_reads_back_and_keeps_the_previous_value() {
         expose(store.read_current(&path).await.unwrap()),
         Some(key2.clone())
     );
-    assert_eq!(
-        expose(store.read_previous(&path).await.unwrap()),
-        Some(key1.clone())
-    );
+    assert_eq!(previous(&store, &path).await, Some(key1.clone()));
     assert_eq!(
         store.inspect(&path).await.unwrap().record,
         Some(rec2.clone())
@@ -323,10 +334,7 @@ async fn token_auth_rotates_reads_back_and_keeps_the_previous_value() {
         .unwrap();
     assert_eq!(root.metadata(&path).await["current_version"], 2);
     store.promote(&path, "tok-2", &fresh).await.unwrap();
-    assert_eq!(
-        expose(store.read_previous(&path).await.unwrap()),
-        Some(key1.clone())
-    );
+    assert_eq!(previous(&store, &path).await, Some(key1.clone()));
 
     // set_record replaces the record; the stamp that promote checks survives it.
     let mut finalized = rec2.clone();
@@ -429,10 +437,7 @@ async fn a_write_over_another_rotations_stamped_version_reads_nothing_first() {
         "no second copy"
     );
     store.promote(&path, "t3", &fresh).await.unwrap();
-    assert_eq!(
-        expose(store.read_previous(&path).await.unwrap()),
-        Some(key2)
-    );
+    assert_eq!(previous(&store, &path).await, Some(key2));
 }
 
 /// The Vault requests of one kind (`operation` label) this process has sent.
@@ -534,7 +539,7 @@ async fn a_foreign_value_is_taken_over_and_kept_as_the_previous_version() {
         Some(key.clone())
     );
     assert_eq!(
-        expose(store.read_previous(&path).await.unwrap()).as_deref(),
+        previous(&store, &path).await.as_deref(),
         Some("ZENKEY_by_hand")
     );
     let (_, old) = root.data(&path, 1).await;
@@ -561,17 +566,14 @@ async fn retire_previous_destroys_only_the_previous_version() {
 
     let second = secret_key();
     rotate(&store, &path, &second, &record("k2"), "t2").await;
-    assert_eq!(
-        expose(store.read_previous(&path).await.unwrap()),
-        Some(first)
-    );
+    assert_eq!(previous(&store, &path).await, Some(first));
     store.retire_previous(&path).await.unwrap();
     let meta = root.metadata(&path).await;
     assert_eq!(meta["versions"]["1"]["destroyed"], true);
     assert_eq!(meta["versions"]["2"]["destroyed"], false);
     let (status, _) = root.data(&path, 1).await;
     assert_eq!(status, 404);
-    assert_eq!(store.read_previous(&path).await.unwrap().map(|_| ()), None);
+    assert_eq!(previous(&store, &path).await.map(|_| ()), None);
     assert_eq!(
         expose(store.read_current(&path).await.unwrap()),
         Some(second.clone())
@@ -598,7 +600,7 @@ async fn a_soft_deleted_previous_version_reads_as_none() {
     rotate(&store, &path, &secret_key(), &record("k2"), "t2").await;
     root.post(&format!("secret/delete/{path}"), json!({ "versions": [1] }))
         .await;
-    assert_eq!(store.read_previous(&path).await.unwrap().map(|_| ()), None);
+    assert_eq!(previous(&store, &path).await.map(|_| ()), None);
     // And a soft-deleted current version reads as none too.
     root.ok(
         reqwest::Method::DELETE,

@@ -329,6 +329,17 @@ pub trait SecretStore: Send + Sync {
     /// (KV v2 version before the current one, AWS `AWSPREVIOUS`, the file's `.previous`).
     async fn read_previous(&self, path: &str) -> Result<Option<SecretString>, StoreError>;
 
+    /// `read_previous`, where `seen` (a snapshot made under the key's claim) says which version
+    /// is current. A store whose previous version is named by the current one's token overrides
+    /// it (KV v2: the version before, read without reading the metadata again).
+    async fn read_previous_of(
+        &self,
+        path: &str,
+        _seen: &StoreSnapshot,
+    ) -> Result<Option<SecretString>, StoreError> {
+        self.read_previous(path).await
+    }
+
     /// Writes the new value so it can be read back, checked-and-set against `expected` (from
     /// pre-flight). `token` identifies this rotation and makes retries idempotent (AWS
     /// ClientRequestToken). On AWS this stages `AWSPENDING`; elsewhere it is the write itself.

@@ -597,9 +597,8 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
         vault_key_calls(v_from),
         [
             "GET metadata",  // looked at
-            "GET metadata",  // under the claim
-            "GET metadata",  // finalize: the previous version
-            "GET data",      // its value, to check ZenML rejects it now
+            "GET metadata",  // under the claim: says which version is current
+            "GET data",      // the one before it, to check ZenML rejects its value now
             "GET metadata",  // the record merged into custom_metadata
             "POST metadata", // finalized
             "GET metadata",  // looked at again, under the same claim

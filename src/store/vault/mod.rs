@@ -258,6 +258,25 @@ impl SecretStore for VaultStore {
         Ok(data.and_then(|(_, d)| api_key_in(&d)))
     }
 
+    async fn read_previous_of(
+        &self,
+        path: &str,
+        seen: &StoreSnapshot,
+    ) -> Result<Option<SecretString>, StoreError> {
+        const OP: &str = "read_previous";
+        let Some(current) = seen.version.as_deref().and_then(|v| v.parse::<u64>().ok()) else {
+            return self.read_previous(path).await;
+        };
+        self.check_path(OP, path)?;
+        if current <= 1 {
+            return Ok(None);
+        }
+        // A destroyed or deleted version reads as a 404, which is `None`, as its metadata says.
+        let authed = self.authed(path).await?;
+        let data = self.read_data(&authed, path, Some(current - 1), OP).await?;
+        Ok(data.and_then(|(_, d)| api_key_in(&d)))
+    }
+
     async fn stage(
         &self,
         path: &str,

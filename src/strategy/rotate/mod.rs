@@ -599,7 +599,12 @@ async fn finalize(
     // A version written on top that keeps the same key (an operator adding a field with
     // `vault kv patch`, a re-put of the same JSON) makes the "previous" version hold the
     // current value: that one is meant to work, and is no retired value to confirm dead.
-    let previous = store.read_previous(&policy.path).await.map_err(fail)?;
+    // Under the claim, the look this step was decided on says which version is current.
+    let previous = match obs.snapshot.as_ref() {
+        Some(seen) => store.read_previous_of(&policy.path, seen).await,
+        None => store.read_previous(&policy.path).await,
+    }
+    .map_err(fail)?;
     let detail = match previous {
         Some(prev) if fingerprint(&prev) == record.fingerprint => format!(
             "the previous version holds the current value {} (a version was written on top with the same key)",
