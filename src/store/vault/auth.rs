@@ -21,9 +21,8 @@ pub(super) struct Session {
     lease: Lease,
 }
 
-/// What one operation needs: the client (token inside) and the token for raw requests.
+/// What one operation needs: the session's token, sent on the shared client.
 pub(super) struct Authed {
-    pub(super) client: Arc<VaultClient>,
     pub(super) token: SecretString,
 }
 
@@ -146,7 +145,6 @@ impl VaultStore {
             }
         };
         let authed = Authed {
-            client: session.client.clone(),
             token: session.token.clone(),
         };
         *guard = Some(session);

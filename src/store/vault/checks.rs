@@ -1,12 +1,13 @@
-//! Pre-flight checks through Vault's `sys/` API (which vaultrs does not wrap): the token's
-//! capabilities on the exact path, and that the mount is a KV v2 engine. `exchange` sends them,
-//! and the KV reads of `kv`, on the shared client with the session's token.
+//! Pre-flight checks through Vault's `sys/` API: the token's capabilities on the exact path, and
+//! that the mount is a KV v2 engine. `exchange` sends them, and every KV read and write of `kv`
+//! and `claims`, on the shared client with the session's token.
 
 use std::error::Error as _;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use serde_json::Value;
+use zeroize::Zeroizing;
 
 use super::auth::Authed;
 use super::{STORE, VaultStore};
@@ -15,8 +16,8 @@ use crate::secret::ExposeSecret;
 use crate::store::{StoreError, StoreErrorKind};
 
 impl VaultStore {
-    /// A request vaultrs does not wrap, with the same token, namespace and timeout: its answer as
-    /// JSON, or the store error its status says.
+    /// A `sys/` request, with the same token, namespace and timeout: its answer as JSON, or the
+    /// store error its status says.
     async fn raw(
         &self,
         authed: &Authed,
@@ -34,7 +35,20 @@ impl VaultStore {
             op,
             path,
         };
+        self.send_json(authed, call).await
+    }
+
+    /// Sends one request and reads its answer as JSON (`Null` when empty or not JSON); a status
+    /// outside 2xx is the store error it says (a check-and-set mismatch is a `Conflict`). The
+    /// answer's bytes are wiped once parsed.
+    pub(super) async fn send_json(
+        &self,
+        authed: &Authed,
+        call: RawCall<'_>,
+    ) -> Result<Value, StoreError> {
+        let (op, path) = (call.op, call.path);
         let (status, bytes) = self.exchange(authed, call).await?;
+        let bytes = Zeroizing::new(bytes);
         let json: Value = if bytes.is_empty() {
             Value::Null
         } else {

@@ -4,13 +4,9 @@
 //! a document in phase `released` (a soft delete would make `cas=0` fail for everyone, a metadata
 //! delete would restart the version count and let a stale holder's write succeed).
 
-use std::time::Instant;
-
 use serde_json::Value;
-use vaultrs::api::kv2::requests::SetSecretRequestOptions;
 
-use super::{STORE, VaultStore};
-use crate::metrics::observe_upstream;
+use super::VaultStore;
 use crate::secret::ExposeSecret;
 use crate::store::{Claim, StoreError, StoredClaim};
 
@@ -53,7 +49,7 @@ impl VaultStore {
         let claim_path = self.claim_path(path);
         let cas = match expected {
             None => 0,
-            Some(v) => v.parse::<u32>().map_err(|_| {
+            Some(v) => v.parse::<u64>().map_err(|_| {
                 self.other(
                     OP,
                     &claim_path,
@@ -67,20 +63,10 @@ impl VaultStore {
             .map_err(|e| self.other(OP, &claim_path, format!("cannot encode the claim: {e}")))?;
         let doc: Value = serde_json::from_str(json.expose_secret())
             .map_err(|e| self.other(OP, &claim_path, format!("cannot encode the claim: {e}")))?;
-        let start = Instant::now();
-        let res = vaultrs::kv2::set_with_options(
-            &*authed.client,
-            &self.mount,
-            &claim_path,
-            &doc,
-            SetSecretRequestOptions { cas },
-        )
-        .await;
-        observe_upstream(STORE, "write_claim", start.elapsed());
-        drop(doc);
         // A check-and-set mismatch (another rotator wrote the claim since it was read) comes
         // back as `Conflict`.
-        res.map(|meta| meta.version.to_string())
-            .map_err(|e| self.map_error(OP, &claim_path, e))
+        self.write_data(&authed, &claim_path, doc, cas, "write_claim", OP)
+            .await
+            .map(|version| version.to_string())
     }
 }

@@ -2,17 +2,15 @@
 //! stamp that tells whether the current version is the rotator's.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Instant;
 
 use zeroize::Zeroizing;
 
 use serde_json::Value;
 use vaultrs::api::kv2::responses::ReadSecretMetadataResponse;
 
+use super::VaultStore;
 use super::auth::Authed;
 use super::checks::{RawCall, api_errors};
-use super::{STORE, VaultStore};
-use crate::metrics::observe_upstream;
 use crate::secret::{SecretString, secrets_equal};
 use crate::store::{
     ENV_API_KEY, ENV_URL, Payload, PendingHooks, RotationRecord, StoreError, StoreErrorKind,
@@ -141,8 +139,8 @@ impl VaultStore {
     }
 
     /// A KV v2 read, the most frequent requests of a pass: sent on the shared client and parsed
-    /// once into the answer's type, instead of through vaultrs' request builder, which builds and
-    /// parses each URL three times (bench/README.md). `None` on a 404. The body, which may hold
+    /// once into the answer's type (vaultrs' request builder built and parsed each URL three
+    /// times; bench/README.md). `None` on a 404. The body, which may hold
     /// a key, is wiped once parsed; a parse error says where and why, never what it read.
     async fn get_kv<T: serde::de::DeserializeOwned>(
         &self,
@@ -199,17 +197,69 @@ impl VaultStore {
             .and_then(|m| m.custom_metadata)
             .unwrap_or_default();
         let custom = merge_custom_metadata(existing, record, written);
-        let mut request = vaultrs::api::kv2::requests::SetSecretMetadataRequest::builder();
-        request.custom_metadata(custom);
-        let start = Instant::now();
-        let res =
-            vaultrs::kv2::set_metadata(&*authed.client, &self.mount, path, Some(&mut request))
-                .await;
-        observe_upstream(STORE, "write_metadata", start.elapsed());
-        res.map_err(|e| self.map_error(op, path, e))
+        let call = RawCall {
+            method: reqwest::Method::POST,
+            api_path: &format!("{}/metadata/{path}", self.mount),
+            body: Some(serde_json::json!({ "custom_metadata": custom })),
+            label: "write_metadata",
+            op,
+            path,
+        };
+        self.send_json(authed, call).await.map(|_| ())
     }
 
-    /// The current version's `rotation_*` stamp, or a `Conflict` saying whose version is current.
+    /// Writes `data` as a new version of `kv_path`, checked-and-set against version `cas` (0:
+    /// only if nothing is there); its version number. A mismatch is a `Conflict`. Sent on the
+    /// shared client as the reads are; `label` names it in the metrics.
+    pub(super) async fn write_data(
+        &self,
+        authed: &Authed,
+        kv_path: &str,
+        data: Value,
+        cas: u64,
+        label: &'static str,
+        op: &'static str,
+    ) -> Result<u64, StoreError> {
+        let call = RawCall {
+            method: reqwest::Method::POST,
+            api_path: &format!("{}/data/{kv_path}", self.mount),
+            body: Some(serde_json::json!({ "options": { "cas": cas }, "data": data })),
+            label,
+            op,
+            path: kv_path,
+        };
+        let answer = self.send_json(authed, call).await?;
+        answer
+            .pointer("/data/version")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| {
+                self.other(
+                    op,
+                    kv_path,
+                    format!("unexpected response from Vault to {label}: no version number"),
+                )
+            })
+    }
+
+    /// Destroys one version of the key at `path` for good.
+    pub(super) async fn destroy_version(
+        &self,
+        authed: &Authed,
+        path: &str,
+        version: u64,
+        op: &'static str,
+    ) -> Result<(), StoreError> {
+        let call = RawCall {
+            method: reqwest::Method::POST,
+            api_path: &format!("{}/destroy/{path}", self.mount),
+            body: Some(serde_json::json!({ "versions": [version] })),
+            label: "destroy",
+            op,
+            path,
+        };
+        self.send_json(authed, call).await.map(|_| ())
+    }
+
     pub(super) fn current_is_ours(
         &self,
         meta: Option<&ReadSecretMetadataResponse>,

@@ -19,25 +19,24 @@
 //! through long idle gaps too, but it would need its own lifecycle (shutdown, reloads, tests) and
 //! would race the operations it serves; the wall-clock lease check here has neither problem.
 //!
-//! Here: the store and its `SecretStore` steps. Beside it: `auth` (logins, token lease), `kv`
-//! (versions, record, ownership stamp; its reads go on the shared client directly), `checks`
-//! (pre-flight through `sys/`, and `exchange`, the one request sent without vaultrs), `errors`
-//! (Vault's answers as store errors), `settings` (the `[stores.NAME]` table of kind "vault").
+//! Here: the store and its `SecretStore` steps. Beside it: `auth` (logins, token lease: the only
+//! requests sent through vaultrs), `kv` (versions, record, ownership stamp; every KV read and
+//! write), `claims` (the claim documents), `checks` (pre-flight through `sys/`, and `exchange`,
+//! which sends every request but the logins on the shared client), `errors` (Vault's answers as
+//! store errors), `settings` (the `[stores.NAME]` table of kind "vault").
 
 use std::fmt;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::Mutex;
-use vaultrs::api::kv2::requests::SetSecretRequestOptions;
 
 use super::{
     Claim, Coordination, ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, Staging,
     StoreError, StoreErrorKind, StoreSnapshot, StoredClaim, ValueKept,
 };
-use crate::metrics::observe_upstream;
 use crate::secret::{ExposeSecret, SecretString};
 
 mod auth;
@@ -297,8 +296,6 @@ impl SecretStore for VaultStore {
                 )
             })?,
         };
-        let cas_u32 = u32::try_from(cas)
-            .map_err(|_| self.other(OP, path, format!("version {cas} is beyond check-and-set")))?;
         let authed = self.authed(path).await?;
         let conflict = |message: String| self.error(StoreErrorKind::Conflict, OP, path, message);
 
@@ -331,34 +328,22 @@ impl SecretStore for VaultStore {
                     Value::String(payload.api_key.expose_secret().to_owned()),
                 );
                 let data = Value::Object(data);
-                let start = Instant::now();
-                let res = vaultrs::kv2::set_with_options(
-                    &*authed.client,
-                    &self.mount,
-                    path,
-                    &data,
-                    SetSecretRequestOptions { cas: cas_u32 },
-                )
-                .await;
-                observe_upstream(STORE, "write", start.elapsed());
-                drop(data);
+                let res = self.write_data(&authed, path, data, cas, "write", OP).await;
                 match res {
-                    Ok(meta) => meta.version,
-                    Err(e) => match self.map_error(OP, path, e) {
-                        StoreError::Conflict { message, .. } => {
-                            // Lost the race to ourselves (a concurrent retry) or to someone else.
-                            match self.read_data(&authed, path, None, OP).await? {
-                                Some((v, d)) if holds_payload(&d, payload) => v,
-                                Some((v, _)) => {
-                                    return Err(conflict(format!(
-                                        "{message}: version {v} is current, pre-flight saw {cas}"
-                                    )));
-                                }
-                                None => return Err(conflict(message)),
+                    Ok(version) => version,
+                    Err(StoreError::Conflict { message, .. }) => {
+                        // Lost the race to ourselves (a concurrent retry) or to someone else.
+                        match self.read_data(&authed, path, None, OP).await? {
+                            Some((v, d)) if holds_payload(&d, payload) => v,
+                            Some((v, _)) => {
+                                return Err(conflict(format!(
+                                    "{message}: version {v} is current, pre-flight saw {cas}"
+                                )));
                             }
+                            None => return Err(conflict(message)),
                         }
-                        other => return Err(other),
-                    },
+                    }
+                    Err(other) => return Err(other),
                 }
             }
         };
@@ -429,12 +414,7 @@ impl SecretStore for VaultStore {
         if previous == 0 || !alive {
             return Ok(());
         }
-        let start = Instant::now();
-        let res =
-            vaultrs::kv2::destroy_versions(&*authed.client, &self.mount, path, vec![previous])
-                .await;
-        observe_upstream(STORE, "destroy", start.elapsed());
-        res.map_err(|e| self.map_error(OP, path, e))
+        self.destroy_version(&authed, path, previous, OP).await
     }
 
     fn coordination(&self) -> Coordination {
