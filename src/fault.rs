@@ -2,7 +2,8 @@
 //! `fault-injection`; in every other build `point` is an empty inline function.
 //! `ZR_FAULT=<point>` makes the process die at that point as a crash would (no destructors, no
 //! flush); `ZR_FAULT_EXEC=<point>:<shell command>` runs a command there first (e.g. seal Vault).
-//! The points, in the order a rotation meets them: `before_rotate` and `after_rotate` (strategy
+//! The points, in the order a rotation meets them: `before_claim` (a pass has looked at the key
+//! and decided to act, and takes its claim next), `before_rotate` and `after_rotate` (strategy
 //! rotate, around ZenML's rotate call), `after_create` (strategy replace: the new key exists,
 //! nothing is stored yet), then for both strategies `before_store`, `after_stage` (written, not
 //! yet promoted: AWS `AWSPENDING`) and `after_store`.

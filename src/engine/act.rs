@@ -187,14 +187,22 @@ impl Act for Live {
                 if let Some(step) = settled(&plan, work)? {
                     return Ok(step);
                 }
+                crate::fault::point("before_claim");
                 let claim = match take_claim(ctx, policy, obs).await? {
                     Ok(c) => c,
                     Err(held) => return claimed(work, held),
                 };
-                // Look again under the claim: another rotator may have finished the key meanwhile.
-                looked = observe(ctx, policy, work.accounts, Some(&claim)).await;
-                let plan = decide::decide(policy, &looked, Utc::now());
-                (claim, &looked, plan)
+                if claim.look_stands() {
+                    // Taken by check-and-set over the claim the look read: nothing changed since.
+                    (claim, obs, plan)
+                } else {
+                    // Look again under the claim: another rotator may have finished the key
+                    // meanwhile (a lock file proves nothing about that; a claim taken over from
+                    // a gone holder is looked at as this process's now).
+                    looked = observe(ctx, policy, work.accounts, Some(&claim)).await;
+                    let plan = decide::decide(policy, &looked, Utc::now());
+                    (claim, &looked, plan)
+                }
             }
         };
         let result = match settled(&plan, work) {

@@ -333,6 +333,16 @@ impl ClaimHandle {
             && self.claim.phase == ClaimPhase::Claimed
     }
 
+    /// Whether the look the claim was taken on still stands, so no second look is needed under
+    /// it: the claim was taken fresh (over a released claim, or none) by a check-and-set against
+    /// exactly the claim that look read, and the look reads the claim before the store and the
+    /// key. Any rotator that changed the key or its store since wrote the claim first, and the
+    /// take would have failed. Not for a lock file (no check-and-set), nor a claim taken over
+    /// from a holder that is gone (its rotation is looked at again under the claim).
+    pub fn look_stands(&self) -> bool {
+        self.lock.is_none() && self.fresh && !self.lost && !self.dirty && self.version.is_some()
+    }
+
     /// Whether the claim still carries the rotation a gone holder left in it (see `inherited`).
     pub fn inherited(&self) -> bool {
         self.inherited

@@ -55,13 +55,9 @@ async fn look(
             return obs;
         }
     };
-    let snapshot = match store.inspect(&policy.path).await {
-        Ok(s) => s,
-        Err(e) => {
-            obs.read_error = Some(ReadError::new(Upstream::Store, e));
-            return obs;
-        }
-    };
+    // The claim first, then the store and the key: whatever another rotator did to them after
+    // this read, it did under a claim it wrote after it, so a take checked-and-set against the
+    // claim read here fails (see `ClaimHandle::look_stands`).
     if store.coordination() == Coordination::Shared {
         // Under the claim this step just wrote, or after its release, what the store holds is
         // known: no read.
@@ -87,6 +83,13 @@ async fn look(
             }
         }
     }
+    let snapshot = match store.inspect(&policy.path).await {
+        Ok(s) => s,
+        Err(e) => {
+            obs.read_error = Some(ReadError::new(Upstream::Store, e));
+            return obs;
+        }
+    };
     let inherited = held.is_some_and(ClaimHandle::inherited);
     obs.in_flight = in_flight(obs.claim.as_ref(), &snapshot, journaled, inherited);
     let Some(sa) = accounts.get(&policy.service_account) else {

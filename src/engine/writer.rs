@@ -37,6 +37,27 @@ pub async fn preflight_store(
     Ok(snapshot)
 }
 
+/// `preflight_store`, right after a look at the key under its claim (or one the claim's
+/// check-and-set proves current) saw `seen`: where the store can, it proves the write allowed
+/// without reading the path again (`SecretStore::preflight_seen`), and `seen` is what the write
+/// checks-and-sets against.
+pub async fn preflight_store_seen(
+    store: &Arc<dyn SecretStore>,
+    policy: &KeyPolicy,
+    seen: Option<&StoreSnapshot>,
+) -> Result<StoreSnapshot, KeyFailure> {
+    if let Some(seen) = seen.filter(|s| s.pending.is_none()) {
+        let snapshot = store
+            .preflight_seen(&policy.path, seen)
+            .await
+            .map_err(|e| KeyFailure::store(Stage::Preflight, e))?;
+        if snapshot.pending.is_none() {
+            return Ok(snapshot);
+        }
+    }
+    preflight_store(store, policy).await
+}
+
 /// Stage, read back equal, promote, read back current equal, record (in-place stores: stage,
 /// promote, read back current equal). Idempotent on retry.
 /// The record marks the policy's `on_rotated` hook pending for the new value (run after the

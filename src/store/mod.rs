@@ -210,6 +210,9 @@ pub struct StoreSnapshot {
     /// Why a write to this path would be refused whatever the credentials (AWS: scheduled for
     /// deletion, owned by another service, under AWS-driven rotation), as far as `inspect` sees.
     pub unwritable: Option<String>,
+    /// What pre-flight warns the operator about before a write here (KV v2: settings that let
+    /// Vault drop the previous value, or the current one, by itself).
+    pub warnings: Vec<String>,
 }
 
 /// One store error: which operation, and whether retrying later may help.
@@ -321,6 +324,18 @@ pub trait SecretStore: Send + Sync {
     /// allowed to create/update this exact path, not scheduled for deletion, no foreign rotation in
     /// progress). Writes nothing. Returns the snapshot the later write checks-and-sets against.
     async fn preflight(&self, path: &str) -> Result<StoreSnapshot, StoreError>;
+
+    /// `preflight`, right after a look under the key's claim (or one the claim's check-and-set
+    /// proves current) returned `seen`: a store whose snapshot is only the check-and-set base
+    /// overrides it to prove the rest (permissions) without reading the path again (KV v2). A
+    /// write between `seen` and the write itself fails its check-and-set.
+    async fn preflight_seen(
+        &self,
+        path: &str,
+        _seen: &StoreSnapshot,
+    ) -> Result<StoreSnapshot, StoreError> {
+        self.preflight(path).await
+    }
 
     /// The current API key value at `path` (`ZENML_STORE_API_KEY` of the current version).
     async fn read_current(&self, path: &str) -> Result<Option<SecretString>, StoreError>;

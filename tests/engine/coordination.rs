@@ -192,6 +192,53 @@ async fn three_rotators_at_once_rotate_each_aws_key_once() {
     three_rotators_at_once(Kind::Aws).await;
 }
 
+/// Rotator B rotates the key between rotator A's look at it and A's claim (run from A's fault
+/// point `before_claim`). A's look is stale by then, and A does not look again under a claim it
+/// takes fresh: its take, checked-and-set against the claim its look read, must fail, so A waits
+/// instead of rotating the key a second time. ZenML rotated once; B's stored value works.
+async fn a_rotation_between_a_look_and_its_claim_is_not_repeated(kind: Kind) {
+    let (sa, original, path, token) = one_key("eng-coord-between").await;
+    let path = match kind {
+        Kind::Vault => path,
+        Kind::Aws => unique("eng-coord-between"),
+    };
+    let keys = [(sa.name.clone(), path.clone())];
+    let (a, b) = (
+        rig_for(kind, &token, &keys, ""),
+        rig_for(kind, &token, &keys, ""),
+    );
+    // B inherits A's environment (the same secrets' variables), without the fault point.
+    let b_out = b.path().join("b.json");
+    let b_run = format!(
+        "env -u ZR_FAULT_EXEC {:?} once --output json -c {:?} > {:?} 2>&1",
+        env!("CARGO_BIN_EXE_zenml-rotator"),
+        b.config(),
+        b_out,
+    );
+    let (child, cmd) = spawn(
+        &a,
+        &["once", "--output", "json"],
+        &[("ZR_FAULT_EXEC", &format!("before_claim:{b_run}"))],
+    );
+    let ran = finish(child, &cmd);
+    let b_said = std::fs::read_to_string(&b_out).unwrap_or_default();
+    assert!(b_said.contains("\"rotated\""), "B: {b_said}");
+    assert_eq!(ran.results_of("k00"), ["wait"], "{}", ran.describe());
+    assert!(ran.describe().contains("laimed by"), "{}", ran.describe());
+    rotated_once_and_stored(kind, &[(sa, original, path.clone())]).await;
+    assert_eq!(claim_doc(kind, &path).await["phase"], "released");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vault_rotation_between_a_look_and_its_claim_is_not_repeated() {
+    a_rotation_between_a_look_and_its_claim_is_not_repeated(Kind::Vault).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aws_rotation_between_a_look_and_its_claim_is_not_repeated() {
+    a_rotation_between_a_look_and_its_claim_is_not_repeated(Kind::Aws).await;
+}
+
 /// One key of one service account at `<prefix>/k00`, and a token for it.
 async fn one_key(tag: &str) -> (ServiceAccount, NewApiKey, String, String) {
     let admin = zenml_admin();
@@ -525,9 +572,9 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
     assert_eq!(
         vault_key_calls(0),
         [
-            "GET metadata",  // looked at
-            "GET metadata",  // under the claim
-            "GET metadata",  // pre-flight: the version to check-and-set against
+            // Looked at, the claim first: taken by check-and-set over the claim this look read,
+            // so it still stands; pre-flight checks-and-sets against the version it saw.
+            "GET metadata",
             "POST data",     // the value, check-and-set
             "GET metadata",  // the record merged into custom_metadata
             "POST metadata", //
@@ -541,8 +588,7 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
     assert_eq!(
         zenml_key_calls(),
         [
-            "GET name",   // looked at
-            "GET name",   // under the claim
+            "GET name",   // looked at (the look stands under the claim)
             "PUT rotate", //
             "GET id",     // the rotated key's last_rotated
         ],
@@ -596,13 +642,11 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
     assert_eq!(
         vault_key_calls(v_from),
         [
-            "GET metadata",  // looked at
-            "GET metadata",  // under the claim: says which version is current
+            "GET metadata",  // looked at (stands under the claim): which version is current
             "GET data",      // the one before it, to check ZenML rejects its value now
             "GET metadata",  // the record merged into custom_metadata
             "POST metadata", // finalized
-            "GET metadata",  // looked at again, under the same claim
-            "GET metadata",  // pre-flight
+            "GET metadata",  // looked at again, under the same claim: pre-flight's version
             "POST data", // check-and-set over the last rotation's stamped version: no read first
             "GET metadata", // the record merged into custom_metadata
             "POST metadata", //

@@ -85,6 +85,7 @@ impl SecretState {
             pending: self.pending(),
             written_by: None,
             current_deleted: false,
+            warnings: Vec::new(),
             unwritable: self
                 .refuse_unwritable("inspect", "")
                 .err()

@@ -358,7 +358,25 @@ pub(super) fn snapshot(meta: Option<&ReadSecretMetadataResponse>) -> StoreSnapsh
             .map(str::to_owned),
         current_deleted,
         unwritable: None,
+        warnings: warnings(meta),
     }
+}
+
+/// Settings of the path that let Vault drop a value the rotator counts on.
+fn warnings(meta: &ReadSecretMetadataResponse) -> Vec<String> {
+    let mut out = Vec::new();
+    if meta.max_versions == 1 {
+        out.push(
+            "max_versions = 1: Vault will not keep the previous value for the retain window".into(),
+        );
+    }
+    let after = meta.delete_version_after.as_str();
+    if !after.is_empty() && !after.starts_with("0s") && after != "0" {
+        out.push(format!(
+            "delete_version_after = {after}: Vault deletes each version after this long, the current one too"
+        ));
+    }
+    out
 }
 
 /// `ZENML_STORE_API_KEY` of a stored version. A hand-written value that carries only the key

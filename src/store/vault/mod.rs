@@ -172,6 +172,13 @@ impl VaultStore {
         self.error(StoreErrorKind::Other, op, path, message)
     }
 
+    /// What pre-flight saw that the operator should change (`StoreSnapshot::warnings`).
+    fn warn(&self, path: &str, seen: &StoreSnapshot) {
+        for warning in &seen.warnings {
+            tracing::warn!(store = STORE, path = %self.shown(path), "{warning}");
+        }
+    }
+
     fn check_path(&self, op: &'static str, path: &str) -> Result<(), StoreError> {
         if valid_path(path) {
             Ok(())
@@ -207,27 +214,22 @@ impl SecretStore for VaultStore {
         self.check_capabilities(&authed, path).await?;
         self.check_mount(&authed, path).await?;
         let meta = self.read_metadata(&authed, path, "preflight").await?;
-        if let Some(m) = &meta {
-            if m.max_versions == 1 {
-                tracing::warn!(
-                    store = STORE,
-                    path = %self.shown(path),
-                    "max_versions = 1: Vault will not keep the previous value for the retain window"
-                );
-            }
-            if !m.delete_version_after.is_empty()
-                && !m.delete_version_after.starts_with("0s")
-                && m.delete_version_after != "0"
-            {
-                tracing::warn!(
-                    store = STORE,
-                    path = %self.shown(path),
-                    delete_version_after = %m.delete_version_after,
-                    "Vault deletes each version after this long, the current one too"
-                );
-            }
-        }
-        Ok(snapshot(meta.as_ref()))
+        let seen = snapshot(meta.as_ref());
+        self.warn(path, &seen);
+        Ok(seen)
+    }
+
+    async fn preflight_seen(
+        &self,
+        path: &str,
+        seen: &StoreSnapshot,
+    ) -> Result<StoreSnapshot, StoreError> {
+        self.check_path("preflight", path)?;
+        let authed = self.authed(path).await?;
+        self.check_capabilities(&authed, path).await?;
+        self.check_mount(&authed, path).await?;
+        self.warn(path, seen);
+        Ok(seen.clone())
     }
 
     async fn read_current(&self, path: &str) -> Result<Option<SecretString>, StoreError> {

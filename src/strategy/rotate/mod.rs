@@ -23,7 +23,7 @@ use crate::engine::decide::{Family, Observed, ReadError, Upstream, zenml_retain_
 use crate::engine::events::{self, Event};
 use crate::engine::failure::{Force, KeyError, KeyFailure, Outcome};
 use crate::engine::journal::{Entry, Phase};
-use crate::engine::writer::{check_key, preflight_store, store_value};
+use crate::engine::writer::{check_key, preflight_store_seen, store_value};
 use crate::fault;
 use crate::metrics::Stage;
 use crate::secret::{ExposeSecret, SecretString, fingerprint};
@@ -182,9 +182,11 @@ async fn rotate(
     let started = Instant::now();
     let (sa, key) = usable(obs)?;
     check_window(policy, key, run.force)?;
-    // Invariant 2: the destination must be writable now, before ZenML changes anything.
+    // Invariant 2: the destination must be writable now, before ZenML changes anything. `obs`
+    // was made under the claim (or its take proved it current): the version it saw is the one
+    // the write checks-and-sets against.
     let store = ctx.store(&policy.store).await?;
-    let snapshot = preflight_store(&store, policy).await?;
+    let snapshot = preflight_store_seen(&store, policy, obs.snapshot.as_ref()).await?;
 
     claim.begin_rotation(key.last_rotated, run.retain_minutes);
     let entry = entry_for(
