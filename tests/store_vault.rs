@@ -241,6 +241,27 @@ async fn rotate(store: &VaultStore, path: &str, key: &str, rec: &RotationRecord,
         Some(key)
     );
     store.promote(path, token, &snap).await.unwrap();
+    // Promote and the read-back in one read: the same value, and the path's state exactly as
+    // `inspect` sees it (the look after a rotation takes it from here).
+    let back = store
+        .promote_and_read_current(path, token, &snap)
+        .await
+        .unwrap();
+    assert_eq!(expose(back.value).as_deref(), Some(key));
+    let (read, now) = (
+        back.snapshot.expect("a whole snapshot"),
+        store.inspect(path).await.unwrap(),
+    );
+    assert_eq!(
+        (read.exists, &read.version, &read.record, &read.written_by),
+        (now.exists, &now.version, &now.record, &now.written_by),
+        "{path}"
+    );
+    assert_eq!(
+        (&read.pending, read.current_deleted, read.unwritable),
+        (&now.pending, now.current_deleted, now.unwritable)
+    );
+    assert_eq!(now.written_by.as_deref(), Some(token));
 }
 
 // ---------- token auth: the whole life of a path ----------

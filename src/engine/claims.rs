@@ -21,7 +21,8 @@ use chrono::{DateTime, Utc};
 use crate::config::CoordinationSettings;
 use crate::secret::{ExposeSecret, SecretString};
 use crate::store::{
-    Claim, ClaimPhase, Coordination, SecretStore, StoreError, StoreErrorKind, StoredClaim,
+    Claim, ClaimPhase, Coordination, SecretStore, StoreError, StoreErrorKind, StoreSnapshot,
+    StoredClaim,
 };
 use crate::zenml::ApiKey;
 
@@ -129,8 +130,9 @@ pub struct ClaimHandle {
     lost: bool,
     /// The value the claim kept is stored (or dropped as dead): nothing in flight is left.
     settled: bool,
-    /// The key as ZenML gave it after the rotation stored under this claim (`settle_rotated`).
-    rotated: Option<ApiKey>,
+    /// The key as ZenML gave it after the rotation stored under this claim, and the store as the
+    /// rotation's read-back showed it (`settle_rotated`).
+    rotated: Option<(ApiKey, Option<StoreSnapshot>)>,
 }
 
 /// What a step's release knows of its key afterwards, so the look after the key's pass does not
@@ -141,6 +143,8 @@ pub struct After {
     pub claim: Option<StoredClaim>,
     /// The key as ZenML gave it after the rotation the step stored.
     pub key: Option<ApiKey>,
+    /// The store as that rotation's read-back showed it, where one read showed it whole.
+    pub snapshot: Option<StoreSnapshot>,
 }
 
 /// What a fresh claim says about the key it guards.
@@ -392,10 +396,10 @@ impl ClaimHandle {
     }
 
     /// `settle`, for a rotation whose value is stored: `key` is the key as ZenML gave it after
-    /// the rotation, which `release` hands on.
-    pub fn settle_rotated(&mut self, key: ApiKey) {
+    /// the rotation and `stored` the store as its read-back showed it, which `release` hands on.
+    pub fn settle_rotated(&mut self, key: ApiKey, stored: Option<StoreSnapshot>) {
         self.settle();
-        self.rotated = Some(key);
+        self.rotated = Some((key, stored));
     }
 
     /// Keeps the new value in the claim (phase `Rotated`), where the store keeps it there, or
@@ -434,9 +438,14 @@ impl ClaimHandle {
                 "keeping the claim: it holds a new value that is not stored yet; the next pass stores it");
             return After::default();
         }
-        let key = self.rotated.take();
+        let (key, snapshot) = self.rotated.take().unzip();
+        let snapshot = snapshot.flatten();
         if self.lock.is_some() {
-            return After { claim: None, key };
+            return After {
+                claim: None,
+                key,
+                snapshot,
+            };
         }
         self.claim.phase = ClaimPhase::Released;
         self.claim.value = None;
@@ -449,6 +458,7 @@ impl ClaimHandle {
                 After {
                     claim: self.as_stored(),
                     key,
+                    snapshot,
                 }
             }
             Err(e) => {

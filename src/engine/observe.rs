@@ -23,7 +23,8 @@ pub async fn observe(
 }
 
 /// The look after a step that released its claim: what the release knows (the claim as it
-/// wrote it, the key as the rotation left it) is taken as read; the rest is read as always.
+/// wrote it, the key as the rotation left it, the store as the rotation's read-back showed it)
+/// is taken as read; the rest is read as always.
 pub async fn observe_after(
     ctx: &Context,
     policy: &KeyPolicy,
@@ -83,7 +84,12 @@ async fn look(
             }
         }
     }
-    let snapshot = match store.inspect(&policy.path).await {
+    // After a rotation whose read-back showed the store whole, it is not read again.
+    let snapshot = match after.snapshot.clone() {
+        Some(s) => Ok(s),
+        None => store.inspect(&policy.path).await,
+    };
+    let snapshot = match snapshot {
         Ok(s) => s,
         Err(e) => {
             obs.read_error = Some(ReadError::new(Upstream::Store, e));

@@ -146,8 +146,9 @@ fn publish(policy: &KeyPolicy, plan: &KeyPlan, obs: &Observed) {
 
 /// The decision that led to a rotation was published before it: last rotation, next due and
 /// retain-until still describe the old value. Look once more so the metrics a one-shot run
-/// exports, and the daemon's next wake, describe the new one: at the store; the claim as the
-/// release wrote it and the key as the rotation left it are not read again (`after`).
+/// exports, and the daemon's next wake, describe the new one. What the rotation and its release
+/// know is not read again (`After`: the claim as the release wrote it, the key as the rotation
+/// left it, and the store where the rotation's read-back showed it whole, as KV v2's does).
 async fn refresh(
     engine: &Engine,
     policy: &KeyPolicy,

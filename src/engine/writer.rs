@@ -59,7 +59,8 @@ pub async fn preflight_store_seen(
 }
 
 /// Stage, read back equal, promote, read back current equal, record (in-place stores: stage,
-/// promote, read back current equal). Idempotent on retry.
+/// promote, read back current equal). Idempotent on retry. Returns what the store holds now when
+/// the last read showed it whole (`ReadBack::snapshot`).
 /// The record marks the policy's `on_rotated` hook pending for the new value (run after the
 /// pass's steps, retried by later passes until it succeeds), and keeps an `on_finalized` still
 /// pending from the record it replaces (a finalize and a rotation can share one pass).
@@ -71,7 +72,7 @@ pub async fn store_value(
     value: &SecretString,
     record: &RotationRecord,
     snapshot: &StoreSnapshot,
-) -> Result<(), KeyFailure> {
+) -> Result<Option<StoreSnapshot>, KeyFailure> {
     let fail = |e| KeyFailure::store(Stage::Store, e);
     let record = &RotationRecord {
         hooks: PendingHooks {
@@ -105,14 +106,15 @@ pub async fn store_value(
     let current = retry(|| store.promote_and_read_current(&policy.path, token, snapshot))
         .await
         .map_err(fail)?;
-    read_back_equal(current, value, "current")?;
+    read_back_equal(current.value, value, "current")?;
     if beside {
         retry(|| store.set_record(&policy.path, record))
             .await
             .map_err(fail)?;
     }
     fault::point("after_store");
-    Ok(())
+    // Beside: the record was written after the read, which says nothing of it.
+    Ok(current.snapshot.filter(|_| !beside))
 }
 
 fn read_back_equal(

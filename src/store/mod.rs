@@ -215,6 +215,13 @@ pub struct StoreSnapshot {
     pub warnings: Vec<String>,
 }
 
+/// What `promote_and_read_current` read: the current value, and the path's snapshot when the
+/// same read shows it whole (what `inspect` would say now; `None`: not known without reading).
+pub struct ReadBack {
+    pub value: Option<SecretString>,
+    pub snapshot: Option<StoreSnapshot>,
+}
+
 /// One store error: which operation, and whether retrying later may help.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -388,15 +395,18 @@ pub trait SecretStore: Send + Sync {
     /// `promote`, then the current value read back: the writer's last check that the value is
     /// where the workloads read it. A store that can prove both with one read overrides it (KV
     /// v2: the current version's data carries the stamp `promote` checks), which also reads the
-    /// value and its ownership from the same version.
+    /// value and its ownership from the same version, and says what the path holds now.
     async fn promote_and_read_current(
         &self,
         path: &str,
         token: &str,
         expected: &StoreSnapshot,
-    ) -> Result<Option<SecretString>, StoreError> {
+    ) -> Result<ReadBack, StoreError> {
         self.promote(path, token, expected).await?;
-        self.read_current(path).await
+        Ok(ReadBack {
+            value: self.read_current(path).await?,
+            snapshot: None,
+        })
     }
 
     /// Drops a staged value that will never be promoted (a stuck `AWSPENDING`). Idempotent.

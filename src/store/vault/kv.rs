@@ -107,22 +107,37 @@ impl VaultStore {
     }
 
     /// The current version's value, once its stamp proves it this rotation's (`token`): what
-    /// `promote` and the read-back after it check, in one read of one version. `None` when
-    /// nothing readable is current; a `Conflict` when another write is.
+    /// `promote` and the read-back after it check, in one read of one version; with the path's
+    /// snapshot, which that read shows whole (the version, the record and the stamp in
+    /// `custom_metadata`, and a current version that is readable). `None` when nothing readable
+    /// is current; a `Conflict` when another write is.
     pub(super) async fn read_current_if_ours(
         &self,
         authed: &Authed,
         path: &str,
         token: &str,
         op: &'static str,
-    ) -> Result<Option<Value>, StoreError> {
+    ) -> Result<Option<(Value, StoreSnapshot)>, StoreError> {
         let api_path = format!("{}/data/{path}", self.mount);
         let Some(answer) = self.read_data_answer(authed, &api_path, op, path).await? else {
             return Ok(None);
         };
+        let version = answer.metadata.version;
         let custom = answer.metadata.custom_metadata.as_ref();
-        self.stamp_is_ours(custom, answer.metadata.version, Some(token), op, path)?;
-        Ok(Some(answer.data))
+        self.stamp_is_ours(custom, version, Some(token), op, path)?;
+        let record = custom.and_then(|c| {
+            let map: BTreeMap<String, String> =
+                c.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            RotationRecord::from_map(&map)
+        });
+        let snapshot = StoreSnapshot {
+            exists: true,
+            version: Some(version.to_string()),
+            record,
+            written_by: Some(token.to_owned()),
+            ..StoreSnapshot::default()
+        };
+        Ok(Some((answer.data, snapshot)))
     }
 
     async fn read_data_answer(

@@ -34,8 +34,8 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use super::{
-    Claim, Coordination, ENV_API_KEY, ENV_URL, Payload, RotationRecord, SecretStore, Staging,
-    StoreError, StoreErrorKind, StoreSnapshot, StoredClaim, ValueKept,
+    Claim, Coordination, ENV_API_KEY, ENV_URL, Payload, ReadBack, RotationRecord, SecretStore,
+    Staging, StoreError, StoreErrorKind, StoreSnapshot, StoredClaim, ValueKept,
 };
 use crate::secret::{ExposeSecret, SecretString};
 
@@ -380,12 +380,21 @@ impl SecretStore for VaultStore {
         path: &str,
         token: &str,
         _expected: &StoreSnapshot,
-    ) -> Result<Option<SecretString>, StoreError> {
+    ) -> Result<ReadBack, StoreError> {
         const OP: &str = "promote";
         self.check_path(OP, path)?;
         let authed = self.authed(path).await?;
-        let data = self.read_current_if_ours(&authed, path, token, OP).await?;
-        Ok(data.and_then(|d| api_key_in(&d)))
+        let read = self.read_current_if_ours(&authed, path, token, OP).await?;
+        Ok(match read {
+            Some((data, snapshot)) => ReadBack {
+                value: api_key_in(&data),
+                snapshot: Some(snapshot),
+            },
+            None => ReadBack {
+                value: None,
+                snapshot: None,
+            },
+        })
     }
 
     async fn discard_staged(&self, _path: &str, _token: &str) -> Result<(), StoreError> {

@@ -439,9 +439,10 @@ async fn complete(
     };
     // Fenced twice: by the claim, and by the store's check-and-set against the pre-flight.
     still_ours(claim, policy, Stage::Store).await?;
-    store_value(ctx, policy, store, &kept.token, value, &record, &snapshot).await?;
-    // The look after the pass's steps takes the key from here instead of reading it again.
-    claim.settle_rotated(key_now.clone());
+    let stored = store_value(ctx, policy, store, &kept.token, value, &record, &snapshot).await?;
+    // The look after the pass's steps takes the key (and the store, where the read-back showed
+    // it whole) from here instead of reading them again.
+    claim.settle_rotated(key_now.clone(), stored);
     ctx.journal().remove(&policy.name).map_err(|e| {
         KeyFailure::journal(Stage::Store, "stored, but the journal entry stays: ", e)
     })?;
