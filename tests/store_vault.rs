@@ -360,8 +360,23 @@ async fn token_auth_rotates_reads_back_and_keeps_the_previous_value() {
     // set_record replaces the record; the stamp that promote checks survives it.
     let mut finalized = rec2.clone();
     finalized.finalized_at = Some(Utc.timestamp_opt(Utc::now().timestamp(), 0).unwrap());
-    store.set_record(&path, &finalized).await.unwrap();
-    assert_eq!(store.inspect(&path).await.unwrap().record, Some(finalized));
+    // `set_record_seen` says what the path is after the write, exactly as `inspect` reads it.
+    let seen = store
+        .set_record_seen(&path, &finalized)
+        .await
+        .unwrap()
+        .expect("a whole snapshot");
+    let now = store.inspect(&path).await.unwrap();
+    assert_eq!(now.record, Some(finalized));
+    assert_eq!(
+        (seen.exists, &seen.version, &seen.record, &seen.written_by),
+        (now.exists, &now.version, &now.record, &now.written_by)
+    );
+    assert_eq!(
+        (&seen.pending, seen.current_deleted, seen.unwritable),
+        (&now.pending, now.current_deleted, now.unwritable)
+    );
+    assert_eq!(now.written_by.as_deref(), Some("tok-2"));
     store.promote(&path, "tok-2", &snap2).await.unwrap();
     store.discard_staged(&path, "tok-2").await.unwrap();
 

@@ -212,7 +212,9 @@ impl Act for Live {
         };
         if matches!(result, Ok(Step::Continue(_))) && claim.carries_on() {
             // The next step (a rotation after a finalize) goes on under the same claim: no
-            // release, no second take, and the look it starts with is made under it.
+            // release, no second take, and the look it starts with is made under it, taking
+            // what this step left known (a finalize: the key, and the store as it wrote it).
+            carry.after = claim.take_known();
             carry.held = Some(claim);
         } else {
             carry.after = claim.release().await;

@@ -130,13 +130,16 @@ pub struct ClaimHandle {
     lost: bool,
     /// The value the claim kept is stored (or dropped as dead): nothing in flight is left.
     settled: bool,
-    /// The key as ZenML gave it after the rotation stored under this claim, and the store as the
-    /// rotation's read-back showed it (`settle_rotated`).
-    rotated: Option<(ApiKey, Option<StoreSnapshot>)>,
+    /// What the last write under this claim left known of the key and its store: after a
+    /// rotation, the key as ZenML gave it and the store as the read-back showed it
+    /// (`settle_rotated`); after a finalize, the key as looked at and the store as its record
+    /// write showed it (`note_known`).
+    known: Option<(ApiKey, Option<StoreSnapshot>)>,
 }
 
-/// What a step's release knows of its key afterwards, so the look after the key's pass does not
-/// read it again. Both empty when the release wrote nothing (see `ClaimHandle::release`).
+/// What a step knows of its key afterwards (its release, or the claim it carries on), so the
+/// next look does not read it again. Empty when the release wrote nothing (see
+/// `ClaimHandle::release`).
 #[derive(Default)]
 pub struct After {
     /// The claim exactly as the release wrote it.
@@ -217,7 +220,7 @@ impl ClaimHandle {
             dirty: false,
             lost: false,
             settled: false,
-            rotated: None,
+            known: None,
         };
         if handle.lock.is_none() {
             if let Err(e) = handle.write().await {
@@ -399,7 +402,23 @@ impl ClaimHandle {
     /// the rotation and `stored` the store as its read-back showed it, which `release` hands on.
     pub fn settle_rotated(&mut self, key: ApiKey, stored: Option<StoreSnapshot>) {
         self.settle();
-        self.rotated = Some((key, stored));
+        self.known = Some((key, stored));
+    }
+
+    /// After a write under this claim that left the key as it was (a finalize): `key` as it was
+    /// looked at, and the store as the write showed it, for the look of the next step.
+    pub fn note_known(&mut self, key: ApiKey, stored: Option<StoreSnapshot>) {
+        self.known = Some((key, stored));
+    }
+
+    /// What the claim's steps left known, for a next step that goes on under it.
+    pub fn take_known(&mut self) -> After {
+        let (key, snapshot) = self.known.take().unzip();
+        After {
+            claim: None,
+            key,
+            snapshot: snapshot.flatten(),
+        }
     }
 
     /// Keeps the new value in the claim (phase `Rotated`), where the store keeps it there, or
@@ -438,14 +457,9 @@ impl ClaimHandle {
                 "keeping the claim: it holds a new value that is not stored yet; the next pass stores it");
             return After::default();
         }
-        let (key, snapshot) = self.rotated.take().unzip();
-        let snapshot = snapshot.flatten();
+        let known = self.take_known();
         if self.lock.is_some() {
-            return After {
-                claim: None,
-                key,
-                snapshot,
-            };
+            return known;
         }
         self.claim.phase = ClaimPhase::Released;
         self.claim.value = None;
@@ -457,8 +471,7 @@ impl ClaimHandle {
                 self.dirty = false;
                 After {
                     claim: self.as_stored(),
-                    key,
-                    snapshot,
+                    ..known
                 }
             }
             Err(e) => {

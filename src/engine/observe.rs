@@ -22,16 +22,17 @@ pub async fn observe(
     look(ctx, policy, accounts, held, &After::default()).await
 }
 
-/// The look after a step that released its claim: what the release knows (the claim as it
-/// wrote it, the key as the rotation left it, the store as the rotation's read-back showed it)
-/// is taken as read; the rest is read as always.
+/// The look after a step: what it left known (the claim as its release wrote it, the key as
+/// its rotation or finalize left it, the store as its last write showed it) is taken as read;
+/// the rest is read as always. `held`: as for `observe`.
 pub async fn observe_after(
     ctx: &Context,
     policy: &KeyPolicy,
     accounts: &BTreeMap<String, ServiceAccount>,
+    held: Option<&ClaimHandle>,
     after: &After,
 ) -> Observed {
-    look(ctx, policy, accounts, None, after).await
+    look(ctx, policy, accounts, held, after).await
 }
 
 async fn look(
@@ -84,7 +85,7 @@ async fn look(
             }
         }
     }
-    // After a rotation whose read-back showed the store whole, it is not read again.
+    // After a write that showed the store whole, it is not read again.
     let snapshot = match after.snapshot.clone() {
         Some(s) => Ok(s),
         None => store.inspect(&policy.path).await,

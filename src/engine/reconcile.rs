@@ -156,7 +156,7 @@ async fn refresh(
     next_due: &mut Option<DateTime<Utc>>,
     after: &After,
 ) {
-    let obs = observe_after(engine.ctx(), policy, accounts, after).await;
+    let obs = observe_after(engine.ctx(), policy, accounts, None, after).await;
     if obs.read_error.is_none() {
         let plan = decide::decide(policy, &obs, Utc::now());
         publish(policy, &plan, &obs);
@@ -182,7 +182,15 @@ async fn reconcile(
     // The claim a step kept for the next one (a finalize, then the rotation it made due).
     let mut carry = Carry::default();
     for _ in 0..3 {
-        let obs = observe(engine.ctx(), policy, accounts, carry.held.as_ref()).await;
+        // The look under a claim the step before carried on takes what that step left known.
+        let obs = observe_after(
+            engine.ctx(),
+            policy,
+            accounts,
+            carry.held.as_ref(),
+            &carry.after,
+        )
+        .await;
         let plan = decide::decide(policy, &obs, Utc::now());
         publish(policy, &plan, &obs);
         *next_due = plan.wake_at.or(plan.next_due);

@@ -416,6 +416,17 @@ pub trait SecretStore: Send + Sync {
     /// tags, which describe the current version) and when a rotation is finalized.
     async fn set_record(&self, path: &str, record: &RotationRecord) -> Result<(), StoreError>;
 
+    /// `set_record`, and the path's snapshot after it where the write shows it whole (KV v2:
+    /// the metadata read the record is merged into, with the record written), so the look
+    /// after a finalize need not read it again. `None`: not known without reading.
+    async fn set_record_seen(
+        &self,
+        path: &str,
+        record: &RotationRecord,
+    ) -> Result<Option<StoreSnapshot>, StoreError> {
+        self.set_record(path, record).await.map(|()| None)
+    }
+
     /// Removes the previous value so no store keeps a dead value that looks usable
     /// (`retire_previous`: destroy the KV v2 version, drop `AWSPREVIOUS`, delete `.previous`).
     async fn retire_previous(&self, path: &str) -> Result<(), StoreError>;

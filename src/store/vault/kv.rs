@@ -205,11 +205,11 @@ impl VaultStore {
         record: &RotationRecord,
         written: Option<(&str, u64)>,
         op: &'static str,
-    ) -> Result<(), StoreError> {
-        let existing = self
-            .read_metadata(authed, path, op)
-            .await?
-            .and_then(|m| m.custom_metadata)
+    ) -> Result<StoreSnapshot, StoreError> {
+        let mut meta = self.read_metadata(authed, path, op).await?;
+        let existing = meta
+            .as_mut()
+            .and_then(|m| m.custom_metadata.take())
             .unwrap_or_default();
         let custom = merge_custom_metadata(existing, record, written);
         let call = RawCall {
@@ -220,7 +220,12 @@ impl VaultStore {
             op,
             path,
         };
-        self.send_json(authed, call).await.map(|_| ())
+        self.send_json(authed, call).await?;
+        // The path as it is now: what the read before the write said, with the record written.
+        if let Some(m) = meta.as_mut() {
+            m.custom_metadata = Some(custom);
+        }
+        Ok(snapshot(meta.as_ref()))
     }
 
     /// Writes `data` as a new version of `kv_path`, checked-and-set against version `cas` (0:

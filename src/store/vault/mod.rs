@@ -351,6 +351,7 @@ impl SecretStore for VaultStore {
         };
         self.write_record(&authed, path, record, Some((token, written)), OP)
             .await
+            .map(|_| ())
     }
 
     async fn read_staged(
@@ -403,10 +404,19 @@ impl SecretStore for VaultStore {
     }
 
     async fn set_record(&self, path: &str, record: &RotationRecord) -> Result<(), StoreError> {
+        self.set_record_seen(path, record).await.map(|_| ())
+    }
+
+    async fn set_record_seen(
+        &self,
+        path: &str,
+        record: &RotationRecord,
+    ) -> Result<Option<StoreSnapshot>, StoreError> {
         self.check_path("set_record", path)?;
         let authed = self.authed(path).await?;
         self.write_record(&authed, path, record, None, "set_record")
             .await
+            .map(Some)
     }
 
     async fn retire_previous(&self, path: &str) -> Result<(), StoreError> {

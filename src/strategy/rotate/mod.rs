@@ -637,10 +637,15 @@ async fn finalize(
     }
     record.finalized_at = Some(Utc::now());
     record.hooks.on_finalized = policy.hooks.on_finalized.as_ref().map(|_| 0);
-    store
-        .set_record(&policy.path, &record)
+    let stored = store
+        .set_record_seen(&policy.path, &record)
         .await
         .map_err(fail)?;
+    // A rotation may follow under the same claim: its look takes the key (a finalize leaves it
+    // as it was) and the store as the record write showed it.
+    if let Some(key) = obs.key.clone() {
+        claim.note_known(key, stored);
+    }
     events::emit(Event::Finalized {
         policy: &policy.name,
         service_account: &policy.service_account,
