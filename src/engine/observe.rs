@@ -19,23 +19,13 @@ pub async fn observe(
     accounts: &BTreeMap<String, ServiceAccount>,
     held: Option<&ClaimHandle>,
 ) -> Observed {
-    look(ctx, policy, accounts, held, &After::default()).await
+    observe_after(ctx, policy, accounts, held, &After::default()).await
 }
 
 /// The look after a step: what it left known (the claim as its release wrote it, the key as
 /// its rotation or finalize left it, the store as its last write showed it) is taken as read;
 /// the rest is read as always. `held`: as for `observe`.
 pub async fn observe_after(
-    ctx: &Context,
-    policy: &KeyPolicy,
-    accounts: &BTreeMap<String, ServiceAccount>,
-    held: Option<&ClaimHandle>,
-    after: &After,
-) -> Observed {
-    look(ctx, policy, accounts, held, after).await
-}
-
-async fn look(
     ctx: &Context,
     policy: &KeyPolicy,
     accounts: &BTreeMap<String, ServiceAccount>,

@@ -386,15 +386,12 @@ impl SecretStore for VaultStore {
         self.check_path(OP, path)?;
         let authed = self.authed(path).await?;
         let read = self.read_current_if_ours(&authed, path, token, OP).await?;
-        Ok(match read {
-            Some((data, snapshot)) => ReadBack {
-                value: api_key_in(&data),
-                snapshot: Some(snapshot),
-            },
-            None => ReadBack {
-                value: None,
-                snapshot: None,
-            },
+        let (value, snapshot) = read
+            .map(|(data, snapshot)| (api_key_in(&data), snapshot))
+            .unzip();
+        Ok(ReadBack {
+            value: value.flatten(),
+            snapshot,
         })
     }
 
