@@ -360,9 +360,11 @@ async fn token_auth_rotates_reads_back_and_keeps_the_previous_value() {
     // set_record replaces the record; the stamp that promote checks survives it.
     let mut finalized = rec2.clone();
     finalized.finalized_at = Some(Utc.timestamp_opt(Utc::now().timestamp(), 0).unwrap());
-    // `set_record_seen` says what the path is after the write, exactly as `inspect` reads it.
+    // `set_record_seen` says what the path is after the write, exactly as `inspect` reads it,
+    // from what the caller saw before it (the shipped policy may patch: no read).
+    let before = store.inspect(&path).await.unwrap();
     let seen = store
-        .set_record_seen(&path, &finalized)
+        .set_record_seen(&path, &finalized, Some(&before))
         .await
         .unwrap()
         .expect("a whole snapshot");
@@ -394,13 +396,150 @@ async fn token_auth_rotates_reads_back_and_keeps_the_previous_value() {
         "capabilities",
         "read_metadata",
         "write",
-        "write_metadata",
+        "patch_metadata", // the shipped policy may patch the record in
         "read",
     ] {
         assert!(
             metrics.contains(&format!("operation=\"{op}\",upstream=\"vault\"")),
             "no {op} in\n{metrics}"
         );
+    }
+}
+
+/// The record goes into `custom_metadata` as one merge patch where the token may patch (the
+/// shipped policy), as a read and a whole write where it may not (a policy written before), and
+/// falls back to the latter when the patch is refused after pre-flight said it was allowed. Each
+/// way keeps an operator's own keys, removes record fields the new record leaves out and keeps
+/// the stamp; each way's `set_record_seen` says what `inspect` reads.
+#[tokio::test]
+async fn the_record_is_patched_where_the_token_may_and_written_whole_where_not() {
+    let root = Root::new();
+    let vault_addr = vault().addr.clone();
+    let proxy = StubServer::start(move |r| forward(&vault_addr, r)).await;
+    for case in ["patch", "no patch", "patch revoked after pre-flight"] {
+        let prefix = unique("zr-patch");
+        let shipped = common::stores::shipped_vault_policy("secret", &prefix);
+        let without_patch =
+            shipped.replace(r#"["update", "read", "patch"]"#, r#"["update", "read"]"#);
+        assert_ne!(
+            shipped, without_patch,
+            "the shipped policy grants patch on metadata"
+        );
+        let policy = unique("zr-patch");
+        root.policy(
+            &policy,
+            if case == "no patch" {
+                &without_patch
+            } else {
+                &shipped
+            },
+        )
+        .await;
+        let token = root.token(&[&policy], json!({ "ttl": "1h" })).await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = VaultStore::connect(&settings_at(&proxy.url, token_auth(dir.path(), &token)))
+            .await
+            .unwrap();
+        let path = format!("{prefix}/rec");
+        root.post(
+            &format!("secret/metadata/{path}"),
+            json!({ "custom_metadata": { "owner": "team-a" } }),
+        )
+        .await;
+        let mut rec = record("k1");
+        rec.retire_at = rec.retain_until;
+        rec.retiring_key_id = Some("k0".into());
+        rotate(&store, &path, &secret_key(), &rec, "t1").await;
+        if case == "patch revoked after pre-flight" {
+            root.policy(&policy, &without_patch).await;
+        }
+        let mut finalized = record("k1");
+        finalized.finalized_at = rec.rotated_at;
+        let before = store.inspect(&path).await.unwrap();
+        let from = proxy.requests().len();
+        let seen = store
+            .set_record_seen(&path, &finalized, Some(&before))
+            .await
+            .unwrap()
+            .expect("a whole snapshot");
+        let sent: Vec<String> = proxy.requests()[from..]
+            .iter()
+            .filter(|r| r.path().ends_with(&format!("/metadata/{path}")))
+            .map(|r| r.method.clone())
+            .collect();
+        let expected: &[&str] = match case {
+            "patch" => &["PATCH"],
+            "no patch" => &["GET", "POST"],
+            _ => &["PATCH", "GET", "POST"],
+        };
+        assert_eq!(sent, expected, "{case}: the record write");
+        let now = store.inspect(&path).await.unwrap();
+        assert_eq!(now.record.as_ref(), Some(&finalized), "{case}");
+        assert_eq!(
+            (seen.exists, &seen.version, &seen.record, &seen.written_by),
+            (now.exists, &now.version, &now.record, &now.written_by),
+            "{case}"
+        );
+        assert_eq!(
+            (
+                &seen.pending,
+                seen.current_deleted,
+                &seen.unwritable,
+                &seen.warnings
+            ),
+            (
+                &now.pending,
+                now.current_deleted,
+                &now.unwritable,
+                &now.warnings
+            ),
+            "{case}"
+        );
+        assert_eq!(
+            now.written_by.as_deref(),
+            Some("t1"),
+            "{case}: the stamp stays"
+        );
+        let custom = &root.metadata(&path).await["custom_metadata"];
+        assert_eq!(custom["owner"], "team-a", "{case}: {custom}");
+        assert!(custom.get("retire_at").is_none(), "{case}: {custom}");
+        assert!(custom.get("retiring_key_id").is_none(), "{case}: {custom}");
+        assert!(custom["finalized_at"].is_string(), "{case}: {custom}");
+        // Once refused, the store does not patch this path again until a pre-flight says it may.
+        if case == "patch revoked after pre-flight" {
+            let from = proxy.requests().len();
+            store.set_record(&path, &rec).await.unwrap();
+            assert!(
+                proxy.requests()[from..].iter().all(|r| r.method != "PATCH"),
+                "patched again after a refusal"
+            );
+        }
+        // A store that has pre-flighted nothing yet (a finalize first in a process) reads and
+        // writes whole; one that has pre-flighted another path takes that path's answer.
+        if case == "patch" {
+            let fresh =
+                VaultStore::connect(&settings_at(&proxy.url, token_auth(dir.path(), &token)))
+                    .await
+                    .unwrap();
+            let record_write = |from: usize| -> Vec<String> {
+                proxy.requests()[from..]
+                    .iter()
+                    .filter(|r| r.path().ends_with(&format!("/metadata/{path}")))
+                    .map(|r| r.method.clone())
+                    .collect()
+            };
+            let from = proxy.requests().len();
+            fresh.set_record(&path, &finalized).await.unwrap();
+            assert_eq!(record_write(from), ["GET", "POST"], "before any pre-flight");
+            fresh.preflight(&format!("{prefix}/other")).await.unwrap();
+            let from = proxy.requests().len();
+            fresh.set_record(&path, &finalized).await.unwrap();
+            assert_eq!(
+                record_write(from),
+                ["PATCH"],
+                "after another path's pre-flight"
+            );
+        }
     }
 }
 

@@ -189,9 +189,17 @@ async fn rotation_keeps_the_old_value_for_the_retain_window_only() {
         Some(old.key.id),
         "the id survives rotation"
     );
-    // Filled by reading the key back: the rotate answer itself has no metadata.
+    // The rotate answer has no metadata and is not read back: last_rotated is its `updated`,
+    // the retain period the one asked for. The server's own record must say exactly that (the
+    // next look compares the stored record with it), and the rest is as before the rotation.
+    let new = new.as_before(&old.key);
+    let read = admin.get_api_key(sa.id, "default").await.unwrap();
+    assert_eq!(new.key.last_rotated, read.last_rotated);
+    assert_eq!(new.key.retain_period_minutes, read.retain_period_minutes);
     assert_eq!(new.key.retain_period_minutes, Some(1));
-    assert_eq!(new.key.description, old.key.description);
+    assert_eq!(new.key.description, read.description);
+    assert_eq!(new.key.last_login, read.last_login);
+    assert_eq!(new.key.active, read.active);
     let last_rotated = new.key.last_rotated.expect("last_rotated after a rotation");
     assert!(last_rotated > before, "{last_rotated}");
 
@@ -999,7 +1007,7 @@ async fn credentials_echoed_by_a_server_are_scrubbed_from_errors() {
 }
 
 #[tokio::test]
-async fn a_rotation_whose_read_back_fails_still_returns_the_new_value() {
+async fn a_rotation_takes_last_rotated_from_its_answer_without_reading_the_key_back() {
     let stub = stub_with_login(|r| match r.method.as_str() {
         "PUT" => StubReply::json(200, ROTATED),
         _ => StubReply::json(500, r#"{"detail":["RuntimeError","database is locked"]}"#),
@@ -1015,6 +1023,11 @@ async fn a_rotation_whose_read_back_fails_still_returns_the_new_value() {
         "2026-11-28T05:57:27.051638+00:00"
     );
     assert_eq!(stub.count("PUT", ROTATE_PATH), 1);
+    assert_eq!(
+        stub.requests().iter().filter(|r| r.method == "GET").count(),
+        0,
+        "no read-back"
+    );
 }
 
 /// An answer that redirects (an ingress forcing https, a moved server, a hostile proxy) is not

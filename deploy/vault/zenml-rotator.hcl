@@ -11,8 +11,10 @@ path "secret/data/zenml/*" {
   capabilities = ["create", "update", "read"]
 }
 
+# patch is optional: with it the rotation record goes into custom_metadata as one merge patch;
+# without it (policies written before 2026-12-03) the rotator reads the metadata and writes it whole.
 path "secret/metadata/zenml/*" {
-  capabilities = ["update", "read"]
+  capabilities = ["update", "read", "patch"]
 }
 
 # Only with retire_previous = true: the previous value is destroyed once its window is over.

@@ -416,13 +416,16 @@ pub trait SecretStore: Send + Sync {
     /// tags, which describe the current version) and when a rotation is finalized.
     async fn set_record(&self, path: &str, record: &RotationRecord) -> Result<(), StoreError>;
 
-    /// `set_record`, and the path's snapshot after it where the write shows it whole (KV v2:
-    /// the metadata read the record is merged into, with the record written), so the look
-    /// after a finalize need not read it again. `None`: not known without reading.
+    /// `set_record`, and the path's snapshot after it where the write shows it whole, so the
+    /// look after a finalize need not read it again; `seen` is what the caller's own look (under
+    /// the key's claim) saw there. KV v2: `seen` with the record, when the record went in as a
+    /// metadata patch; the metadata read it was merged into, with the record, otherwise.
+    /// `None`: not known without reading.
     async fn set_record_seen(
         &self,
         path: &str,
         record: &RotationRecord,
+        _seen: Option<&StoreSnapshot>,
     ) -> Result<Option<StoreSnapshot>, StoreError> {
         self.set_record(path, record).await.map(|()| None)
     }

@@ -92,10 +92,12 @@ impl ZenmlClient {
     /// Sent exactly once: after a lost answer the server may have rotated, and a second rotation
     /// inside the window would cut off every consumer of the previous value.
     ///
-    /// The rotate answer carries no metadata, so the key is read back for `last_rotated` and the
-    /// description. If that read fails the new value is still returned (it exists nowhere else), with
-    /// `last_rotated` from the answer's `updated`, `retain_period_minutes` as requested, an empty
-    /// description and no `last_login`.
+    /// The rotate answer carries no metadata, and none is read back: the rotation sets
+    /// `last_rotated` to the very timestamp it writes as `updated` (`APIKeySchema.rotate`, ZenML
+    /// 0.96 and 0.98; `tests/zenml_api.rs` checks it against a GET on the real server) and the
+    /// retain period to the one asked for, so the returned key has those. It leaves the
+    /// description and `last_login` as they were, which the answer does not carry: they are empty
+    /// here, and a caller that read the key before fills them in (`NewApiKey::as_before`).
     pub async fn rotate_api_key(
         &self,
         sa: Uuid,
@@ -109,18 +111,8 @@ impl ZenmlClient {
             })?;
         let answer: wire::ApiKeyResponse = self.call_json(call).await?;
         let mut rotated = with_value(Operation::RotateApiKey, answer)?;
-        match self.get_api_key(sa, &rotated.key.id.to_string()).await {
-            Ok(key) => rotated.key = key,
-            Err(e) => {
-                tracing::warn!(
-                    key_id = %rotated.key.id,
-                    error = %e,
-                    "rotated, but could not read the key back; using the rotate answer"
-                );
-                rotated.key.last_rotated = Some(rotated.key.updated);
-                rotated.key.retain_period_minutes = Some(i64::from(retain_minutes));
-            }
-        }
+        rotated.key.last_rotated = Some(rotated.key.updated);
+        rotated.key.retain_period_minutes = Some(i64::from(retain_minutes));
         Ok(rotated)
     }
 

@@ -143,6 +143,16 @@ pub struct NewApiKey {
     pub value: SecretString,
 }
 
+impl NewApiKey {
+    /// The key as a rotation left it, given the key as read just before: a rotation changes
+    /// neither the description nor `last_login`, which its answer does not carry.
+    pub fn as_before(mut self, before: &ApiKey) -> NewApiKey {
+        self.key.description.clone_from(&before.description);
+        self.key.last_login = before.last_login;
+        self
+    }
+}
+
 impl fmt::Debug for NewApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NewApiKey")

@@ -580,23 +580,23 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
             // Looked at, the claim first: taken by check-and-set over the claim this look read,
             // so it still stands; pre-flight checks-and-sets against the version it saw.
             "GET metadata",
-            "POST data",     // the value, check-and-set
-            "GET metadata",  // the record merged into custom_metadata
-            "POST metadata", //
+            "POST data",      // the value, check-and-set
+            "PATCH metadata", // the record, merged by Vault (the shipped policy may patch)
             // Read back equal, its stamp this rotation's (promote); the look after the
             // rotation takes the path's state from this read too.
             "GET data",
         ],
         "first rotation, Vault key path"
     );
-    // The key as the rotate call's own read-back gave it is what the record says, and what the
-    // look after the rotation takes: not read again.
+    // The key as the rotate answer and the look before it give it (last_rotated is the answer's
+    // `updated`) is what the record says, and what the look after the rotation takes: not read
+    // back, not read again. The next pass's look compares it with ZenML's own: below, a finalize
+    // follows, not a "rotated elsewhere".
     assert_eq!(
         zenml_key_calls(0),
         [
             "GET name",   // looked at (the look stands under the claim)
             "PUT rotate", //
-            "GET id",     // the rotated key's last_rotated
         ],
         "first rotation, ZenML"
     );
@@ -649,14 +649,15 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
     assert_eq!(
         vault_key_calls(v_from),
         [
-            "GET metadata",  // looked at (stands under the claim): which version is current
-            "GET data",      // the one before it, to check ZenML rejects its value now
-            "GET metadata",  // the record merged into custom_metadata
-            "POST metadata", // finalized: the look after it, under the same claim, takes the
-            // store as this write left it (the metadata it merged into), and pre-flight its version
+            "GET metadata", // looked at (stands under the claim): which version is current
+            "GET data",     // the one before it, to check ZenML rejects its value now
+            // Finalized: nothing in this process has pre-flighted yet, so nothing says the token
+            // may patch: the record is merged into the metadata read. The look after it, under
+            // the same claim, takes the store as that read showed it, and pre-flight its version.
+            "GET metadata",
+            "POST metadata",
             "POST data", // check-and-set over the last rotation's stamped version: no read first
-            "GET metadata", // the record merged into custom_metadata
-            "POST metadata", //
+            "PATCH metadata", // the record
             "GET data",  // read back equal, its stamp this rotation's
         ],
         "finalize and rotation, Vault key path"
@@ -664,7 +665,7 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
     // The key is looked at once: a finalize leaves it as it was, so the look after it takes it.
     assert_eq!(
         zenml_key_calls(z_from),
-        ["GET name", "PUT rotate", "GET id"],
+        ["GET name", "PUT rotate"],
         "finalize and rotation, ZenML"
     );
     assert_eq!(

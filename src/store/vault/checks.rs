@@ -84,6 +84,7 @@ impl VaultStore {
                 )
             })?;
         token.set_sensitive(true);
+        let method_is_patch = method == reqwest::Method::PATCH;
         let mut req = self
             .http
             .request(method, format!("{}/v1/{api_path}", self.address))
@@ -93,6 +94,13 @@ impl VaultStore {
             req = req.header("X-Vault-Namespace", ns);
         }
         if let Some(body) = body {
+            if method_is_patch {
+                // KV v2 takes a JSON merge patch (RFC 7396) and refuses any other type.
+                req = req.header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/merge-patch+json",
+                );
+            }
             req = req.json(&body);
         }
         let start = Instant::now();
@@ -140,17 +148,25 @@ impl VaultStore {
             )
             .await?;
         let caps = res.get("data").unwrap_or(&res);
+        let caps_on = |api_path: &str| -> Vec<&str> {
+            caps.get(api_path)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default()
+        };
+        let meta_caps = caps_on(&meta_path);
+        self.note_patchable(
+            path,
+            meta_caps.contains(&"root")
+                || (meta_caps.contains(&"patch") && !meta_caps.contains(&"deny")),
+        );
         let mut missing = Vec::new();
         for (api_path, needed) in [
             (&data_path, &["create", "update", "read"][..]),
             (&meta_path, &["update", "read"][..]),
             (&claim_path, &["create", "update", "read"][..]),
         ] {
-            let have: Vec<&str> = caps
-                .get(api_path.as_str())
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
+            let have = caps_on(api_path);
             if have.contains(&"root") {
                 continue;
             }

@@ -198,6 +198,13 @@ impl VaultStore {
 
     /// Replaces the rotator's keys in `custom_metadata`, keeping everything else: an operator's
     /// own keys, and (omitted from the request, so untouched) max_versions and cas_required.
+    ///
+    /// Where the last pre-flight found the token may `patch` the metadata, one JSON merge patch
+    /// does it (the rotator's keys set or, when the record has none, removed; Vault merges), and
+    /// the path as it is now is `seen` with this record when no version was written and the
+    /// caller knows what it saw (`None` otherwise). Else the metadata is read, merged here and written whole, and the
+    /// path as it is now is that read with the record written. A patch the token turns out not
+    /// to be allowed (its policy changed since) falls back to the read and write.
     pub(super) async fn write_record(
         &self,
         authed: &Authed,
@@ -205,7 +212,36 @@ impl VaultStore {
         record: &RotationRecord,
         written: Option<(&str, u64)>,
         op: &'static str,
-    ) -> Result<StoreSnapshot, StoreError> {
+        seen: Option<&StoreSnapshot>,
+    ) -> Result<Option<StoreSnapshot>, StoreError> {
+        if self.may_patch(path) {
+            let call = RawCall {
+                method: reqwest::Method::PATCH,
+                api_path: &format!("{}/metadata/{path}", self.mount),
+                body: Some(serde_json::json!({ "custom_metadata": record_patch(record, written) })),
+                label: "patch_metadata",
+                op,
+                path,
+            };
+            match self.send_json(authed, call).await {
+                Ok(_) => {
+                    // No version was written: the path is as the caller saw it, with this record.
+                    return Ok(seen.filter(|_| written.is_none()).map(|s| StoreSnapshot {
+                        record: Some(record.clone()),
+                        ..s.clone()
+                    }));
+                }
+                Err(StoreError::PermissionDenied { .. }) => {
+                    tracing::debug!(
+                        store = super::STORE,
+                        path,
+                        "metadata patch denied; reading and writing it whole"
+                    );
+                    self.note_patchable(path, false);
+                }
+                Err(other) => return Err(other),
+            }
+        }
         let mut meta = self.read_metadata(authed, path, op).await?;
         let existing = meta
             .as_mut()
@@ -225,7 +261,30 @@ impl VaultStore {
         if let Some(m) = meta.as_mut() {
             m.custom_metadata = Some(custom);
         }
-        Ok(snapshot(meta.as_ref()))
+        Ok(Some(snapshot(meta.as_ref())))
+    }
+
+    /// Notes what a pre-flight of `path` found: whether the token may patch its metadata.
+    pub(super) fn note_patchable(&self, path: &str, allowed: bool) {
+        if let Ok(mut known) = self.patchable.lock() {
+            known.paths.insert(path.to_owned(), allowed);
+            known.last = Some(allowed);
+        }
+    }
+
+    /// Whether to patch `path`'s metadata: as its last pre-flight found; for a path not
+    /// pre-flighted yet in this process (a finalize before any rotation), as the latest
+    /// pre-flight of any path found (one policy usually covers them all; where it does not, the
+    /// patch is refused once and the path written whole from then on); before any, no.
+    fn may_patch(&self, path: &str) -> bool {
+        self.patchable.lock().is_ok_and(|known| {
+            known
+                .paths
+                .get(path)
+                .copied()
+                .or(known.last)
+                .unwrap_or(false)
+        })
     }
 
     /// Writes `data` as a new version of `kv_path`, checked-and-set against version `cas` (0:
@@ -353,6 +412,32 @@ pub(super) fn merge_custom_metadata(
         existing.insert(ROTATION_VERSION.to_owned(), version.to_string());
     }
     existing
+}
+
+/// The merge patch (RFC 7396) of `custom_metadata` that does what `merge_custom_metadata` does:
+/// every record key set, or removed (null) when this record has no value for it; the stamp set
+/// when a version was written; everything else (an operator's keys, the stamp otherwise) untouched.
+pub(super) fn record_patch(
+    record: &RotationRecord,
+    written: Option<(&str, u64)>,
+) -> serde_json::Map<String, Value> {
+    let mut patch: serde_json::Map<String, Value> = record_keys()
+        .into_iter()
+        .map(|k| (k, Value::Null))
+        .collect();
+    for (k, v) in record.to_map() {
+        if !v.is_empty() {
+            patch.insert(k, Value::String(v));
+        }
+    }
+    if let Some((token, version)) = written {
+        patch.insert(ROTATION_TOKEN.to_owned(), Value::String(token.to_owned()));
+        patch.insert(
+            ROTATION_VERSION.to_owned(),
+            Value::String(version.to_string()),
+        );
+    }
+    patch
 }
 
 pub(super) fn snapshot(meta: Option<&ReadSecretMetadataResponse>) -> StoreSnapshot {

@@ -5,7 +5,7 @@
 //! The token the rotator needs (paths relative to the mount `secret`, key path `zenml/*`):
 //! ```hcl
 //! path "secret/data/zenml/*"     { capabilities = ["create", "update", "read"] }
-//! path "secret/metadata/zenml/*" { capabilities = ["update", "read"] }
+//! path "secret/metadata/zenml/*" { capabilities = ["update", "read", "patch"] }   # patch: optional
 //! path "secret/destroy/zenml/*"  { capabilities = ["update"] }   # only with retire_previous
 //! ```
 //! plus what Vault's `default` policy grants: `sys/capabilities-self` (pre-flight asks it) and
@@ -25,6 +25,7 @@
 //! which sends every request but the logins on the shared client), `errors` (Vault's answers as
 //! store errors), `settings` (the `[stores.NAME]` table of kind "vault").
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -67,6 +68,16 @@ pub struct VaultStore {
     claims: String,
     /// Set once pre-flight has confirmed `mount` is a KV v2 engine.
     mount_checked: AtomicBool,
+    /// Whether the token may `patch` each key path's metadata, as pre-flight found: where it
+    /// may, the record is written with one merge patch instead of a read and a whole write.
+    patchable: std::sync::Mutex<Patchable>,
+}
+
+/// What pre-flights found about patching metadata: per key path, and the latest of any path.
+#[derive(Default)]
+struct Patchable {
+    paths: HashMap<String, bool>,
+    last: Option<bool>,
 }
 
 impl fmt::Debug for VaultStore {
@@ -138,6 +149,7 @@ impl VaultStore {
             session: Mutex::new(None),
             claims: settings.claims.trim_matches('/').to_owned(),
             mount_checked: AtomicBool::new(false),
+            patchable: std::sync::Mutex::new(Patchable::default()),
         })
     }
 
@@ -349,7 +361,7 @@ impl SecretStore for VaultStore {
                 }
             }
         };
-        self.write_record(&authed, path, record, Some((token, written)), OP)
+        self.write_record(&authed, path, record, Some((token, written)), OP, None)
             .await
             .map(|_| ())
     }
@@ -401,19 +413,19 @@ impl SecretStore for VaultStore {
     }
 
     async fn set_record(&self, path: &str, record: &RotationRecord) -> Result<(), StoreError> {
-        self.set_record_seen(path, record).await.map(|_| ())
+        self.set_record_seen(path, record, None).await.map(|_| ())
     }
 
     async fn set_record_seen(
         &self,
         path: &str,
         record: &RotationRecord,
+        seen: Option<&StoreSnapshot>,
     ) -> Result<Option<StoreSnapshot>, StoreError> {
         self.check_path("set_record", path)?;
         let authed = self.authed(path).await?;
-        self.write_record(&authed, path, record, None, "set_record")
+        self.write_record(&authed, path, record, None, "set_record", seen)
             .await
-            .map(Some)
     }
 
     async fn retire_previous(&self, path: &str) -> Result<(), StoreError> {

@@ -2,7 +2,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use super::auth::Lease;
-use super::kv::{ROTATION_TOKEN, ROTATION_VERSION, merge_custom_metadata};
+use super::kv::{ROTATION_TOKEN, ROTATION_VERSION, merge_custom_metadata, record_patch};
 use super::*;
 use crate::secret::SecretSource;
 
@@ -34,6 +34,67 @@ fn merge_keeps_operator_keys_and_drops_stale_record_keys() {
     assert_eq!(m[ROTATION_VERSION], "7");
     let m = merge_custom_metadata(existing, &record, None);
     assert_eq!(m[ROTATION_TOKEN], "old");
+}
+
+/// What Vault does with a JSON merge patch of `custom_metadata` (RFC 7396; strings only).
+fn apply_patch(
+    mut existing: HashMap<String, String>,
+    patch: &serde_json::Map<String, Value>,
+) -> HashMap<String, String> {
+    for (k, v) in patch {
+        match v {
+            Value::Null => {
+                existing.remove(k);
+            }
+            Value::String(s) => {
+                existing.insert(k.clone(), s.clone());
+            }
+            other => panic!("{k}: not a string: {other}"),
+        }
+    }
+    existing
+}
+
+#[test]
+fn the_record_patch_does_what_the_merge_does() {
+    let t = chrono::Utc::now();
+    let full = RotationRecord {
+        policy: "p".into(),
+        service_account: "sa".into(),
+        api_key: "default".into(),
+        key_id: "k".into(),
+        fingerprint: "sha256:ab".into(),
+        rotated_at: Some(t),
+        retain_until: Some(t),
+        finalized_at: Some(t),
+        retiring_key_id: Some("old".into()),
+        retire_at: Some(t),
+        rescue_for: Some("r".into()),
+        rescue_until: Some(t),
+        hooks: crate::store::PendingHooks {
+            on_rotated: Some(1),
+            on_finalized: Some(0),
+        },
+    };
+    let sparse = RotationRecord {
+        policy: "p".into(),
+        ..Default::default()
+    };
+    let mut operator = HashMap::new();
+    operator.insert("owner".to_owned(), "team-a".to_owned());
+    let mut stale = merge_custom_metadata(operator.clone(), &full, Some(("old-tok", 3)));
+    stale.insert("team".to_owned(), "ml".to_owned());
+    for existing in [HashMap::new(), operator, stale] {
+        for record in [&full, &sparse] {
+            for written in [None, Some(("tok", 7))] {
+                assert_eq!(
+                    apply_patch(existing.clone(), &record_patch(record, written)),
+                    merge_custom_metadata(existing.clone(), record, written),
+                    "{existing:?} {written:?}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -210,7 +210,7 @@ async fn rotate(
         .rotate_api_key(sa.id, &key.id.to_string(), run.retain_minutes)
         .await
     {
-        Ok(new) => new,
+        Ok(new) => new.as_before(key),
         Err(e) => {
             if !outcome_unknown(&e) {
                 // The server refused: nothing changed, so the intent goes.
@@ -638,7 +638,7 @@ async fn finalize(
     record.finalized_at = Some(Utc::now());
     record.hooks.on_finalized = policy.hooks.on_finalized.as_ref().map(|_| 0);
     let stored = store
-        .set_record_seen(&policy.path, &record)
+        .set_record_seen(&policy.path, &record, obs.snapshot.as_ref())
         .await
         .map_err(fail)?;
     // A rotation may follow under the same claim: its look takes the key (a finalize leaves it
