@@ -86,6 +86,14 @@ impl Claim {
     /// The claim as a JSON object; with `with_value`, the kept value too. The result may hold a
     /// key: keep it short-lived.
     pub fn to_json(&self, with_value: bool) -> Result<SecretString, serde_json::Error> {
+        Ok(SecretString::from(
+            self.to_document(with_value)?.to_string(),
+        ))
+    }
+
+    /// `to_json` as a JSON value, for a store that sends it inside a larger body (KV v2's
+    /// `data`): not printed and parsed again on the way. It may hold a key likewise.
+    pub fn to_document(&self, with_value: bool) -> Result<serde_json::Value, serde_json::Error> {
         let mut doc = serde_json::to_value(self)?;
         if with_value && let (Some(value), Some(obj)) = (&self.value, doc.as_object_mut()) {
             obj.insert(
@@ -93,7 +101,7 @@ impl Claim {
                 serde_json::Value::String(value.expose_secret().to_owned()),
             );
         }
-        Ok(SecretString::from(doc.to_string()))
+        Ok(doc)
     }
 
     /// Reads a claim document back, the value with it when there is one.
@@ -150,5 +158,8 @@ mod tests {
         assert_eq!(back.value.unwrap().expose_secret(), "ZENKEY_secret");
         assert_eq!(back.phase, ClaimPhase::Rotated);
         assert_eq!(back.holder, "host/1/abcd");
+        // The document form is the same object.
+        assert_eq!(c.to_document(true).unwrap(), doc);
+        assert!(c.to_document(false).unwrap().get("value").is_none());
     }
 }

@@ -4,10 +4,7 @@
 //! a document in phase `released` (a soft delete would make `cas=0` fail for everyone, a metadata
 //! delete would restart the version count and let a stale holder's write succeed).
 
-use serde_json::Value;
-
 use super::VaultStore;
-use crate::secret::ExposeSecret;
 use crate::store::{Claim, StoreError, StoredClaim};
 
 impl VaultStore {
@@ -58,10 +55,8 @@ impl VaultStore {
             })?,
         };
         let authed = self.authed(&claim_path).await?;
-        let json = claim
-            .to_json(true)
-            .map_err(|e| self.other(OP, &claim_path, format!("cannot encode the claim: {e}")))?;
-        let doc: Value = serde_json::from_str(json.expose_secret())
+        let doc = claim
+            .to_document(true)
             .map_err(|e| self.other(OP, &claim_path, format!("cannot encode the claim: {e}")))?;
         // A check-and-set mismatch (another rotator wrote the claim since it was read) comes
         // back as `Conflict`.

@@ -24,7 +24,12 @@ pub(super) const ROTATION_VERSION: &str = "rotation_version";
 
 /// The record keys `RotationRecord::to_map` can produce; replaced as a whole on every write while
 /// an operator's own `custom_metadata` keys are kept.
-fn record_keys() -> BTreeSet<String> {
+fn record_keys() -> &'static BTreeSet<String> {
+    static KEYS: std::sync::OnceLock<BTreeSet<String>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(all_record_keys)
+}
+
+fn all_record_keys() -> BTreeSet<String> {
     let t = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
     // A struct literal without `..`: a new field fails to compile here until it is listed.
     RotationRecord {
@@ -403,7 +408,7 @@ pub(super) fn merge_custom_metadata(
     written: Option<(&str, u64)>,
 ) -> HashMap<String, String> {
     for key in record_keys() {
-        existing.remove(&key);
+        existing.remove(key);
     }
     // Vault refuses empty custom_metadata values; an absent key reads back as empty anyway.
     existing.extend(record.to_map().into_iter().filter(|(_, v)| !v.is_empty()));
@@ -422,8 +427,8 @@ pub(super) fn record_patch(
     written: Option<(&str, u64)>,
 ) -> serde_json::Map<String, Value> {
     let mut patch: serde_json::Map<String, Value> = record_keys()
-        .into_iter()
-        .map(|k| (k, Value::Null))
+        .iter()
+        .map(|k| (k.clone(), Value::Null))
         .collect();
     for (k, v) in record.to_map() {
         if !v.is_empty() {
