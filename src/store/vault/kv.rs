@@ -204,12 +204,13 @@ impl VaultStore {
     /// Replaces the rotator's keys in `custom_metadata`, keeping everything else: an operator's
     /// own keys, and (omitted from the request, so untouched) max_versions and cas_required.
     ///
-    /// Where the last pre-flight found the token may `patch` the metadata, one JSON merge patch
-    /// does it (the rotator's keys set or, when the record has none, removed; Vault merges), and
-    /// the path as it is now is `seen` with this record when no version was written and the
-    /// caller knows what it saw (`None` otherwise). Else the metadata is read, merged here and written whole, and the
-    /// path as it is now is that read with the record written. A patch the token turns out not
-    /// to be allowed (its policy changed since) falls back to the read and write.
+    /// Where pre-flight found the token may `patch` the metadata (`may_patch`), one JSON merge
+    /// patch does it (the rotator's keys set or, when the record has none, removed; Vault
+    /// merges), and the path as it is now is `seen` with this record when no version was written
+    /// and the caller knows what it saw (`None` otherwise). Else the metadata is read, merged
+    /// here and written whole, and the path as it is now is that read with the record written.
+    /// A patch the token turns out not to be allowed (its policy changed since) falls back to the
+    /// read and write.
     pub(super) async fn write_record(
         &self,
         authed: &Authed,
