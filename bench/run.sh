@@ -15,6 +15,9 @@
 #    after each run, curl sends that many requests to the same servers (keep-alive GETs of the set's
 #    keys and Vault paths, one curl per server) and its CPU per key is printed beside the rotator's,
 #    user and system time apart (curl spends more in the kernel, the rotator in user space).
+#    A set's runs after its first are steady state (the last rotation finalized, a new one made);
+#    with FRESH=1 each run first deletes its set's Vault paths and claims, so it is a first
+#    rotation (the store holds no value yet) every time, and no set has to be due.
 # 4. Start-up: exec to the first connection the rotator opens (bench/first-request.py), and `check`.
 # 5. Binary size.
 # With BEFORE=path/to/an/older/zenml-rotator, 1 and 3-5 measure both binaries, interleaved run by
@@ -194,12 +197,24 @@ if wants 3; then
       python3 bench/rusage.py /dev/null -- curl -fsS --fail-early -H "X-Vault-Token: $VAULT_TOKEN" -K "$WORK/curl-vault.cfg"
     } | python3 -c 'import json,sys; u=[json.loads(l) for l in sys.stdin]; assert all(x["exit"] == 0 for x in u), u; print(sum(x["user_s"] for x in u), sum(x["sys_s"] for x in u))'
   }
+  # FRESH=1: the set's Vault paths and their claims go (metadata delete: every version), so the
+  # next pass finds an empty store and makes a first rotation of every key.
+  wipe_set() { # set
+    local p
+    sed -n 's/^path = "\(.*\)"$/\1/p' "$WORK/policy-vault-$1.toml.in" | while read -r p; do
+      for meta in "secret/metadata/$p" "secret/metadata/zenml-rotator/claims/$p"; do
+        curl -fsS -o /dev/null -X DELETE -H "X-Vault-Token: $VAULT_TOKEN" "$ZR_VAULT_ADDR/v1/$meta"
+      done
+    done
+  }
   run=0
   for i in $(seq "$REPS"); do
     for b in "${!BINS[@]}"; do
       k=$(( run % 9 + 1 )); run=$((run + 1))
       # A set is due again two minutes (every = "2m") after the pass that rotated it.
-      if [ -n "${last[$k]:-}" ]; then
+      if [ "${FRESH:-0}" = 1 ]; then
+        wipe_set "$k"
+      elif [ -n "${last[$k]:-}" ]; then
         wait_s=$(( last[$k] + 125 - $(date +%s) ))
         [ "$wait_s" -le 0 ] || { echo "  (set $k is due in ${wait_s}s)" >&2; sleep "$wait_s"; }
       fi
