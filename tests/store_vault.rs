@@ -543,6 +543,36 @@ async fn the_record_is_patched_where_the_token_may_and_written_whole_where_not()
     }
 }
 
+/// A key path may hold `#` and `?` (the policy file allows them, and so does Vault): each is part
+/// of the path in every request, read with a version too. Sent in a URL parsed from one string,
+/// `team#1?x` was the path `team` (the rest a fragment, never sent, or a query).
+#[tokio::test]
+async fn a_path_with_hash_and_question_mark_is_written_where_it_says() {
+    let root = Root::new();
+    let (store, prefix, _token, _dir) = rotator_store(&root).await;
+    let path = format!("{prefix}/team#1?x");
+    let (key1, key2) = (secret_key(), secret_key());
+    rotate(&store, &path, &key1, &record("key-1"), "tok-1").await;
+    rotate(&store, &path, &key2, &record("key-1"), "tok-2").await;
+    assert_eq!(expose(store.read_current(&path).await.unwrap()), Some(key2));
+    assert_eq!(previous(&store, &path).await, Some(key1));
+    let encoded = format!("{prefix}/team%231%3Fx");
+    let meta = root.metadata(&encoded).await;
+    assert_eq!(meta["current_version"], 2, "{meta}");
+    assert_eq!(
+        meta["custom_metadata"]["managed_by"], "zenml-rotator",
+        "{meta}"
+    );
+    let (status, _) = root
+        .req(
+            reqwest::Method::GET,
+            &format!("secret/metadata/{prefix}/team"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "nothing may land at the path cut at `#`");
+}
+
 #[tokio::test]
 async fn inspect_is_one_request() {
     let root = Root::new();

@@ -30,6 +30,7 @@ impl VaultStore {
         let call = RawCall {
             method,
             api_path,
+            version: None,
             body,
             label: op,
             op,
@@ -70,6 +71,7 @@ impl VaultStore {
         let RawCall {
             method,
             api_path,
+            version,
             body,
             label,
             op,
@@ -87,7 +89,7 @@ impl VaultStore {
         let method_is_patch = method == reqwest::Method::PATCH;
         let mut req = self
             .http
-            .request(method, format!("{}/v1/{api_path}", self.address))
+            .request(method, self.url_of(api_path, version))
             .header("X-Vault-Token", token)
             .header("X-Vault-Request", "true");
         if let Some(ns) = &self.namespace {
@@ -125,6 +127,18 @@ impl VaultStore {
         let bytes =
             bytes.map_err(|e| self.unreachable(op, path, e.is_timeout(), &e.to_string()))?;
         Ok((status, bytes.into()))
+    }
+
+    /// The URL of an API path (`secret/data/p`) and a KV read's version: the parsed address with
+    /// the path set, not a string parsed again. `set_path` percent-encodes what a path cannot
+    /// hold as it is, so a `#` or `?` in a key path stays in the path.
+    pub(super) fn url_of(&self, api_path: &str, version: Option<u64>) -> url::Url {
+        let mut url = self.base.clone();
+        url.set_path(&format!("/v1/{api_path}"));
+        if let Some(v) = version {
+            url.set_query(Some(&format!("version={v}")));
+        }
+        url
     }
 
     /// Invariant 2: the token may write the value and its metadata, and read them back.
@@ -265,7 +279,11 @@ impl VaultStore {
 /// `path` in its errors.
 pub(super) struct RawCall<'a> {
     pub method: reqwest::Method,
+    /// The API path after `/v1/`, as Vault names it: every character is part of the path (a
+    /// `#` or `?` in a key path is sent percent-encoded, not as a fragment or query).
     pub api_path: &'a str,
+    /// `?version=N` of a KV v2 read.
+    pub version: Option<u64>,
     pub body: Option<Value>,
     pub label: &'static str,
     pub op: &'static str,

@@ -87,7 +87,7 @@ impl VaultStore {
     ) -> Result<Option<ReadSecretMetadataResponse>, StoreError> {
         let api_path = format!("{}/metadata/{path}", self.mount);
         let answer: Option<Answer<ReadSecretMetadataResponse>> = self
-            .get_kv(authed, &api_path, "read_metadata", op, path)
+            .get_kv(authed, &api_path, None, "read_metadata", op, path)
             .await?;
         Ok(answer.map(|a| a.data))
     }
@@ -101,12 +101,9 @@ impl VaultStore {
         version: Option<u64>,
         op: &'static str,
     ) -> Result<Option<(u64, Value)>, StoreError> {
-        let mut api_path = format!("{}/data/{path}", self.mount);
-        if let Some(v) = version {
-            api_path.push_str(&format!("?version={v}"));
-        }
+        let api_path = format!("{}/data/{path}", self.mount);
         Ok(self
-            .read_data_answer(authed, &api_path, op, path)
+            .read_data_answer(authed, &api_path, version, op, path)
             .await?
             .map(|a| (a.metadata.version, a.data)))
     }
@@ -124,7 +121,10 @@ impl VaultStore {
         op: &'static str,
     ) -> Result<Option<(Value, StoreSnapshot)>, StoreError> {
         let api_path = format!("{}/data/{path}", self.mount);
-        let Some(answer) = self.read_data_answer(authed, &api_path, op, path).await? else {
+        let Some(answer) = self
+            .read_data_answer(authed, &api_path, None, op, path)
+            .await?
+        else {
             return Ok(None);
         };
         let version = answer.metadata.version;
@@ -149,12 +149,14 @@ impl VaultStore {
         &self,
         authed: &Authed,
         api_path: &str,
+        version: Option<u64>,
         op: &'static str,
         path: &str,
     ) -> Result<Option<DataAnswer>, StoreError> {
         // Deleted and destroyed versions are a 404 (without `errors`), as is a missing path.
-        let answer: Option<Answer<DataAnswer>> =
-            self.get_kv(authed, api_path, "read", op, path).await?;
+        let answer: Option<Answer<DataAnswer>> = self
+            .get_kv(authed, api_path, version, "read", op, path)
+            .await?;
         Ok(answer.map(|a| a.data).filter(|a| !a.data.is_null()))
     }
 
@@ -166,6 +168,7 @@ impl VaultStore {
         &self,
         authed: &Authed,
         api_path: &str,
+        version: Option<u64>,
         label: &'static str,
         op: &'static str,
         path: &str,
@@ -173,6 +176,7 @@ impl VaultStore {
         let call = RawCall {
             method: reqwest::Method::GET,
             api_path,
+            version,
             body: None,
             label,
             op,
@@ -224,6 +228,7 @@ impl VaultStore {
             let call = RawCall {
                 method: reqwest::Method::PATCH,
                 api_path: &format!("{}/metadata/{path}", self.mount),
+                version: None,
                 body: Some(serde_json::json!({ "custom_metadata": record_patch(record, written) })),
                 label: "patch_metadata",
                 op,
@@ -257,6 +262,7 @@ impl VaultStore {
         let call = RawCall {
             method: reqwest::Method::POST,
             api_path: &format!("{}/metadata/{path}", self.mount),
+            version: None,
             body: Some(serde_json::json!({ "custom_metadata": custom })),
             label: "write_metadata",
             op,
@@ -308,6 +314,7 @@ impl VaultStore {
         let call = RawCall {
             method: reqwest::Method::POST,
             api_path: &format!("{}/data/{kv_path}", self.mount),
+            version: None,
             body: Some(serde_json::json!({ "options": { "cas": cas }, "data": data })),
             label,
             op,
@@ -337,6 +344,7 @@ impl VaultStore {
         let call = RawCall {
             method: reqwest::Method::POST,
             api_path: &format!("{}/destroy/{path}", self.mount),
+            version: None,
             body: Some(serde_json::json!({ "versions": [version] })),
             label: "destroy",
             op,

@@ -58,6 +58,9 @@ pub use settings::{VaultAuth, VaultSettings};
 pub struct VaultStore {
     /// `scheme://host[:port]`, no trailing slash.
     address: String,
+    /// `address` parsed once: each request's URL is this with its path set, not a string parsed
+    /// again (a URL parse with its host is ~8,000 instructions; setting a path, a quarter of it).
+    base: url::Url,
     mount: String,
     namespace: Option<String>,
     auth: VaultAuth,
@@ -141,6 +144,7 @@ impl VaultStore {
             .map_err(|e| config_error(e.to_string()))?;
         Ok(VaultStore {
             address,
+            base: url,
             mount,
             namespace,
             auth: settings.auth.clone(),

@@ -145,3 +145,45 @@ fn bad_settings_are_refused_without_a_panic() {
     settings.namespace = Some("team-a/".into());
     assert!(VaultStore::new(&settings).is_ok());
 }
+
+#[test]
+fn a_request_url_is_the_one_the_address_and_path_spell() {
+    for address in [
+        "http://127.0.0.1:8200",
+        "https://vault.example.com/",
+        "http://[::1]:8200",
+    ] {
+        let settings = VaultSettings {
+            address: address.into(),
+            mount: "secret".into(),
+            namespace: None,
+            ca_file: None,
+            auth: VaultAuth::Token(SecretSource::Env("VAULT_TOKEN".into())),
+            timeout: Duration::from_secs(5),
+            claims: "zenml-rotator/claims".into(),
+        };
+        let store = VaultStore::new(&settings).unwrap();
+        let base = address.trim_end_matches('/');
+        for (api_path, version) in [
+            ("sys/capabilities-self", None),
+            ("secret/data/zenml/training", None),
+            ("secret/data/zenml/training", Some(3)),
+            ("secret/metadata/team a/ключ/50%", None),
+            ("secret/data/zenml-rotator/claims/x.y_z", None),
+        ] {
+            let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
+            let parsed = url::Url::parse(&format!("{base}/v1/{api_path}{query}")).unwrap();
+            assert_eq!(
+                store.url_of(api_path, version),
+                parsed,
+                "{address} {api_path}"
+            );
+        }
+        // A `#` or `?` in a key path is part of the path: parsed from one string, `a#b` was the
+        // path `a` (the rest a fragment, never sent) and `a?b` the path `a` with a query.
+        let url = store.url_of("secret/data/a#b?c", Some(2));
+        assert_eq!(url.path(), "/v1/secret/data/a%23b%3Fc");
+        assert_eq!(url.query(), Some("version=2"));
+        assert_eq!(url.fragment(), None);
+    }
+}
