@@ -214,31 +214,42 @@ impl Journal {
     /// Every entry, by policy. A directory that does not exist holds none.
     pub fn entries(&self) -> Result<BTreeMap<String, Entry>, JournalError> {
         let mut out = BTreeMap::new();
-        let rd = match std::fs::read_dir(&self.dir) {
-            Ok(rd) => rd,
-            Err(e) if absent(&e) => return Ok(out),
-            Err(source) => {
-                return Err(JournalError::Dir {
-                    dir: self.dir.clone(),
-                    source,
-                });
-            }
-        };
-        for item in rd {
-            let item = item.map_err(|source| JournalError::Dir {
-                dir: self.dir.clone(),
-                source,
-            })?;
-            let name = item.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') || !name.ends_with(".json") {
-                continue;
-            }
-            if let Some(entry) = read_entry(&item.path())? {
+        for file in self.entry_files()? {
+            if let Some(entry) = read_entry(&file)? {
                 out.insert(entry.policy.clone(), entry);
             }
         }
         Ok(out)
+    }
+
+    /// How many entries there are, from the file names alone: what the `journal_entries` gauge
+    /// shows after every key, without reading (and holding) each entry's value. An entry that
+    /// cannot be read counts too: it is in the journal, waiting for someone.
+    pub fn count(&self) -> Result<usize, JournalError> {
+        Ok(self.entry_files()?.len())
+    }
+
+    /// The entry files (`*.json`; a name starting with `.` is a write in progress).
+    fn entry_files(&self) -> Result<Vec<PathBuf>, JournalError> {
+        let dir_error = |source| JournalError::Dir {
+            dir: self.dir.clone(),
+            source,
+        };
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if absent(&e) => return Ok(Vec::new()),
+            Err(source) => return Err(dir_error(source)),
+        };
+        let mut files = Vec::new();
+        for item in rd {
+            let item = item.map_err(dir_error)?;
+            let name = item.file_name();
+            let name = name.to_string_lossy();
+            if !name.starts_with('.') && name.ends_with(".json") {
+                files.push(item.path());
+            }
+        }
+        Ok(files)
     }
 }
 
@@ -320,7 +331,9 @@ mod tests {
         assert_eq!(back.value.unwrap().expose_secret(), "ZENKEY_secret");
         assert!(!format!("{e:?}").contains("ZENKEY_secret"));
         assert_eq!(j.entries().unwrap().len(), 1);
+        assert_eq!(j.count().unwrap(), 1);
         j.remove("training").unwrap();
+        assert_eq!(j.count().unwrap(), 0);
         assert!(j.get("training").unwrap().is_none());
         assert!(!file.exists());
         j.remove("training").unwrap();
@@ -347,6 +360,12 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("journal")).unwrap();
         std::fs::write(dir.path().join("journal/x.json"), b"{not json").unwrap();
         assert!(matches!(j.entries(), Err(JournalError::Corrupt { .. })));
+        // Counted all the same (the gauge shows it), as a written entry is; a write in
+        // progress (a dot file) and other files are not.
+        j.record(&entry("k")).unwrap();
+        std::fs::write(dir.path().join("journal/.k.json.tmp"), b"{").unwrap();
+        std::fs::write(dir.path().join("journal/notes.txt"), b"").unwrap();
+        assert_eq!(j.count().unwrap(), 2);
     }
 
     #[test]

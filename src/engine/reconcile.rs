@@ -95,8 +95,8 @@ pub async fn keys(
                     outcomes.extend(engine.act().run_hooks(engine.ctx(), &policy).await);
                 }
                 let report = finished(&policy, result, next_due, true);
-                if let Ok(entries) = engine.ctx().journal().entries() {
-                    events::emit(Event::JournalSize(entries.len()));
+                if let Ok(count) = engine.ctx().journal().count() {
+                    events::emit(Event::JournalSize(count));
                 }
                 report
             }
