@@ -109,17 +109,22 @@ fn lease_is_due_at_two_thirds() {
     assert!(!root.due(now + Duration::from_secs(1_000_000)));
 }
 
-#[test]
-fn debug_shows_where_credentials_come_from_not_what_they_are() {
-    let settings = VaultSettings {
-        address: "http://127.0.0.1:8200".into(),
+/// Settings of a store at `address` with a token from `VAULT_TOKEN`.
+fn token_settings(address: &str) -> VaultSettings {
+    VaultSettings {
+        address: address.into(),
         mount: "secret".into(),
         namespace: None,
         ca_file: None,
         auth: VaultAuth::Token(SecretSource::Env("VAULT_TOKEN".into())),
         timeout: Duration::from_secs(5),
         claims: "zenml-rotator/claims".into(),
-    };
+    }
+}
+
+#[test]
+fn debug_shows_where_credentials_come_from_not_what_they_are() {
+    let settings = token_settings("http://127.0.0.1:8200");
     let store = VaultStore::new(&settings).unwrap();
     let shown = format!("{store:?}");
     assert!(shown.contains("token from env VAULT_TOKEN"), "{shown}");
@@ -127,15 +132,7 @@ fn debug_shows_where_credentials_come_from_not_what_they_are() {
 
 #[test]
 fn bad_settings_are_refused_without_a_panic() {
-    let mut settings = VaultSettings {
-        address: "not a url".into(),
-        mount: "secret".into(),
-        namespace: None,
-        ca_file: None,
-        auth: VaultAuth::Token(SecretSource::Env("VAULT_TOKEN".into())),
-        timeout: Duration::from_secs(5),
-        claims: "zenml-rotator/claims".into(),
-    };
+    let mut settings = token_settings("not a url");
     assert!(VaultStore::new(&settings).is_err());
     settings.address = "http://vault:8200/prefix".into();
     assert!(VaultStore::new(&settings).is_err());
@@ -153,16 +150,7 @@ fn a_request_url_is_the_one_the_address_and_path_spell() {
         "https://vault.example.com/",
         "http://[::1]:8200",
     ] {
-        let settings = VaultSettings {
-            address: address.into(),
-            mount: "secret".into(),
-            namespace: None,
-            ca_file: None,
-            auth: VaultAuth::Token(SecretSource::Env("VAULT_TOKEN".into())),
-            timeout: Duration::from_secs(5),
-            claims: "zenml-rotator/claims".into(),
-        };
-        let store = VaultStore::new(&settings).unwrap();
+        let store = VaultStore::new(&token_settings(address)).unwrap();
         let base = address.trim_end_matches('/');
         for (api_path, version) in [
             ("sys/capabilities-self", None),
