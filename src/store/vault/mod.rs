@@ -56,10 +56,12 @@ pub use settings::{VaultAuth, VaultSettings};
 
 /// A Vault KV v2 mount as a `SecretStore`.
 pub struct VaultStore {
-    /// `scheme://host[:port]`, no trailing slash.
+    /// `scheme://host[:port]` as the operator wrote it, no trailing slash: what errors name and
+    /// the vaultrs logins use.
     address: String,
-    /// `address` parsed once: each request's URL is this with its path set, not a string parsed
-    /// again (a URL parse with its host is ~8,000 instructions; setting a path, a quarter of it).
+    /// `address` parsed once (the URL crate's normal form): each request's URL is this with its
+    /// path set, not a string parsed again (a URL parse with its host is ~8,000 instructions;
+    /// setting a path, a quarter of it).
     base: url::Url,
     mount: String,
     namespace: Option<String>,
