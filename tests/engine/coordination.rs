@@ -239,6 +239,137 @@ async fn an_aws_rotation_between_a_look_and_its_claim_is_not_repeated() {
     a_rotation_between_a_look_and_its_claim_is_not_repeated(Kind::Aws).await;
 }
 
+/// Two rotators create a key's first claim at the same moment, in a store whose create is not
+/// atomic: moto's threaded server checks for the name and then adds the secret, so both creates
+/// can succeed, the later replacing the earlier (AWS itself refuses the second). A proxy in front
+/// of moto makes that happen every time: it holds the first `CreateSecret` of the claim until the
+/// second arrives, lets the first through, turns the second into the replacement it would be, and
+/// only then answers both. The rotator whose claim was replaced must find out before it rotates:
+/// ZenML rotates the key once, the other rotator waits, naming the holder.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_first_aws_claims_created_at_once_rotate_the_key_once() {
+    use std::sync::{Arc, Condvar, Mutex};
+
+    use crate::common::stub_http::{StubRequest, StubServer, forward};
+
+    /// Where the two creates are: the first arrived, the second arrived, the first was
+    /// created, the second replaced it.
+    #[derive(Clone, Copy, PartialEq, PartialOrd)]
+    enum Step {
+        None,
+        First,
+        Second,
+        FirstCreated,
+        SecondReplaced,
+    }
+
+    let (sa, original) = new_service_account_with_key(&zenml_admin(), "eng-coord-create").await;
+    let path = unique("eng-coord-create");
+    let claim = format!("zenml-rotator/claims/{path}");
+    let upstream = aws_endpoint();
+    let steps = Arc::new((Mutex::new(Step::None), Condvar::new()));
+    let proxy = StubServer::start(move |r| {
+        let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        if r.header("x-amz-target") != Some("secretsmanager.CreateSecret") || body["Name"] != *claim
+        {
+            return forward(&upstream, r);
+        }
+        let (step, changed) = &*steps;
+        let wait_until = |at: Step| {
+            let guard = step.lock().unwrap();
+            // Off the runtime's worker, so the other request can be served meanwhile.
+            tokio::task::block_in_place(|| {
+                let limit = Duration::from_secs(90);
+                drop(changed.wait_timeout_while(guard, limit, |now| *now < at));
+            });
+        };
+        let advance = |to: Step| {
+            *step.lock().unwrap() = to;
+            changed.notify_all();
+        };
+        let first = {
+            let mut now = step.lock().unwrap();
+            let first = *now == Step::None;
+            *now = if first { Step::First } else { Step::Second };
+            changed.notify_all();
+            first
+        };
+        if first {
+            wait_until(Step::Second);
+            let answer = forward(&upstream, r);
+            advance(Step::FirstCreated);
+            wait_until(Step::SecondReplaced);
+            answer
+        } else {
+            wait_until(Step::FirstCreated);
+            // The second create, applied the way a non-atomic create applies it: its version
+            // becomes the claim's AWSCURRENT over the first one's.
+            let replace = serde_json::json!({
+                "SecretId": body["Name"],
+                "ClientRequestToken": body["ClientRequestToken"],
+                "SecretString": body["SecretString"],
+                "VersionStages": ["AWSCURRENT"],
+            });
+            let mut request: StubRequest = r.clone();
+            request.body = replace.to_string().into_bytes();
+            for (k, v) in &mut request.headers {
+                if k.eq_ignore_ascii_case("x-amz-target") {
+                    *v = "secretsmanager.PutSecretValue".into();
+                }
+            }
+            let answer = forward(&upstream, &request);
+            advance(Step::SecondReplaced);
+            answer
+        }
+    })
+    .await;
+
+    let keys = [(sa.name.clone(), path.clone())];
+    let rigs: Vec<Rig> = (0..2)
+        .map(|_| {
+            let mut rig = Rig::new();
+            rig.aws_store("store", &proxy.url);
+            for (i, (sa, path)) in keys.iter().enumerate() {
+                rig.key(&format!("k{i:02}"), sa, "store", path, "");
+            }
+            rig.write();
+            rig
+        })
+        .collect();
+    let running: Vec<(Child, Command)> = rigs
+        .iter()
+        .map(|rig| spawn(rig, &["once", "--output", "json"], &[]))
+        .collect();
+    let runs: Vec<Ran> = running
+        .into_iter()
+        .map(|(child, cmd)| finish(child, &cmd))
+        .collect();
+    let creates = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.header("x-amz-target") == Some("secretsmanager.CreateSecret"))
+        .filter(|r| r.body_text().contains("zenml-rotator/claims/"))
+        .count();
+    assert_eq!(creates, 2, "both rotators created the claim");
+    let mut results: Vec<Vec<String>> = runs.iter().map(|r| r.results_of("k00")).collect();
+    results.sort();
+    assert_eq!(
+        results,
+        [["rotated"], ["wait"]],
+        "{}\n{}",
+        runs[0].describe(),
+        runs[1].describe()
+    );
+    let waited = runs.iter().find(|r| r.results_of("k00") == ["wait"]);
+    assert!(
+        waited.is_some_and(|r| r.describe().contains("claimed by")),
+        "{}",
+        waited.map(Ran::describe).unwrap_or_default()
+    );
+    rotated_once_and_stored(Kind::Aws, &[(sa, original, path.clone())]).await;
+    assert_eq!(claim_doc(Kind::Aws, &path).await["phase"], "released");
+}
+
 /// One key of one service account at `<prefix>/k00`, and a token for it.
 async fn one_key(tag: &str) -> (ServiceAccount, NewApiKey, String, String) {
     let admin = zenml_admin();
@@ -604,7 +735,9 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
     let (put, stage) = ("PutSecretValue", "UpdateSecretVersionStage");
     assert_eq!(
         aws_calls(0),
-        [get, "CreateSecret", put, stage],
+        // Created, then read back once: a store whose create is not atomic may have let
+        // another rotator's create replace it.
+        [get, "CreateSecret", get, put, stage],
         "first rotation, AWS"
     );
 

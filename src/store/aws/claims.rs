@@ -1,6 +1,7 @@
 //! Claims in Secrets Manager: one secret per key, named `<claims>/<path>`, whose `AWSCURRENT`
 //! version holds the claim as JSON (never a key value: the value in flight is `AWSPENDING` of the
-//! key's own secret). Created with `CreateSecret` (a second creation of the name is refused),
+//! key's own secret). Created with `CreateSecret` (a second creation of the name is refused)
+//! and read back once (a store whose create is not atomic may have let a second one replace it),
 //! replaced by writing a new version under a scratch label and moving `AWSCURRENT` onto it with
 //! `RemoveFromVersionId` = the version read: AWS refuses the move when `AWSCURRENT` moved since,
 //! so exactly one of two writers from the same version wins (moto enforces the same rule). The
@@ -70,7 +71,7 @@ impl AwsStore {
                 .secret_string(json.expose_secret())
                 .set_kms_key_id(self.kms_key_id.clone());
             return match timed(api, request.send()).await {
-                Ok(_) => Ok(version),
+                Ok(_) => self.created_claim_is_ours(&name, version).await,
                 Err(e) => match self.sdk_error(OP, &name, api, &e) {
                     StoreError::Conflict { .. } => Err(conflict(
                         OP,
@@ -95,5 +96,31 @@ impl AwsStore {
         self.update_stage(OP, &name, AWSCURRENT, Some(&version), Some(expected))
             .await?;
         Ok(version)
+    }
+
+    /// Reads a claim secret just created back: its `AWSCURRENT` must be the version this rotator
+    /// created. AWS makes `CreateSecret` atomic per name, so there it always is; a store whose
+    /// create checks for the name and then adds the secret in two steps (moto's threaded server
+    /// does) can let two creates succeed, the later one replacing the earlier, and only this
+    /// read tells the earlier one that its claim is gone. One request, once per key ever.
+    async fn created_claim_is_ours(
+        &self,
+        name: &str,
+        version: String,
+    ) -> Result<String, StoreError> {
+        const OP: &str = "write_claim";
+        match self.get_value(OP, name, Version::Stage(AWSCURRENT)).await? {
+            Some((current, _)) if current == version => Ok(version),
+            Some(_) => Err(conflict(
+                OP,
+                name,
+                "another rotator created the claim at the same moment and its claim stands".into(),
+            )),
+            None => Err(super::errors::other(
+                OP,
+                name,
+                "the claim secret just created is gone (deleted since?)".into(),
+            )),
+        }
     }
 }
