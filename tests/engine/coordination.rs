@@ -28,12 +28,16 @@ enum Kind {
 
 /// A rig (its own policy file and state directory: another host) over the given keys.
 fn rig_for(kind: Kind, token: &str, keys: &[(String, String)], extra: &str) -> Rig {
-    let root = VaultAdmin::shared();
-    let mut rig = Rig::new();
-    match kind {
-        Kind::Vault => rig.vault_store("store", &root.addr, token),
+    rig_of(keys, extra, |rig| match kind {
+        Kind::Vault => rig.vault_store("store", &VaultAdmin::shared().addr, token),
         Kind::Aws => rig.aws_store("store", &aws_endpoint()),
-    };
+    })
+}
+
+/// A rig over the given keys in the store named `store`, which `store` adds.
+fn rig_of(keys: &[(String, String)], extra: &str, store: impl FnOnce(&mut Rig) -> &mut Rig) -> Rig {
+    let mut rig = Rig::new();
+    store(&mut rig);
     if !extra.is_empty() {
         rig.section(extra);
     }
@@ -85,6 +89,18 @@ fn finish(child: Child, cmd: &Command) -> Ran {
     let out = child.wait_with_output().unwrap();
     crate::common::transcript::command(cmd, &out);
     Ran::new(cmd, out)
+}
+
+/// `once` in each rig, all started together; their results once all have ended.
+fn once_side_by_side(rigs: &[Rig]) -> Vec<Ran> {
+    let running: Vec<(Child, Command)> = rigs
+        .iter()
+        .map(|rig| spawn(rig, &["once", "--output", "json"], &[]))
+        .collect();
+    running
+        .into_iter()
+        .map(|(child, cmd)| finish(child, &cmd))
+        .collect()
 }
 
 async fn wait_for<F, Fut>(what: &str, limit: Duration, mut ready: F)
@@ -150,14 +166,7 @@ async fn three_rotators_at_once(kind: Kind) {
         .map(|(sa, _, path)| (sa.name.clone(), path.clone()))
         .collect();
     let rigs: Vec<Rig> = (0..3).map(|_| rig_for(kind, &token, &names, "")).collect();
-    let running: Vec<(Child, Command)> = rigs
-        .iter()
-        .map(|rig| spawn(rig, &["once", "--output", "json"], &[]))
-        .collect();
-    let runs: Vec<Ran> = running
-        .into_iter()
-        .map(|(child, cmd)| finish(child, &cmd))
-        .collect();
+    let runs = once_side_by_side(&rigs);
     // Each key is rotated by exactly one of them; the others find it claimed or done.
     for i in 0..keys.len() {
         let policy = format!("k{i:02}");
@@ -326,24 +335,9 @@ async fn two_first_aws_claims_created_at_once_rotate_the_key_once() {
 
     let keys = [(sa.name.clone(), path.clone())];
     let rigs: Vec<Rig> = (0..2)
-        .map(|_| {
-            let mut rig = Rig::new();
-            rig.aws_store("store", &proxy.url);
-            for (i, (sa, path)) in keys.iter().enumerate() {
-                rig.key(&format!("k{i:02}"), sa, "store", path, "");
-            }
-            rig.write();
-            rig
-        })
+        .map(|_| rig_of(&keys, "", |rig| rig.aws_store("store", &proxy.url)))
         .collect();
-    let running: Vec<(Child, Command)> = rigs
-        .iter()
-        .map(|rig| spawn(rig, &["once", "--output", "json"], &[]))
-        .collect();
-    let runs: Vec<Ran> = running
-        .into_iter()
-        .map(|(child, cmd)| finish(child, &cmd))
-        .collect();
+    let runs = once_side_by_side(&rigs);
     let creates = proxy
         .requests()
         .iter()
