@@ -597,3 +597,45 @@ on_finalized = { command = ["/bin/sh"], timeout = "5s", stdin = "payload" }
         Some((Duration::from_secs(5), HookStdin::Payload))
     );
 }
+
+#[test]
+fn a_mount_a_url_would_read_otherwise_is_refused() {
+    for (mount, auth_mount) in [
+        ("kv#1", "approle"),
+        ("kv", "app?role"),
+        ("a/../b", "approle"),
+        ("kv", "team//approle"),
+        ("kv", "app%2Frole"),
+        ("kv", "."),
+    ] {
+        let src = format!(
+            r#"{ZENML}
+[stores.v]
+kind = "vault"
+address = "https://vault.example.com:8200"
+mount = "{mount}"
+auth = {{ method = "approle", role_id_env = "R", secret_id_env = "S", mount = "{auth_mount}" }}
+"#
+        );
+        let got: Vec<String> = errors(&src).iter().map(ToString::to_string).collect();
+        let field = if mount == "kv" {
+            "stores.v.auth.mount"
+        } else {
+            "stores.v.mount"
+        };
+        assert_eq!(got.len(), 1, "{mount} {auth_mount}: {got:?}");
+        assert!(
+            got[0].contains(&format!("{field}: must be a mount path")),
+            "{mount} {auth_mount}: {got:?}"
+        );
+    }
+    // Nested mounts and surrounding slashes stay fine.
+    let c = ok(&format!(
+        "{ZENML}\n[stores.v]\nkind = \"vault\"\naddress = \"https://vault:8200\"\nmount = \"/team/kv/\"\n\
+         auth = {{ method = \"kubernetes\", role = \"zr\", mount = \"k8s/prod\" }}\n"
+    ));
+    match c.stores.get("v") {
+        Some(StoreSettings::Vault(v)) => assert_eq!(v.mount, "team/kv"),
+        other => panic!("{other:?}"),
+    }
+}

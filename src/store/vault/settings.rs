@@ -167,6 +167,9 @@ fn claims_path(v: &mut Validator, value: Option<&str>, at: &FieldPath) -> Option
 }
 
 /// A Vault mount or namespace path: surrounding slashes dropped (`secret/` is common), not empty.
+/// Auth mounts reach a URL through vaultrs, which parses the whole string: a `#` or `?` would
+/// end the path there (the login would go to another mount), a `%` would be read as an escape
+/// and `.`/`..` would be resolved away; no real mount is named so, so none of them is accepted.
 fn mount_path(
     v: &mut Validator,
     value: Option<&str>,
@@ -175,10 +178,11 @@ fn mount_path(
 ) -> Option<String> {
     let value = value.unwrap_or(default);
     let trimmed = value.trim_matches('/');
-    if trimmed.is_empty() || trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    let odd = |c: char| c.is_whitespace() || c.is_control() || matches!(c, '#' | '?' | '%');
+    if !valid_path(trimmed) || trimmed.chars().any(odd) {
         v.err(
             at,
-            "must be a non-empty path without spaces, e.g. \"secret\"",
+            "must be a mount path such as \"secret\" or \"team/kv\": no spaces, `#`, `?` or `%`, no empty, `.` or `..` segments",
         );
         return None;
     }
