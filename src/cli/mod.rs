@@ -116,6 +116,12 @@ impl Cli {
     /// Runs the command the arguments name.
     pub fn run(self) -> ExitCode {
         init_logging(self.log_format);
+        if let Err(e) = crate::host::forbid_core_dumps() {
+            tracing::warn!(
+                "cannot turn core dumps off ({e}): a crash dump could hold key values; set the \
+                 core size limit to 0 (`ulimit -c 0`, systemd `LimitCORE=0`)"
+            );
+        }
         let result = match self.command {
             Command::Check(args) => check::run(args),
             Command::Plan(args) => plan::run(args),

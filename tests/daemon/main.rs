@@ -825,6 +825,71 @@ fn sd_notify_ready_comes_after_the_listener_is_up() {
     assert!(rest.iter().any(|m| m.contains("STOPPING=1")), "{rest:?}");
 }
 
+/// The core size limit of a process, soft and hard, as `/proc/<pid>/limits` gives it.
+fn core_limit(pid: i32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max core file size"))
+        .unwrap_or_else(|| panic!("no core limit in:\n{limits}"));
+    let mut fields = line.split_whitespace();
+    let mut next = || fields.next().unwrap_or_default().to_owned();
+    (next(), next())
+}
+
+/// A dump of the daemon would hold key values: started where core dumps are allowed (as from a
+/// shell with `ulimit -c unlimited`), it turns them off for itself, soft and hard limit, so
+/// nothing it runs later (hooks inherit the limit) can turn them on again.
+#[test]
+fn the_daemon_turns_core_dumps_off() {
+    let allowed = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit only reads the struct; this test's process (and its children) only.
+    let raised = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &allowed) };
+    assert_eq!(
+        raised, 0,
+        "the test needs to allow core dumps first (run as root, or with a hard limit of unlimited)"
+    );
+    let own = core_limit(std::process::id() as i32);
+    assert_eq!(own, ("unlimited".to_owned(), "unlimited".to_owned()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (sa, _) = account("core");
+    let zenml = common::zenml();
+    let listen = free_addr();
+    let policy = Policy {
+        zenml_url: &zenml.url,
+        dir: dir.path(),
+        listen: &listen,
+        keys: &[Key {
+            policy: "core",
+            service_account: &sa,
+        }],
+        defaults: "",
+        daemon: "",
+        metrics: "",
+    }
+    .write();
+    let mut daemon = Daemon::start(dir.path(), &policy, &listen);
+    daemon.wait_for("the first pass", Duration::from_secs(60), |e| {
+        e.rotations("core") >= 1.0
+    });
+    assert_eq!(
+        core_limit(daemon.pid()),
+        ("0".to_owned(), "0".to_owned()),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        !daemon.log().contains("cannot turn core dumps off"),
+        "{}",
+        daemon.log()
+    );
+    daemon.stop();
+}
+
 #[test]
 fn readyz_waits_for_a_successful_pass_and_fails_while_zenml_is_unreachable() {
     let (sa, _) = account("ready");
