@@ -221,6 +221,8 @@ fn the_systemd_policy_is_valid_and_matches_the_units() {
     for unit in [&daemon, &oneshot] {
         assert_eq!(unit_values(unit, "StateDirectory"), ["zenml-rotator"]);
         assert_eq!(unit_values(unit, "ProtectSystem"), ["strict"]);
+        // A core dump would hold key values.
+        assert_eq!(unit_values(unit, "LimitCORE"), ["0"]);
         assert_eq!(
             unit_values(unit, "ConfigurationDirectory"),
             ["zenml-rotator"]
