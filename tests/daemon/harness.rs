@@ -88,6 +88,23 @@ impl Policy<'_> {
     }
 }
 
+/// The policy of one key with every default, on the shared ZenML server: its path.
+pub fn one_key_policy(dir: &Path, listen: &str, policy: &str, service_account: &str) -> PathBuf {
+    Policy {
+        zenml_url: &common::zenml().url,
+        dir,
+        listen,
+        keys: &[Key {
+            policy,
+            service_account,
+        }],
+        defaults: "",
+        daemon: "",
+        metrics: "",
+    }
+    .write()
+}
+
 pub fn state_dir(dir: &Path) -> PathBuf {
     dir.join("state")
 }

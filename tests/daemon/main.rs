@@ -220,21 +220,8 @@ fn run_rotates_a_key_when_it_becomes_due_and_exposes_every_metric() {
 fn a_real_prometheus_scrapes_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let (sa, _) = account("daemon-prom");
-    let zenml = common::zenml();
     let listen = free_addr();
-    let policy = Policy {
-        zenml_url: &zenml.url,
-        dir: dir.path(),
-        listen: &listen,
-        keys: &[Key {
-            policy: "scraped",
-            service_account: &sa,
-        }],
-        defaults: "",
-        daemon: "",
-        metrics: "",
-    }
-    .write();
+    let policy = one_key_policy(dir.path(), &listen, "scraped", &sa);
     let daemon = Daemon::start(dir.path(), &policy, &listen);
     daemon.wait_for("the first rotation", Duration::from_secs(60), |e| {
         e.rotations("scraped") >= 1.0
@@ -779,21 +766,8 @@ fn sigterm_past_the_shutdown_timeout_leaves_the_journal_and_once_replays_it() {
 fn sd_notify_ready_comes_after_the_listener_is_up() {
     let dir = tempfile::tempdir().unwrap();
     let (sa, _) = account("notify");
-    let zenml = common::zenml();
     let listen = free_addr();
-    let policy = Policy {
-        zenml_url: &zenml.url,
-        dir: dir.path(),
-        listen: &listen,
-        keys: &[Key {
-            policy: "n",
-            service_account: &sa,
-        }],
-        defaults: "",
-        daemon: "",
-        metrics: "",
-    }
-    .write();
+    let policy = one_key_policy(dir.path(), &listen, "n", &sa);
     let socket_path = dir.path().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
     socket
@@ -857,21 +831,8 @@ fn the_daemon_turns_core_dumps_off() {
 
     let dir = tempfile::tempdir().unwrap();
     let (sa, _) = account("core");
-    let zenml = common::zenml();
     let listen = free_addr();
-    let policy = Policy {
-        zenml_url: &zenml.url,
-        dir: dir.path(),
-        listen: &listen,
-        keys: &[Key {
-            policy: "core",
-            service_account: &sa,
-        }],
-        defaults: "",
-        daemon: "",
-        metrics: "",
-    }
-    .write();
+    let policy = one_key_policy(dir.path(), &listen, "core", &sa);
     let mut daemon = Daemon::start(dir.path(), &policy, &listen);
     daemon.wait_for("the first pass", Duration::from_secs(60), |e| {
         e.rotations("core") >= 1.0
@@ -966,21 +927,8 @@ fn readyz_waits_for_a_successful_pass_and_fails_while_zenml_is_unreachable() {
 fn an_idle_daemon_uses_no_cpu_between_passes() {
     let dir = tempfile::tempdir().unwrap();
     let (sa, _) = account("idle");
-    let zenml = common::zenml();
     let listen = free_addr();
-    let policy = Policy {
-        zenml_url: &zenml.url,
-        dir: dir.path(),
-        listen: &listen,
-        keys: &[Key {
-            policy: "idle",
-            service_account: &sa,
-        }],
-        defaults: "",
-        daemon: "",
-        metrics: "",
-    }
-    .write();
+    let policy = one_key_policy(dir.path(), &listen, "idle", &sa);
     let daemon = Daemon::start(dir.path(), &policy, &listen);
     daemon.wait_for("the first pass", Duration::from_secs(60), |e| {
         e.rotations("idle") >= 1.0
