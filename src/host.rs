@@ -18,30 +18,28 @@ pub fn name() -> String {
 
 /// Turns core dumps off for this process and whatever it starts (hooks inherit the limit): a dump
 /// would hold the key values in memory. Both limits go to 0, so nothing later in the process can
-/// raise them again (already 0, as the shipped units set it: left as is). The process is also
+/// raise them again (already 0, as the shipped units set it: no call, so a seccomp filter that
+/// refuses `setrlimit` never sees one). The process is also
 /// made non-dumpable, which stops a crash handler that ignores the limit and keeps other
 /// processes of the same user out of its memory and environment (`/proc/PID/mem`, `environ`,
 /// ptrace); a hook, a new program, starts dumpable again but keeps the limit.
 pub fn forbid_core_dumps() -> std::io::Result<()> {
+    const NONE: libc::rlimit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: PR_SET_DUMPABLE takes an integer flag and touches nothing of ours.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let mut now = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut now = NONE;
     // SAFETY: getrlimit writes one rlimit into the struct we own.
     let read = unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut now) };
-    if read == 0 && now.rlim_cur == 0 && now.rlim_max == 0 {
+    if read == 0 && (now.rlim_cur, now.rlim_max) == (0, 0) {
         return Ok(());
     }
-    let zero = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
     // SAFETY: setrlimit only reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) } == 0 {
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &NONE) } == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())

@@ -71,7 +71,7 @@ impl AwsStore {
                 .secret_string(json.expose_secret())
                 .set_kms_key_id(self.kms_key_id.clone());
             return match timed(api, request.send()).await {
-                Ok(_) => self.created_claim_is_ours(&name, version).await,
+                Ok(_) => self.created_claim_is_ours(OP, &name, version).await,
                 Err(e) => match self.sdk_error(OP, &name, api, &e) {
                     StoreError::Conflict { .. } => Err(conflict(
                         OP,
@@ -105,19 +105,19 @@ impl AwsStore {
     /// read tells the earlier one that its claim is gone. One request, once per key ever.
     async fn created_claim_is_ours(
         &self,
+        op: &'static str,
         name: &str,
         version: String,
     ) -> Result<String, StoreError> {
-        const OP: &str = "write_claim";
-        match self.get_value(OP, name, Version::Stage(AWSCURRENT)).await? {
+        match self.get_value(op, name, Version::Stage(AWSCURRENT)).await? {
             Some((current, _)) if current == version => Ok(version),
             Some(_) => Err(conflict(
-                OP,
+                op,
                 name,
                 "another rotator created the claim at the same moment and its claim stands".into(),
             )),
             None => Err(super::errors::other(
-                OP,
+                op,
                 name,
                 "the claim secret just created is gone (deleted since?)".into(),
             )),

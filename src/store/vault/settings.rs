@@ -178,7 +178,7 @@ fn mount_path(
 ) -> Option<String> {
     let value = value.unwrap_or(default);
     let trimmed = value.trim_matches('/');
-    let odd = |c: char| c.is_whitespace() || c.is_control() || matches!(c, '#' | '?' | '%');
+    let odd = |c: char| c.is_whitespace() || matches!(c, '#' | '?' | '%');
     if !valid_path(trimmed) || trimmed.chars().any(odd) {
         v.err(
             at,
