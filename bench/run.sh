@@ -14,7 +14,9 @@
 #    each run finds the previous run's file, as a CronJob's do);
 #    after each run, curl sends that many requests to the same servers (keep-alive GETs of the set's
 #    keys and Vault paths, one curl per server) and its CPU per key is printed beside the rotator's,
-#    user and system time apart (curl spends more in the kernel, the rotator in user space).
+#    user and system time apart (curl spends more in the kernel, the rotator in user space);
+#    then (PACED=0 skips it) curl sends them again spread over the pass's wall time (--rate), as
+#    the rotator sends them, and how often each slept a request (voluntary context switches).
 #    A set's runs after its first are steady state (the last rotation finalized, a new one made);
 #    with FRESH=1 each run first deletes its set's Vault paths and claims, so it is a first
 #    rotation (the store holds no value yet) every time, and no set has to be due.
@@ -183,7 +185,7 @@ if wants 3; then
   say "3. once over 100 keys into Vault at $ZR_VAULT_ADDR ($REPS runs per binary, interleaved)"
   [ -f "$WORK/policy-vault-1.toml.in" ] || python3 bench/vault-policies.py "$WORK"
   export VAULT_TOKEN=${ZR_VAULT_ROOT_TOKEN:-root}
-  declare -A last=() rss3=() cpu3=() user3=() wall3=() req3=() floor3=() curl_user3=()
+  declare -A last=() rss3=() cpu3=() user3=() wall3=() req3=() floor3=() curl_user3=() paced3=() sleeps3=() paced_sleeps3=()
   TOKEN=$(zenml_token)
   # curl sending as many: Z GETs of the set's keys from ZenML and V GETs of its paths' metadata
   # from Vault, cycling over the 100 keys, each server's in one keep-alive curl; prints its user
@@ -196,6 +198,22 @@ if wants 3; then
     { python3 bench/rusage.py /dev/null -- curl -fsS --fail-early -H "Authorization: Bearer $TOKEN" -K "$WORK/curl-zenml.cfg"
       python3 bench/rusage.py /dev/null -- curl -fsS --fail-early -H "X-Vault-Token: $VAULT_TOKEN" -K "$WORK/curl-vault.cfg"
     } | python3 -c 'import json,sys; u=[json.loads(l) for l in sys.stdin]; assert all(x["exit"] == 0 for x in u), u; print(sum(x["user_s"] for x in u), sum(x["sys_s"] for x in u))'
+  }
+  # curl sending the same requests again (curl_same's lists) at the pass's pace: each server's
+  # requests spread over the pass's wall time (--rate, a minute's worth), both curls at once as the
+  # rotator talks to both servers at once; prints their user and system CPU seconds and how many
+  # times they slept. PACED=0 skips it (it takes as long as the pass).
+  curl_paced() { # zenml-requests vault-requests wall-seconds
+    local rz rv
+    rz=$(awk -v n="$1" -v w="$3" 'BEGIN {printf "%d", n * 60 / w + 0.5}')
+    rv=$(awk -v n="$2" -v w="$3" 'BEGIN {printf "%d", n * 60 / w + 0.5}')
+    python3 bench/rusage.py /dev/null -- curl -fsS --fail-early --rate "$rz/m" -H "Authorization: Bearer $TOKEN" \
+      -K "$WORK/curl-zenml.cfg" >"$WORK/paced-zenml.json" &
+    python3 bench/rusage.py /dev/null -- curl -fsS --fail-early --rate "$rv/m" -H "X-Vault-Token: $VAULT_TOKEN" \
+      -K "$WORK/curl-vault.cfg" >"$WORK/paced-vault.json"
+    wait "$!"
+    python3 -c 'import json,sys; u=[json.load(open(f)) for f in sys.argv[1:]]; assert all(x["exit"] == 0 for x in u), u
+print(sum(x["user_s"] for x in u), sum(x["sys_s"] for x in u), sum(x["sleeps"] for x in u))' "$WORK/paced-zenml.json" "$WORK/paced-vault.json"
   }
   # FRESH=1: the set's Vault paths and their claims go (metadata delete: every version), so the
   # next pass finds an empty store and makes a first rotation of every key.
@@ -227,7 +245,7 @@ if wants 3; then
       usage=$(python3 bench/rusage.py "$WORK/once.json" -- "${BINS[$b]}" once -c "$pv" --output json 2>>"$WORK/once.log")
       last[$k]=$(date +%s)
       rotated=$(python3 -c 'import json,sys; print(sum(r["result"] == "rotated" for r in json.load(open(sys.argv[1]))))' "$WORK/once.json")
-      read -r code maxrss cpu user wall < <(python3 -c 'import json,sys; u=json.loads(sys.argv[1]); print(u["exit"], u["maxrss_kb"], u["user_s"] + u["sys_s"], u["user_s"], u["wall_s"])' "$usage")
+      read -r code maxrss cpu user wall sleeps < <(python3 -c 'import json,sys; u=json.loads(sys.argv[1]); print(u["exit"], u["maxrss_kb"], u["user_s"] + u["sys_s"], u["user_s"], u["wall_s"], u["sleeps"])' "$usage")
       [ "$code" = 0 ] && [ "$rotated" = 100 ] || { say "once rotated $rotated of 100 (exit $code): see $WORK/once.json, $WORK/once.log"; exit 1; }
       per_key=$(awk -v c="$cpu" -v n="$rotated" 'BEGIN {printf "%.2f", c * 1000 / n}')
       [ "$WORK/once.prom" -nt "$WORK/once.started" ] || { say "once wrote no metrics textfile"; exit 1; }
@@ -241,9 +259,18 @@ if wants 3; then
       reqs_key=$(awk -v a="$zreq" -v b="$vreq" -v n="$rotated" 'BEGIN {printf "%.1f", (a + b) / n}')
       rss3[$b]+="$maxrss "; cpu3[$b]+="$per_key "; wall3[$b]+="$wall "; req3[$b]+="$reqs_key "; floor3[$b]+="$floor_key "
       user3[$b]+="$user_key "; curl_user3[$b]+="$curl_user_key "
+      sleeps3[$b]+="$(awk -v s="$sleeps" -v a="$zreq" -v b="$vreq" 'BEGIN {printf "%.2f", s / (a + b)}') "
+      paced=""
+      if [ "${PACED:-1}" != 0 ]; then
+        read -r paced_user paced_sys paced_sleeps < <(curl_paced "$zreq" "$vreq" "$wall")
+        paced_key=$(awk -v u="$paced_user" -v s="$paced_sys" -v n="$rotated" 'BEGIN {printf "%.2f", (u + s) * 1000 / n}')
+        paced3[$b]+="$paced_key "
+        paced_sleeps3[$b]+="$(awk -v s="$paced_sleeps" -v a="$zreq" -v b="$vreq" 'BEGIN {printf "%.2f", s / (a + b)}') "
+        paced="; at the pass's pace: ${paced_key} ms/key, ${paced_sleeps} sleeps"
+      fi
       echo "  run $i, set $k, ${BINS[$b]}: $rotated rotated in ${wall}s, peak RSS ${maxrss} kB, CPU ${cpu}s = ${per_key} ms/key" \
-        "(user ${user_key});" "$zreq + $vreq requests (ZenML + Vault); curl sending as many: ${floor}s = ${floor_key}" \
-        "ms/key (user ${curl_user_key})" >&2
+        "(user ${user_key}), ${sleeps} sleeps;" "$zreq + $vreq requests (ZenML + Vault); curl sending as many: ${floor}s = ${floor_key}" \
+        "ms/key (user ${curl_user_key})$paced" >&2
     done
   done
   report_runs 'once, 100 keys into Vault: peak RSS' MB rss3 'target <= 9.5 MB' kB
@@ -253,6 +280,11 @@ if wants 3; then
   report_runs 'once, user CPU per key:' ms user3 'user space only'
   report_runs 'curl, as many requests:  CPU per key' ms floor3 'user+sys of a plain client sending the same number'
   report_runs 'curl, user CPU per key:' ms curl_user3 'user space only'
+  report_runs 'once, sleeps per request:' sleeps sleeps3 'voluntary context switches: a wait for an answer is one'
+  if [ "${PACED:-1}" != 0 ]; then
+    report_runs 'curl at the pace of the pass: CPU per key' ms paced3 'the same requests spread over the pass wall time (--rate)'
+    report_runs 'curl at that pace, sleeps per request:' sleeps paced_sleeps3 'the rate wait and the answer wait'
+  fi
   mapfile -t cpu_med < <(medians cpu3); mapfile -t floor_med < <(medians floor3)
   for b in "${!BINS[@]}"; do
     report 'once CPU / curl CPU:      x%s  (%s)' \

@@ -3,8 +3,9 @@
 
   rusage.py OUT -- CMD ARGS...
 
-{"exit": N, "wall_s": ..., "user_s": ..., "sys_s": ..., "maxrss_kb": ...}: the child's own user
-and system CPU time (getrusage of the waited-for child), and its peak resident set: VmHWM from
+{"exit": N, "wall_s": ..., "user_s": ..., "sys_s": ..., "maxrss_kb": ..., "sleeps": ...}: the child's
+own user and system CPU time (getrusage of the waited-for child), how many times it went to sleep
+(voluntary context switches: each wait for an answer is one), and its peak resident set: VmHWM from
 /proc/PID/status, read every 5 ms until it exits (the high-water mark only grows, so the last read
 is the peak up to a few ms before exit). Not ru_maxrss: that one also counts the pages of this
 Python process that the child shared between fork and exec (~14 MB), more than a small program uses.
@@ -40,4 +41,5 @@ print(json.dumps({
     "user_s": usage.ru_utime,
     "sys_s": usage.ru_stime,
     "maxrss_kb": hwm,
+    "sleeps": usage.ru_nvcsw,
 }))
