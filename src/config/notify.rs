@@ -17,6 +17,9 @@ pub enum NoticeKind {
     Finalized,
     /// An API key was taken out of service (a replaced key, an orphan, an unused key, a revocation).
     Deactivated,
+    /// An API key was deleted (`replace`: an orphan of an interrupted run, or a deactivated key
+    /// past `delete_after`).
+    Deleted,
     /// A rotation whose new value nobody kept was healed.
     Recovered,
     /// `revoke`: a leaked value and every token minted from it were cut off.
@@ -30,10 +33,11 @@ pub enum NoticeKind {
 }
 
 impl NoticeKind {
-    pub const ALL: [NoticeKind; 8] = [
+    pub const ALL: [NoticeKind; 9] = [
         NoticeKind::Rotated,
         NoticeKind::Finalized,
         NoticeKind::Deactivated,
+        NoticeKind::Deleted,
         NoticeKind::Recovered,
         NoticeKind::Revoked,
         NoticeKind::Failed,
@@ -49,6 +53,7 @@ impl NoticeKind {
             NoticeKind::Rotated => "rotated",
             NoticeKind::Finalized => "finalized",
             NoticeKind::Deactivated => "deactivated",
+            NoticeKind::Deleted => "deleted",
             NoticeKind::Recovered => "recovered",
             NoticeKind::Revoked => "revoked",
             NoticeKind::Failed => "failed",

@@ -232,10 +232,7 @@ pub fn emit(event: Event<'_>) {
             due,
         } => m.set_deactivation_due(policy, pending, due),
         Event::Deactivated { key, reason, actor } => deactivated(key, reason, actor),
-        Event::Deleted { key, actor } => {
-            tracing::info!(policy = actor.label(), service_account = %key.service_account_name,
-                key = %key.name, key_id = %key.id, "API key deleted");
-        }
+        Event::Deleted { key, actor } => deleted(key, actor),
         Event::KeyFinished { policy, result } => key_finished(policy, result),
         Event::JournalSize(n) => m.journal_entries.set(i64::try_from(n).unwrap_or(i64::MAX)),
         Event::ClaimedElsewhere { policy } => {
@@ -378,6 +375,20 @@ fn deactivated(key: &ApiKey, reason: DeactivationReason, actor: Actor<'_>) {
     let key_id = key.id.to_string();
     notify::publish(
         Notice::new(NoticeKind::Deactivated, actor.label(), sentence)
+            .service_account(&key.service_account_name)
+            .key(Some(&key.name), Some(&key_id)),
+    );
+}
+
+fn deleted(key: &ApiKey, actor: Actor<'_>) {
+    let sentence = format!(
+        "API key {:?} ({}) of service account {:?} deleted",
+        key.name, key.id, key.service_account_name
+    );
+    tracing::info!(policy = actor.label(), "{sentence}");
+    let key_id = key.id.to_string();
+    notify::publish(
+        Notice::new(NoticeKind::Deleted, actor.label(), sentence)
             .service_account(&key.service_account_name)
             .key(Some(&key.name), Some(&key_id)),
     );

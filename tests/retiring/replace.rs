@@ -371,15 +371,30 @@ async fn deactivated_keys_are_deleted_after_delete_after() {
     let admin = common::zenml_admin();
     let (sa, seed) = common::new_service_account_with_key(&admin, "replace-delete").await;
     let path = unique("zr-delete");
+    // Every event in an audit file: the deletion is announced like the deactivation before it.
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit = audit_dir.path().join("audit").join("events.jsonl");
     let rig = Rig::new(
         Kind::File,
-        &replace_key(
-            "deleting",
-            &sa.name,
-            &path,
-            "retain = \"2s\"\ndelete_after = \"30s\"",
+        &format!(
+            "{}\n[[notify]]\npath = {:?}\n",
+            replace_key(
+                "deleting",
+                &sa.name,
+                &path,
+                "retain = \"2s\"\ndelete_after = \"30s\"",
+            ),
+            audit.display().to_string()
         ),
     );
+    let audited = |event: &str| -> Vec<Value> {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|l| l["event"] == event)
+            .collect()
+    };
     rig.run(&["once"], 0);
     let store = rig.store().await;
     let current = stored(&store, &path).await;
@@ -394,6 +409,7 @@ async fn deactivated_keys_are_deleted_after_delete_after() {
     // Not yet: deactivated less than 30 s ago.
     let (out, _) = rig.run(&["once"], 0);
     assert!(!out.contains("deleted"), "{out}");
+    assert!(audited("deleted").is_empty(), "{:?}", audited("deleted"));
     assert!(
         admin
             .get_api_key(sa.id, &seed.key.id.to_string())
@@ -410,6 +426,16 @@ async fn deactivated_keys_are_deleted_after_delete_after() {
             .await
             .is_err()
     );
+    let deleted = audited("deleted");
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert_eq!(deleted[0]["policy"], "deleting");
+    assert_eq!(deleted[0]["service_account"], sa.name.as_str());
+    assert_eq!(deleted[0]["api_key"], seed.key.name.as_str());
+    assert_eq!(deleted[0]["key_id"], seed.key.id.to_string().as_str());
+    assert_eq!(deleted[0]["fingerprint"], Value::Null);
+    let deactivated = audited("deactivated");
+    assert_eq!(deactivated.len(), 1, "{deactivated:?}");
+    assert_eq!(deactivated[0]["key_id"], seed.key.id.to_string().as_str());
     assert_eq!(check(&admin, &current).await, KeyCheck::Accepted);
     assert_eq!(keys(&admin, &sa).await.len(), 1);
     admin
