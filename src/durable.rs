@@ -85,28 +85,55 @@ pub fn write_atomic_with(
     mode: u32,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    write_atomic_named(target, mode, write, |name| {
+        format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple())
+    })
+}
+
+/// How many names a write tries for its temporary file before it gives up.
+const TEMP_TRIES: usize = 8;
+
+/// The temporary file is created, never opened: `O_EXCL` (which also refuses a symlink in its
+/// place), under a name nobody can guess (`temp_name`). So a file or symlink planted where the
+/// temporary file will be, in a directory others may write to (a node-exporter textfile
+/// directory), is neither written through nor handed the new content; the write takes another
+/// name instead.
+fn write_atomic_named(
+    target: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    mut temp_name: impl FnMut(&str) -> String,
+) -> std::io::Result<()> {
     let dir = target.parent().unwrap_or(Path::new("."));
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
+    let mut tries = 0;
+    let (mut f, tmp) = loop {
+        let tmp = dir.join(temp_name(&name));
+        match std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
-            .open(&tmp)?;
-        // An existing temp file keeps its old mode through open(), and a new one gets the umask:
-        // force it.
+            .open(&tmp)
+        {
+            Ok(f) => break (f, tmp),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries + 1 < TEMP_TRIES => {
+                tries += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let result = (|| {
+        // A new file gets the mode less the umask: force it.
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         write(&mut f)?;
         f.sync_all()?;
-        drop(f);
         std::fs::rename(&tmp, target)?;
         sync_dir(dir)
     })();
+    drop(f);
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -161,5 +188,68 @@ mod tests {
         write_atomic(&target, b"new", 0o600).unwrap();
         assert_eq!(mode_of(&target), 0o600);
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
+    }
+
+    /// Someone who may write to the directory plants a symlink, and a file of their own, where
+    /// the temporary file would go: neither is written through or becomes the target; the
+    /// write takes the next name.
+    #[test]
+    fn a_file_or_symlink_planted_in_the_temporary_files_place_is_never_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("zenml_rotator.prom");
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::write(&elsewhere, "theirs").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, tmp.path().join(".planted-link")).unwrap();
+        std::fs::write(tmp.path().join(".planted-file"), "theirs").unwrap();
+        std::fs::set_permissions(
+            tmp.path().join(".planted-file"),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        let mut names = [".planted-link", ".planted-file", ".fresh"].into_iter();
+        write_atomic_named(
+            &target,
+            0o644,
+            |w| w.write_all(b"new"),
+            |_| names.next().unwrap().to_owned(),
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"theirs");
+        assert_eq!(
+            std::fs::read(tmp.path().join(".planted-file")).unwrap(),
+            b"theirs"
+        );
+        assert!(
+            std::fs::symlink_metadata(tmp.path().join(".planted-link"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(!tmp.path().join(".fresh").exists(), "renamed to the target");
+        // Names nobody can guess, different each time, and none left behind.
+        write_atomic(&target, b"again", 0o644).unwrap();
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// Only so many tries: a directory where every name is taken is an error, not a loop.
+    #[test]
+    fn a_write_gives_up_when_every_name_is_taken() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(".taken"), "").unwrap();
+        let err = write_atomic_named(
+            &tmp.path().join("t"),
+            0o600,
+            |w| w.write_all(b"x"),
+            |_| ".taken".to_owned(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert!(!tmp.path().join("t").exists());
     }
 }
