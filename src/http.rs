@@ -27,6 +27,10 @@ pub enum HttpSetupError {
     },
     #[error("CA file {path} holds no usable PEM certificate")]
     CaPem { path: String },
+    #[error(
+        "permissions {mode:04o} for CA file {path} are too open: other users may write it, and so add a certificate authority of their own that the rotator would trust for every password, token and key it sends; run chmod o-w {path}"
+    )]
+    CaFileWritable { path: String, mode: u32 },
     #[error("cannot build the HTTP client: {0}")]
     Build(String),
 }
@@ -40,12 +44,25 @@ pub fn install_crypto_provider() {
     });
 }
 
-/// Reads every certificate of a PEM bundle.
+/// Reads every certificate of a PEM bundle; refused when other users may write it (its mode is
+/// read from the file opened, so the file checked is the file read).
 fn load_ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, HttpSetupError> {
-    let pem = std::fs::read(path).map_err(|source| HttpSetupError::CaFile {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let io = |source| HttpSetupError::CaFile {
         path: path.display().to_string(),
         source,
-    })?;
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mode = file.metadata().map_err(io)?.mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(HttpSetupError::CaFileWritable {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    let mut pem = Vec::new();
+    file.read_to_end(&mut pem).map_err(io)?;
     let bad_pem = || HttpSetupError::CaPem {
         path: path.display().to_string(),
     };
@@ -261,6 +278,29 @@ mod tests {
             2,
             "an idle connection was reused"
         );
+    }
+
+    #[test]
+    fn a_ca_file_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not read").unwrap();
+        for mode in [0o666, 0o642, 0o602] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = client(Duration::from_secs(1), Some(&path)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "permissions {mode:04o} for CA file {0} are too open: other users may write it, and so add a certificate authority of their own that the rotator would trust for every password, token and key it sends; run chmod o-w {0}",
+                    path.display()
+                )
+            );
+        }
+        // Readable by all, writable by its owner and group: read (and here, not a certificate).
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let err = client(Duration::from_secs(1), Some(&path)).unwrap_err();
+        assert!(matches!(err, HttpSetupError::CaPem { .. }), "{err}");
     }
 
     #[test]

@@ -1014,7 +1014,20 @@ async fn tls_with_an_extra_ca_file() {
     let err = VaultStore::connect(&s).await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
     assert!(err.to_string().contains("certificate"), "{err}");
+    // A CA file others may write is refused, naming the file: it could make the rotator trust
+    // anyone's certificate.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bao.ca(), std::fs::Permissions::from_mode(0o666)).unwrap();
     s.ca_file = Some(bao.ca());
+    let err = VaultStore::connect(&s).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "permissions 0666 for CA file {}",
+            bao.ca().display()
+        )) && err.contains("chmod o-w"),
+        "{err}"
+    );
+    std::fs::set_permissions(bao.ca(), std::fs::Permissions::from_mode(0o644)).unwrap();
     let store = VaultStore::connect(&s).await.unwrap();
     let key = secret_key();
     rotate(&store, "zr/tls", &key, &record("k"), "t").await;
