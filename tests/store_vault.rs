@@ -1400,6 +1400,44 @@ async fn claims_are_compare_and_set_on_openbao() {
 
 // ---------- what must not leak ----------
 
+/// A claim document someone edited by hand, its value in a field of the wrong type: the error
+/// says the document is not a claim and why in general, never quoting the field.
+#[tokio::test]
+async fn a_claim_with_a_value_in_the_wrong_field_is_refused_without_quoting_it() {
+    let root = Root::new();
+    let (store, prefix, _token, _dir) = rotator_store(&root).await;
+    let value = format!("ZENKEY_{}", unique("misplaced"));
+    let now = chrono::Utc::now();
+    root.write(
+        &format!("zenml-rotator/claims/{prefix}/k"),
+        json!({
+            "holder": "host/1/abcd",
+            "policy": "k",
+            "expires_at": now.to_rfc3339(),
+            "since": now.to_rfc3339(),
+            "phase": "rotated",
+            "token": "t",
+            "service_account_id": "sa",
+            "key_id": "id",
+            "retain_minutes": value,
+            "value": value,
+        }),
+    )
+    .await;
+    let err = store
+        .read_claim(&format!("{prefix}/k"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "not a claim document (a field missing, unknown or of the wrong type); remove it"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains(&value), "{err}");
+}
+
 /// Vault answers that redirect are not followed: neither the token, nor a login's secret id, nor
 /// the new key of a write reaches the server they point at.
 #[tokio::test]

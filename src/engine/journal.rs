@@ -275,11 +275,24 @@ fn read_entry(file: &Path) -> Result<Option<Entry>, JournalError> {
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        // serde_json's message names the position, never the content.
         .map_err(|e| JournalError::Corrupt {
             file: file.to_path_buf(),
-            message: e.to_string(),
+            message: corrupt_at(&e),
         })
+}
+
+/// What is wrong with an entry and where, never what it holds: serde_json's own message quotes
+/// the text of a field of the wrong type (`invalid type: string "..."`), and an entry holds a key
+/// value that a hand edit or a bug may have put in the wrong field.
+fn corrupt_at(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax => "not JSON",
+        Category::Eof => "cut short",
+        Category::Data => "not a journal entry (a field missing, unknown or of the wrong type)",
+        Category::Io => "unreadable",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
 }
 
 #[cfg(test)]
@@ -360,6 +373,17 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("journal")).unwrap();
         std::fs::write(dir.path().join("journal/x.json"), b"{not json").unwrap();
         assert!(matches!(j.entries(), Err(JournalError::Corrupt { .. })));
+        // A value in a field of the wrong type: named by place, never quoted.
+        let mut doc = serde_json::to_value(entry("v")).unwrap();
+        doc["retain_minutes"] = serde_json::Value::from("ZENKEY_not-to-be-quoted");
+        std::fs::write(dir.path().join("journal/x.json"), doc.to_string()).unwrap();
+        let err = j.entries().err().unwrap().to_string();
+        assert!(!err.contains("ZENKEY_"), "{err}");
+        assert!(
+            err.contains("not a journal entry (a field missing, unknown or of the wrong type) at line 1 column"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("journal/x.json"), b"{not json").unwrap();
         // Counted all the same (the gauge shows it), as a written entry is; a write in
         // progress (a dot file) and other files are not.
         j.record(&entry("k")).unwrap();

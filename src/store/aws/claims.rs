@@ -13,6 +13,7 @@ use super::calls::{Version, timed};
 use super::errors::conflict;
 use super::{AWSCURRENT, AwsStore};
 use crate::secret::ExposeSecret;
+use crate::store::claim::not_a_claim;
 use crate::store::{Claim, StoreError, StoredClaim};
 
 /// The label a new claim version is written under before `AWSCURRENT` moves onto it: without a
@@ -43,7 +44,11 @@ impl AwsStore {
         let claim = serde_json::from_str::<serde_json::Value>(raw.expose_secret())
             .and_then(|doc| Claim::from_json(&doc))
             .map_err(|e| {
-                super::errors::other(OP, &name, format!("not a claim ({e}); remove the secret"))
+                super::errors::other(
+                    OP,
+                    &name,
+                    format!("not a claim ({}); remove the secret", not_a_claim(&e)),
+                )
             })?;
         Ok(Some(StoredClaim { claim, version }))
     }

@@ -5,6 +5,7 @@
 //! delete would restart the version count and let a stale holder's write succeed).
 
 use super::VaultStore;
+use crate::store::claim::not_a_claim;
 use crate::store::{Claim, StoreError, StoredClaim};
 
 impl VaultStore {
@@ -27,7 +28,7 @@ impl VaultStore {
             self.other(
                 OP,
                 &claim_path,
-                format!("not a claim document ({e}); remove it"),
+                format!("not a claim document ({}); remove it", not_a_claim(&e)),
             )
         })?;
         Ok(Some(StoredClaim {
