@@ -27,6 +27,19 @@ pub fn secrets_equal(a: &SecretString, b: &SecretString) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What is wrong with a JSON document that may hold a secret, never what it holds: serde_json's
+/// own message quotes a field of the wrong type (`invalid type: string "..."`), and a journal
+/// entry or a claim holds a key value that a hand edit or a bug may have put in the wrong field.
+pub fn json_failure(e: &serde_json::Error) -> &'static str {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax => "not JSON",
+        Category::Eof => "cut short",
+        Category::Data => "a field missing, unknown or of the wrong type",
+        Category::Io => "unreadable",
+    }
+}
+
 /// Where a credential comes from: never inline in the policy file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {

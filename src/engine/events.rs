@@ -372,12 +372,7 @@ fn deactivated(key: &ApiKey, reason: DeactivationReason, actor: Actor<'_>) {
         reason = reason.as_str(),
         "{sentence}"
     );
-    let key_id = key.id.to_string();
-    notify::publish(
-        Notice::new(NoticeKind::Deactivated, actor.label(), sentence)
-            .service_account(&key.service_account_name)
-            .key(Some(&key.name), Some(&key_id)),
-    );
+    publish_key(NoticeKind::Deactivated, key, actor, sentence);
 }
 
 fn deleted(key: &ApiKey, actor: Actor<'_>) {
@@ -386,9 +381,14 @@ fn deleted(key: &ApiKey, actor: Actor<'_>) {
         key.name, key.id, key.service_account_name
     );
     tracing::info!(policy = actor.label(), "{sentence}");
+    publish_key(NoticeKind::Deleted, key, actor, sentence);
+}
+
+/// The notice of something done to an API key itself: its name, id and account, no value.
+fn publish_key(kind: NoticeKind, key: &ApiKey, actor: Actor<'_>, sentence: String) {
     let key_id = key.id.to_string();
     notify::publish(
-        Notice::new(NoticeKind::Deleted, actor.label(), sentence)
+        Notice::new(kind, actor.label(), sentence)
             .service_account(&key.service_account_name)
             .key(Some(&key.name), Some(&key_id)),
     );

@@ -281,16 +281,12 @@ fn read_entry(file: &Path) -> Result<Option<Entry>, JournalError> {
         })
 }
 
-/// What is wrong with an entry and where, never what it holds: serde_json's own message quotes
-/// the text of a field of the wrong type (`invalid type: string "..."`), and an entry holds a key
-/// value that a hand edit or a bug may have put in the wrong field.
+/// What is wrong with an entry and where, never what it holds (`secret::json_failure`).
 fn corrupt_at(e: &serde_json::Error) -> String {
-    use serde_json::error::Category;
+    let what = crate::secret::json_failure(e);
     let what = match e.classify() {
-        Category::Syntax => "not JSON",
-        Category::Eof => "cut short",
-        Category::Data => "not a journal entry (a field missing, unknown or of the wrong type)",
-        Category::Io => "unreadable",
+        serde_json::error::Category::Data => format!("not a journal entry ({what})"),
+        _ => what.to_owned(),
     };
     format!("{what} at line {} column {}", e.line(), e.column())
 }

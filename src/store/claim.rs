@@ -115,18 +115,6 @@ impl Claim {
     }
 }
 
-/// Why a stored document is not a claim, never what it holds: serde_json's own message quotes a
-/// field of the wrong type (`invalid type: string "..."`), and a Vault claim holds the value in
-/// flight, which a hand edit may have put in the wrong field.
-pub fn not_a_claim(e: &serde_json::Error) -> &'static str {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Syntax | Category::Eof => "not JSON",
-        Category::Data => "a field missing, unknown or of the wrong type",
-        Category::Io => "unreadable",
-    }
-}
-
 /// A claim as read from the store, with the version a later write checks-and-sets against.
 #[derive(Debug, Clone)]
 pub struct StoredClaim {

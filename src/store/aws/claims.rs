@@ -13,7 +13,6 @@ use super::calls::{Version, timed};
 use super::errors::conflict;
 use super::{AWSCURRENT, AwsStore};
 use crate::secret::ExposeSecret;
-use crate::store::claim::not_a_claim;
 use crate::store::{Claim, StoreError, StoredClaim};
 
 /// The label a new claim version is written under before `AWSCURRENT` moves onto it: without a
@@ -47,7 +46,10 @@ impl AwsStore {
                 super::errors::other(
                     OP,
                     &name,
-                    format!("not a claim ({}); remove the secret", not_a_claim(&e)),
+                    format!(
+                        "not a claim ({}); remove the secret",
+                        crate::secret::json_failure(&e)
+                    ),
                 )
             })?;
         Ok(Some(StoredClaim { claim, version }))

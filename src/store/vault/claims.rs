@@ -5,7 +5,6 @@
 //! delete would restart the version count and let a stale holder's write succeed).
 
 use super::VaultStore;
-use crate::store::claim::not_a_claim;
 use crate::store::{Claim, StoreError, StoredClaim};
 
 impl VaultStore {
@@ -28,7 +27,10 @@ impl VaultStore {
             self.other(
                 OP,
                 &claim_path,
-                format!("not a claim document ({}); remove it", not_a_claim(&e)),
+                format!(
+                    "not a claim document ({}); remove it",
+                    crate::secret::json_failure(&e)
+                ),
             )
         })?;
         Ok(Some(StoredClaim {
