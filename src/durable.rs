@@ -140,6 +140,89 @@ fn write_atomic_named(
     result
 }
 
+/// How long a temporary file must have gone unmodified before a sweep takes it for a leftover:
+/// a write renames its temporary file milliseconds after creating it, so one an hour old belongs
+/// to a write that a crash (or a kill, or a power cut) stopped. Should its process still be alive
+/// (stopped for an hour), its rename fails and that write reports the error.
+pub const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether `name` is one `write_atomic` gives its temporary files: `.NAME.tmp-` then 32 hex
+/// digits, or digits alone (the process id, as earlier builds named them).
+fn is_temp_name(name: &str) -> bool {
+    let Some((head, tail)) = name.rsplit_once(".tmp-") else {
+        return false;
+    };
+    let random = tail.len() == 32 && tail.bytes().all(|b| b.is_ascii_hexdigit());
+    let pid = !tail.is_empty() && tail.len() <= 10 && tail.bytes().all(|b| b.is_ascii_digit());
+    head.len() > 1 && head.starts_with('.') && (random || pid)
+}
+
+/// Removes from `dir` the temporary files that interrupted writes left there: a leftover of the
+/// journal or a file store may hold a key, and nothing else would ever remove it. Only regular
+/// files of this process's user, named as `write_atomic` names them and unmodified for
+/// `older_than`; a directory that does not exist holds none. Returns the names removed (they
+/// carry no secret), for the caller to report.
+pub fn sweep_stale_temporaries(
+    dir: &Path,
+    older_than: std::time::Duration,
+) -> std::io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let now = std::time::SystemTime::now();
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !is_temp_name(&name) {
+            continue;
+        }
+        // Not followed: a symlink is nobody's temporary file, and is left where it is.
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok());
+        if !meta.file_type().is_file() || meta.uid() != euid || age.is_none_or(|a| a < older_than) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed.push(name),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !removed.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
+/// Removes what interrupted writes left in `dir` ([`sweep_stale_temporaries`]) and says
+/// so; a directory that cannot be swept is reported and left, as the writes themselves will
+/// report what is wrong with it.
+pub fn remove_leftovers(dir: &Path) {
+    match sweep_stale_temporaries(dir, STALE_TEMP_AGE) {
+        Ok(removed) if removed.is_empty() => {}
+        Ok(removed) => tracing::warn!(
+            dir = %dir.display(),
+            files = ?removed,
+            "removed temporary files that interrupted writes left (they may have held a key)"
+        ),
+        Err(e) => tracing::warn!(
+            dir = %dir.display(),
+            error = %e,
+            "cannot remove the temporary files that interrupted writes may have left"
+        ),
+    }
+}
+
 /// Makes the directory's entries (a rename, a removal) durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
@@ -235,6 +318,69 @@ mod tests {
             .filter(|n| n.contains(".tmp-"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// What a crash between a temporary file's creation and its rename leaves is removed once it
+    /// is old enough; everything else in the directory stays.
+    #[test]
+    fn a_sweep_removes_old_temporary_files_of_ours_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600);
+        let file = |name: &str, old: bool| {
+            let f = std::fs::File::create(dir.join(name)).unwrap();
+            if old {
+                f.set_modified(hours_ago).unwrap();
+            }
+        };
+        let random = "0123456789abcdef0123456789abcdef";
+        file(&format!(".p.json.tmp-{random}"), true);
+        file(".p.json.tmp-4242", true);
+        file(&format!(".fresh.json.tmp-{random}"), false);
+        file("p.json", true);
+        file(&format!("p.json.tmp-{random}"), true);
+        file(".p.json.tmp-not-ours-at-all", true);
+        file(".p.json.tmp-", true);
+        file(&format!(".tmp-{random}"), true);
+        std::fs::create_dir(dir.join(format!(".d.tmp-{random}"))).unwrap();
+        std::os::unix::fs::symlink(dir.join("p.json"), dir.join(".l.tmp-77")).unwrap();
+        let mut removed = sweep_stale_temporaries(dir, STALE_TEMP_AGE).unwrap();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                format!(".p.json.tmp-{random}"),
+                ".p.json.tmp-4242".to_owned()
+            ]
+        );
+        let mut left: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                format!(".d.tmp-{random}"),
+                format!(".fresh.json.tmp-{random}"),
+                ".l.tmp-77".to_owned(),
+                ".p.json.tmp-".to_owned(),
+                ".p.json.tmp-not-ours-at-all".to_owned(),
+                format!(".tmp-{random}"),
+                "p.json".to_owned(),
+                format!("p.json.tmp-{random}"),
+            ]
+        );
+        assert!(
+            sweep_stale_temporaries(dir, STALE_TEMP_AGE)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            sweep_stale_temporaries(&dir.join("missing"), STALE_TEMP_AGE)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     /// Only so many tries: a directory where every name is taken is an error, not a loop.

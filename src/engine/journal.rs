@@ -154,9 +154,12 @@ impl Journal {
 
     /// As `new`, for a command that writes: a state directory that exists and that other users
     /// may enter is refused now, before anything happens (it is created 0700 on first use).
+    /// Temporary files that a crash left in the journal (each may hold a key) are removed.
     pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
         check_private_dir(state_dir, STATE_DIR)?;
-        Ok(Journal::new(state_dir))
+        let journal = Journal::new(state_dir);
+        crate::durable::remove_leftovers(&journal.dir);
+        Ok(journal)
     }
 
     /// Creates the directory (mode 0700, tightened if it existed) before the first write.
@@ -314,6 +317,45 @@ mod tests {
             fingerprint: None,
             value: None,
         }
+    }
+
+    /// A crash between a journal write's temporary file and its rename leaves a copy of the
+    /// entry (a key, in phase `Rotated`) that nothing reads: the next command that writes removes
+    /// it once it is old, and leaves the entries and a write in progress alone.
+    #[test]
+    fn opening_the_journal_removes_what_a_crashed_write_left() {
+        let dir = crate::testing::private_tempdir();
+        let j = Journal::open(dir.path()).unwrap();
+        j.record(&entry("training").with_value(&SecretString::from("ZENKEY_kept")))
+            .unwrap();
+        let journal = dir.path().join("journal");
+        let left = journal.join(".training.json.tmp-00112233445566778899aabbccddeeff");
+        let in_progress = journal.join(".serving.json.tmp-ffeeddccbbaa99887766554433221100");
+        std::fs::write(&left, "ZENKEY_left_by_a_crash").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&left)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+            .unwrap();
+        std::fs::write(&in_progress, "ZENKEY_being_written").unwrap();
+        Journal::open(dir.path()).unwrap();
+        assert!(!left.exists(), "an hour-old temporary file is a leftover");
+        assert!(
+            in_progress.exists(),
+            "a fresh one may be a write in progress"
+        );
+        assert_eq!(j.entries().unwrap().len(), 1);
+        // Reading commands (dry runs, `plan`) change nothing.
+        std::fs::write(&left, "x").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&left)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+            .unwrap();
+        let _ = Journal::new(dir.path());
+        assert!(left.exists());
     }
 
     #[test]

@@ -28,12 +28,27 @@ use settings::KIND;
 
 pub struct FileStore {
     dir: PathBuf,
+    /// The directories this process has swept of what interrupted writes left (once each).
+    swept: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl FileStore {
     pub fn new(settings: &FileSettings) -> FileStore {
         FileStore {
             dir: settings.dir.clone(),
+            swept: Default::default(),
+        }
+    }
+
+    /// Before the first write into a directory, removes the temporary files that a crash left
+    /// there (each may hold a key; `durable::remove_leftovers`).
+    fn sweep_once(&self, dir: &Path) {
+        let first = match self.swept.lock() {
+            Ok(mut swept) => swept.insert(dir.to_path_buf()),
+            Err(poisoned) => poisoned.into_inner().insert(dir.to_path_buf()),
+        };
+        if first {
+            durable::remove_leftovers(dir);
         }
     }
 
@@ -302,6 +317,7 @@ impl SecretStore for FileStore {
         let file = self.file(path, OP)?;
         timed(OP, || {
             self.ensure_dir(&file, OP, path)?;
+            self.sweep_once(file.parent().unwrap_or(&self.dir));
             let current = read_bytes(&file, OP, path)?;
             let rendered = render_env(payload);
             if current.as_deref().map(|b| b.as_slice()) == Some(rendered.as_bytes()) {

@@ -238,3 +238,57 @@ async fn every_file_the_store_keeps_is_0600_in_a_0700_directory() {
     names.sort();
     assert_eq!(names, ["k.env", "k.env.meta.json", "k.env.previous"]);
 }
+
+/// A crash between a write's temporary file and its rename leaves a copy of a key beside the
+/// env file, which nothing reads and nothing else would remove: the first write into the
+/// directory removes it once it is old; a fresh one (maybe another process's write) stays.
+#[tokio::test]
+async fn the_first_write_removes_what_a_crashed_write_left() {
+    let dir = crate::testing::private_tempdir();
+    let keys = dir.path().join("keys");
+    let store = FileStore::new(&FileSettings { dir: keys.clone() });
+    let snap = store.preflight("k.env").await.unwrap();
+    store
+        .stage("k.env", &payload("ZENKEY_one"), &record("1"), &snap, "t")
+        .await
+        .unwrap();
+    let old = |name: &str| {
+        let path = keys.join(name);
+        std::fs::write(&path, "ZENML_STORE_API_KEY=ZENKEY_left").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+            .unwrap();
+        path
+    };
+    // Left while this store had already written here: found by the next process's first write.
+    let before = old(".k.env.tmp-0123456789abcdef0123456789abcdef");
+    let fresh = keys.join(".k.env.tmp-fedcba9876543210fedcba9876543210");
+    std::fs::write(&fresh, "in progress").unwrap();
+    let next = FileStore::new(&FileSettings { dir: keys.clone() });
+    let snap = next.preflight("k.env").await.unwrap();
+    assert!(before.exists(), "pre-flight removes nothing");
+    next.stage("k.env", &payload("ZENKEY_two"), &record("2"), &snap, "t")
+        .await
+        .unwrap();
+    assert!(!before.exists());
+    assert!(fresh.exists());
+    assert_eq!(
+        next.read_current("k.env")
+            .await
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        "ZENKEY_two"
+    );
+    assert_eq!(
+        next.read_previous("k.env")
+            .await
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        "ZENKEY_one"
+    );
+}
