@@ -326,12 +326,9 @@ mod tests {
     fn a_sweep_removes_old_temporary_files_of_ours_and_nothing_else() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600);
-        let file = |name: &str, old: bool| {
-            let f = std::fs::File::create(dir.join(name)).unwrap();
-            if old {
-                f.set_modified(hours_ago).unwrap();
-            }
+        let file = |name: &str, old: bool| match old {
+            true => crate::testing::write_two_hours_ago(&dir.join(name), ""),
+            false => std::fs::write(dir.join(name), "").unwrap(),
         };
         let random = "0123456789abcdef0123456789abcdef";
         file(&format!(".p.json.tmp-{random}"), true);

@@ -60,3 +60,14 @@ pub fn private_tempdir() -> tempfile::TempDir {
         .tempdir()
         .unwrap()
 }
+
+/// Writes `content` to `path` as if two hours ago: older than `durable::STALE_TEMP_AGE`.
+pub fn write_two_hours_ago(path: &std::path::Path, content: &str) {
+    std::fs::write(path, content).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600))
+        .unwrap();
+}

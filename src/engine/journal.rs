@@ -331,13 +331,7 @@ mod tests {
         let journal = dir.path().join("journal");
         let left = journal.join(".training.json.tmp-00112233445566778899aabbccddeeff");
         let in_progress = journal.join(".serving.json.tmp-ffeeddccbbaa99887766554433221100");
-        std::fs::write(&left, "ZENKEY_left_by_a_crash").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&left)
-            .unwrap()
-            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
-            .unwrap();
+        crate::testing::write_two_hours_ago(&left, "ZENKEY_left_by_a_crash");
         std::fs::write(&in_progress, "ZENKEY_being_written").unwrap();
         Journal::open(dir.path()).unwrap();
         assert!(!left.exists(), "an hour-old temporary file is a leftover");
@@ -347,13 +341,7 @@ mod tests {
         );
         assert_eq!(j.entries().unwrap().len(), 1);
         // Reading commands (dry runs, `plan`) change nothing.
-        std::fs::write(&left, "x").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&left)
-            .unwrap()
-            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
-            .unwrap();
+        crate::testing::write_two_hours_ago(&left, "x");
         let _ = Journal::new(dir.path());
         assert!(left.exists());
     }

@@ -252,19 +252,9 @@ async fn the_first_write_removes_what_a_crashed_write_left() {
         .stage("k.env", &payload("ZENKEY_one"), &record("1"), &snap, "t")
         .await
         .unwrap();
-    let old = |name: &str| {
-        let path = keys.join(name);
-        std::fs::write(&path, "ZENML_STORE_API_KEY=ZENKEY_left").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
-            .unwrap();
-        path
-    };
     // Left while this store had already written here: found by the next process's first write.
-    let before = old(".k.env.tmp-0123456789abcdef0123456789abcdef");
+    let before = keys.join(".k.env.tmp-0123456789abcdef0123456789abcdef");
+    crate::testing::write_two_hours_ago(&before, "ZENML_STORE_API_KEY=ZENKEY_left");
     let fresh = keys.join(".k.env.tmp-fedcba9876543210fedcba9876543210");
     std::fs::write(&fresh, "in progress").unwrap();
     let next = FileStore::new(&FileSettings { dir: keys.clone() });
