@@ -30,12 +30,35 @@ pub use notify::{Hook, HookStdin, KeyHooks, NoticeKind, NotifySink, NotifyTarget
 
 impl Config {
     /// Reads and validates a policy file. Reads nothing else: the credentials it names are read
-    /// when used, so this works on a machine that has none of them.
+    /// when used, so this works on a machine that has none of them. A file that other users may
+    /// write, or replace through its directory, is refused (`trust.rs`): it says where the keys
+    /// go and what runs with them.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::io::Read;
+        let read_error = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let mut file = std::fs::File::open(path).map_err(read_error)?;
+        if let Some(mode) = crate::trust::others_may_write(&file).map_err(read_error)? {
+            return Err(ConfigError::Writable {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+        // A pipe (`-c <(...)`) has no directory to check.
+        if file.metadata().map_err(read_error)?.is_file()
+            && let Some((dir, mode)) =
+                crate::trust::replaceable_through(path).map_err(read_error)?
+        {
+            return Err(ConfigError::Replaceable {
+                path: path.to_path_buf(),
+                dir,
+                mode,
+            });
+        }
+        let mut source = String::new();
+        file.read_to_string(&mut source).map_err(read_error)?;
         Config::parse(&source, path)
     }
 

@@ -53,24 +53,28 @@ pub fn install_crypto_provider() {
 }
 
 /// Reads every certificate of a PEM bundle; refused when other users may write it (its mode is
-/// read from the file opened, so the file checked is the file read; a read-only mount is written
-/// by nobody) or put another file in its place ([`check_ca_directories`]).
+/// read from the file opened, so the file checked is the file read) or put another file in its
+/// place (`trust.rs`; a read-only mount passes both).
 fn load_ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, HttpSetupError> {
     use std::io::Read;
-    use std::os::unix::fs::MetadataExt;
     let io = |source| HttpSetupError::CaFile {
         path: path.display().to_string(),
         source,
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
-    let mode = file.metadata().map_err(io)?.mode() & 0o7777;
-    if mode & 0o002 != 0 && !on_read_only_mount(&file) {
+    if let Some(mode) = crate::trust::others_may_write(&file).map_err(io)? {
         return Err(HttpSetupError::CaFileWritable {
             path: path.display().to_string(),
             mode,
         });
     }
-    check_ca_directories(path)?;
+    if let Some((dir, mode)) = crate::trust::replaceable_through(path).map_err(io)? {
+        return Err(HttpSetupError::CaDirWritable {
+            path: path.display().to_string(),
+            dir: dir.display().to_string(),
+            mode,
+        });
+    }
     let mut pem = Vec::new();
     file.read_to_end(&mut pem).map_err(io)?;
     let bad_pem = || HttpSetupError::CaPem {
@@ -83,60 +87,6 @@ fn load_ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Htt
         return Err(bad_pem());
     }
     Ok(certs)
-}
-
-/// Refuses a CA file that other users could swap for their own: one whose directory, or any
-/// directory above its real location, they may write to without the sticky bit (which, as on
-/// /tmp, lets only a file's owner rename or remove it). The directory the name given is in counts
-/// too, when it is a symlink's. A directory on a read-only mount can be written by nobody,
-/// whatever its mode says.
-fn check_ca_directories(path: &Path) -> Result<(), HttpSetupError> {
-    use std::os::unix::fs::MetadataExt;
-    let io = |source| HttpSetupError::CaFile {
-        path: path.display().to_string(),
-        source,
-    };
-    let real = std::fs::canonicalize(path).map_err(io)?;
-    let given = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let dirs = real.ancestors().skip(1).chain(given);
-    for dir in dirs {
-        let mode = std::fs::metadata(dir).map_err(io)?.mode() & 0o7777;
-        if mode & 0o002 != 0 && mode & 0o1000 == 0 && !dir_on_read_only_mount(dir) {
-            return Err(HttpSetupError::CaDirWritable {
-                path: path.display().to_string(),
-                dir: dir.display().to_string(),
-                mode,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Whether the file is on a file system mounted read-only, where its mode bits allow nobody to
-/// write: a Kubernetes ConfigMap or Secret volume, whose directory is 0777 (or 1777) and whose
-/// files take the volume's `defaultMode`, is always mounted so.
-fn on_read_only_mount(file: &std::fs::File) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: fstatvfs fills the struct it is given from a descriptor we own, and the struct is
-    // read only when it says it succeeded.
-    let rc = unsafe { libc::fstatvfs(file.as_raw_fd(), stat.as_mut_ptr()) };
-    // SAFETY: initialised by the successful call above.
-    rc == 0 && unsafe { stat.assume_init() }.f_flag & libc::ST_RDONLY != 0
-}
-
-/// [`on_read_only_mount`] for a directory, by its path: reading the directory is not needed.
-fn dir_on_read_only_mount(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: statvfs reads a NUL-terminated path and fills the struct it is given, which is
-    // read only when it says it succeeded.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
-    // SAFETY: initialised by the successful call above.
-    rc == 0 && unsafe { stat.assume_init() }.f_flag & libc::ST_RDONLY != 0
 }
 
 /// How long an idle connection stays in the pool. Servers close idle keep-alive connections after
@@ -367,8 +317,8 @@ mod tests {
         assert!(matches!(err, HttpSetupError::CaPem { .. }), "{err}");
     }
 
-    /// Whoever may write to the CA file's directory can put a file of their own in its place;
-    /// the sticky bit (as on /tmp) takes that from everyone but the file's owner.
+    /// Whoever may write to the CA file's directory can put a file of their own in its place
+    /// (which directories count: `trust.rs`'s tests).
     #[test]
     fn a_ca_file_in_a_directory_others_may_write_is_refused() {
         use std::os::unix::fs::PermissionsExt;
@@ -377,51 +327,19 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         let path = dir.join("ca.pem");
         std::fs::write(&path, "not read").unwrap();
-        let set = |p: &Path, mode: u32| {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-        };
-        let refused = |given: &Path, dir: &Path, mode: u32| {
-            let err = client(Duration::from_secs(1), Some(given)).unwrap_err();
-            assert_eq!(
-                err.to_string(),
-                format!(
-                    "permissions {mode:04o} for directory {1} of CA file {0} are too open: other users may replace the file there with one holding a certificate authority of their own; run chmod o-w {1} (or chmod +t {1})",
-                    given.display(),
-                    dir.display()
-                )
-            );
-        };
-        let read = |given: &Path| {
-            let err = client(Duration::from_secs(1), Some(given)).unwrap_err();
-            assert!(matches!(err, HttpSetupError::CaPem { .. }), "{err}");
-        };
-        set(&path, 0o644);
-        for mode in [0o777, 0o733, 0o703] {
-            set(&dir, mode);
-            refused(&path, &dir, mode);
-        }
-        // Sticky, group-writable or private: only the owner may replace the file.
-        for mode in [0o1777, 0o775, 0o755, 0o700] {
-            set(&dir, mode);
-            read(&path);
-        }
-        // A directory further up counts as much as the file's own.
-        let nested = dir.join("sub");
-        std::fs::create_dir(&nested).unwrap();
-        std::fs::rename(&path, nested.join("ca.pem")).unwrap();
-        set(&dir, 0o777);
-        refused(&nested.join("ca.pem"), &dir, 0o777);
-        set(&dir, 0o755);
-        read(&nested.join("ca.pem"));
-        // A symlink in a directory others may write: they could point it elsewhere.
-        let open = tmp.path().join("open");
-        std::fs::create_dir(&open).unwrap();
-        set(&open, 0o777);
-        let link = open.join("ca.pem");
-        std::os::unix::fs::symlink(nested.join("ca.pem"), &link).unwrap();
-        refused(&link, &open, 0o777);
-        set(&open, 0o755);
-        read(&link);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = client(Duration::from_secs(1), Some(&path)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "permissions 0777 for directory {1} of CA file {0} are too open: other users may replace the file there with one holding a certificate authority of their own; run chmod o-w {1} (or chmod +t {1})",
+                path.display(),
+                dir.display()
+            )
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = client(Duration::from_secs(1), Some(&path)).unwrap_err();
+        assert!(matches!(err, HttpSetupError::CaPem { .. }), "{err}");
     }
 
     #[test]

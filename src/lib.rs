@@ -34,4 +34,5 @@ pub mod strategy;
 #[cfg(test)]
 mod testing;
 pub mod time;
+pub mod trust;
 pub mod zenml;

@@ -210,3 +210,80 @@ fn a_missing_config_argument_is_a_usage_error() {
     let out = run_expect(&mut cmd, 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
 }
+
+/// The policy file says where the keys go and what runs with them: one that other users may
+/// write, or replace through its directory, is refused before anything else. A file on a
+/// read-only mount passes whatever its mode (a Kubernetes ConfigMap volume, as the shipped
+/// manifests mount the policy: the directory 0777, the file 0644).
+#[test]
+fn a_policy_file_others_could_change_is_refused_unless_its_mount_is_read_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let from = tmp.path().join("configmap");
+    let volume = tmp.path().join("config");
+    fs::create_dir(&from).unwrap();
+    fs::create_dir(&volume).unwrap();
+    let policy = from.join("policy.toml");
+    fs::copy(fixtures("valid").join("minimal.toml"), &policy).unwrap();
+    let chmod =
+        |p: &Path, mode: u32| fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    for mode in [0o666, 0o646] {
+        chmod(&policy, mode);
+        for args in [&["check"][..], &["once", "--dry-run"], &["run"]] {
+            let mut cmd = rotator(tmp.path());
+            cmd.args(args).args(["-c", "configmap/policy.toml"]);
+            let out = run_expect(&mut cmd, EX_CONFIG);
+            assert_eq!(
+                String::from_utf8_lossy(&out.stderr),
+                format!(
+                    "configmap/policy.toml: permissions {mode:04o} for the policy file are too open: other users may write it, and so send the keys to a store of their own or run a hook of their own with them; run chmod o-w configmap/policy.toml\n"
+                ),
+                "{}",
+                describe(&cmd, &out)
+            );
+        }
+    }
+    chmod(&policy, 0o644);
+    chmod(&from, 0o777);
+    let mut cmd = rotator(tmp.path());
+    cmd.args(["check", "-c", "configmap/policy.toml"]);
+    let out = run_expect(&mut cmd, EX_CONFIG);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "configmap/policy.toml: permissions 0777 for directory {0} of the policy file are too open: other users may replace the file there with one of their own, which could send the keys anywhere; run chmod o-w {0} (or chmod +t {0})\n",
+            fs::canonicalize(&from).unwrap().display()
+        ),
+        "{}",
+        describe(&cmd, &out)
+    );
+    // Sticky (as /tmp) or group-writable: only the owner may replace it.
+    for mode in [0o1777, 0o775] {
+        chmod(&from, mode);
+        let mut cmd = rotator(tmp.path());
+        cmd.args(["check", "-c", "configmap/policy.toml"]);
+        run_expect(&mut cmd, 0);
+    }
+    // A ConfigMap volume: refused where it could be written, read where it is mounted read-only.
+    chmod(&from, 0o755);
+    let in_volume = volume.join("policy.toml");
+    let mut check = rotator(tmp.path());
+    check.args(["check", "-c"]).arg(&in_volume);
+    let out = common::in_configmap_volume(&check, &volume, &from, false);
+    assert_eq!(
+        out.status.code(),
+        Some(EX_CONFIG),
+        "{}",
+        describe(&check, &out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "permissions 0777 for directory {} of the policy file are too open",
+            volume.display()
+        )),
+        "{}",
+        describe(&check, &out)
+    );
+    let out = common::in_configmap_volume(&check, &volume, &from, true);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&check, &out));
+}

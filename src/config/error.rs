@@ -53,16 +53,39 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// Other users may write the policy file, and so decide where the keys go.
+    #[error(
+        "{}: permissions {mode:04o} for the policy file are too open: other users may write it, and so send the keys to a store of their own or run a hook of their own with them; run chmod o-w {}",
+        path.display(),
+        path.display()
+    )]
+    Writable { path: PathBuf, mode: u32 },
+    /// Other users may put another policy file in its place.
+    #[error(
+        "{}: permissions {mode:04o} for directory {} of the policy file are too open: other users may replace the file there with one of their own, which could send the keys anywhere; run chmod o-w {} (or chmod +t {})",
+        path.display(),
+        dir.display(),
+        dir.display(),
+        dir.display()
+    )]
+    Replaceable {
+        path: PathBuf,
+        dir: PathBuf,
+        mode: u32,
+    },
     /// Every problem found, in file order (at least one).
     #[error("{}", DisplayLines(.0))]
     Invalid(Vec<Diagnostic>),
 }
 
 impl ConfigError {
-    /// The problems with a position; empty when the file could not be read at all.
+    /// The problems with a position; empty when the file could not be read at all, or was
+    /// refused for who may change it.
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {
-            ConfigError::Read { .. } => &[],
+            ConfigError::Read { .. }
+            | ConfigError::Writable { .. }
+            | ConfigError::Replaceable { .. } => &[],
             ConfigError::Invalid(d) => d,
         }
     }

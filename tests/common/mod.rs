@@ -109,6 +109,40 @@ pub fn run(cmd: &mut Command) -> Output {
     }
 }
 
+/// Runs `cmd` in a mount namespace of its own (`unshare`, as root of a user namespace of its
+/// own, so it needs no privilege) where `volume` is a tmpfs laid out as Kubernetes mounts a
+/// ConfigMap or Secret volume: the directory 0777, holding copies of the files in `from` with
+/// their modes, and remounted read-only when `read_only`. Returns what `run` returns.
+pub fn in_configmap_volume(cmd: &Command, volume: &Path, from: &Path, read_only: bool) -> Output {
+    const SCRIPT: &str = r#"mount -t tmpfs -o mode=0777 tmpfs "$VOLUME" && cp -p "$FROM"/* "$VOLUME"/ && if [ "$READ_ONLY" = 1 ]; then mount -o remount,ro "$VOLUME"; fi && exec "$@""#;
+    let mut wrapped = Command::new("unshare");
+    wrapped.env_clear();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            wrapped.env(k, v);
+        }
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+        .args([
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            SCRIPT,
+            "sh",
+        ])
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env("VOLUME", volume)
+        .env("FROM", from)
+        .env("READ_ONLY", if read_only { "1" } else { "0" });
+    run(&mut wrapped)
+}
+
 /// Everything needed to understand a failed command: the command, exit status, stdout, stderr.
 pub fn describe(cmd: &Command, out: &Output) -> String {
     format!(

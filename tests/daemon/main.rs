@@ -500,7 +500,7 @@ fn assert_same_series(file: &Exposition, pushed: &Exposition) {
 }
 
 #[test]
-fn sighup_with_a_broken_file_keeps_the_running_policy_and_a_valid_one_replaces_it() {
+fn sighup_with_a_broken_or_writable_file_keeps_the_running_policy_and_a_valid_one_replaces_it() {
     let dir = tempfile::tempdir().unwrap();
     let (sa_a, _) = account("hup-a");
     let (sa_b, _) = account("hup-b");
@@ -589,6 +589,27 @@ fn sighup_with_a_broken_file_keeps_the_running_policy_and_a_valid_one_replaces_i
     );
     assert!(e.has_policy("a"));
     assert_eq!(e.rotations("a"), 1.0, "a reload does not rotate again");
+
+    // A valid file that other users may write: refused like a broken one, the policy stays.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o666)).unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for("the reload to be refused", Duration::from_secs(20), |e| {
+        e.value("zenml_rotator_config_last_reload_successful", &[]) == Some(0.0)
+    });
+    assert!(
+        daemon
+            .log()
+            .contains("permissions 0666 for the policy file are too open"),
+        "{}",
+        daemon.log()
+    );
+    let e = daemon.metrics();
+    assert!(
+        e.has_policy("a") && e.has_policy("c"),
+        "the running policy stays"
+    );
+    assert_eq!(daemon.get("/readyz").map(|r| r.0), Some(200));
 }
 
 /// A cleartext endpoint allowed with `allow_insecure_http` is said at every load: by every

@@ -177,62 +177,45 @@ fn a_zenml_server_that_redirects_gets_no_credential_elsewhere() {
 /// A Kubernetes ConfigMap volume's directory is 0777 and its files take the volume's
 /// `defaultMode`, but the volume is mounted read-only, so nobody can write to either: a CA file
 /// there is read. The same modes on a writable mount are refused, the file's and then the
-/// directory's. The binary runs in a mount namespace of its own (`unshare`), the CA file on a
-/// tmpfs with the ConfigMap's modes.
+/// directory's.
 #[test]
 fn a_ca_file_others_could_replace_is_refused_unless_its_mount_is_read_only() {
     let mut rig = Rig::new();
-    let ca_dir = rig.path().join("zenml-ca");
-    std::fs::create_dir(&ca_dir).unwrap();
-    let ca = ca_dir.join("ca.pem");
+    let volume = rig.path().join("zenml-ca");
+    let from = rig.path().join("configmap");
+    std::fs::create_dir(&volume).unwrap();
+    std::fs::create_dir(&from).unwrap();
+    std::fs::write(from.join("ca.pem"), "no certificate").unwrap();
+    let ca = volume.join("ca.pem");
     rig.zenml_line(&format!("ca_file = {:?}", ca.display().to_string()))
         .file_store("local")
         .key("k", "any", "local", "k.env", "");
     rig.write();
-    let script = r#"mount -t tmpfs -o mode=0777 tmpfs "$CA_DIR" && printf 'no certificate' > "$CA_DIR/ca.pem" && chmod "$FILE_MODE" "$CA_DIR/ca.pem" && if [ "$READ_ONLY" = 1 ]; then mount -o remount,ro "$CA_DIR"; fi && exec "$@""#;
-    let plan = |file_mode: &str, read_only: bool| {
-        let plan = rig.cmd(&["plan"]);
-        let mut cmd = std::process::Command::new("unshare");
-        cmd.env_clear()
-            .current_dir(rig.path())
-            .args([
-                "--user",
-                "--map-root-user",
-                "--mount",
-                "sh",
-                "-c",
-                script,
-                "sh",
-            ])
-            .arg(plan.get_program())
-            .args(plan.get_args())
-            .env("CA_DIR", &ca_dir)
-            .env("FILE_MODE", file_mode)
-            .env("READ_ONLY", if read_only { "1" } else { "0" });
-        for (k, v) in plan.get_envs() {
-            if let Some(v) = v {
-                cmd.env(k, v);
-            }
-        }
-        let out = crate::common::run(&mut cmd);
-        let text = format!(
+    let plan = |file_mode: u32, read_only: bool| {
+        chmod(&from.join("ca.pem"), file_mode);
+        let cmd = rig.cmd(&["plan"]);
+        let out = crate::common::in_configmap_volume(&cmd, &volume, &from, read_only);
+        let said = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        (text, crate::common::describe(&cmd, &out))
+        (said, crate::common::describe(&cmd, &out))
     };
     let ca = ca.display();
-    let (said, described) = plan("0666", false);
+    let (said, described) = plan(0o666, false);
     let file_refused = format!("permissions 0666 for CA file {ca} are too open");
-    assert!(said.contains(&file_refused), "{described}");
-    let (said, described) = plan("0644", false);
+    assert!(said.contains(&file_refused), "{described}\n{said}");
+    let (said, described) = plan(0o644, false);
     let dir_refused = format!(
         "permissions 0777 for directory {} of CA file {ca} are too open",
-        ca_dir.display()
+        volume.display()
     );
-    assert!(said.contains(&dir_refused), "{described}");
-    let (said, described) = plan("0666", true);
+    assert!(said.contains(&dir_refused), "{described}\n{said}");
+    let (said, described) = plan(0o666, true);
     let read = format!("CA file {ca} holds no usable PEM certificate");
-    assert!(said.contains(&read), "read, not refused: {described}");
+    assert!(
+        said.contains(&read),
+        "read, not refused: {described}\n{said}"
+    );
 }

@@ -98,33 +98,20 @@ async fn a_hook_gets_the_documented_environment_and_the_value_only_on_stdin() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_hook_is_retried_by_the_next_passes_until_it_succeeds() {
-    let admin = zenml_admin();
-    let (sa, _) = new_service_account_with_key(&admin, "nt-hook-retry").await;
-    let mut rig = Rig::new();
-    let runs = rig.path().join("runs");
-    let fixed = rig.path().join("fixed");
-    let audit = rig.path().join("audit.jsonl");
-    let hook = script(
-        &rig,
+    let (mut rig, runs, _) = hooked(
+        "nt-hook-retry",
         "flaky.sh",
         "echo run >> \"$1\"\ntest -e \"$2\" || { echo 'consumer unreachable' >&2; exit 3; }",
-    );
+        &["fixed"],
+        "",
+    )
+    .await;
+    let fixed = rig.path().join("fixed");
+    let audit = rig.path().join("audit.jsonl");
     rig.section(&format!(
         "[[notify]]\npath = {:?}\n",
         audit.display().to_string()
-    ))
-    .file_store("local")
-    .key(
-        "k",
-        &sa.name,
-        "local",
-        "k.env",
-        &format!(
-            "on_rotated = {{ command = [{hook:?}, {:?}, {:?}] }}",
-            runs.display().to_string(),
-            fixed.display().to_string()
-        ),
-    );
+    ));
     rig.write();
     let count = || crate::lines_in(&runs);
 
@@ -180,21 +167,14 @@ async fn a_failing_hook_is_retried_by_the_next_passes_until_it_succeeds() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hook_that_keeps_failing_is_given_up_after_five_attempts() {
-    let admin = zenml_admin();
-    let (sa, _) = new_service_account_with_key(&admin, "nt-hook-bound").await;
-    let mut rig = Rig::new();
-    let runs = rig.path().join("runs");
-    let hook = script(&rig, "slow.sh", "echo run >> \"$1\"\nsleep 30");
-    rig.file_store("local").key(
-        "k",
-        &sa.name,
-        "local",
-        "k.env",
-        &format!(
-            "on_rotated = {{ command = [{hook:?}, {:?}], timeout = \"1s\" }}",
-            runs.display().to_string()
-        ),
-    );
+    let (rig, runs, _) = hooked(
+        "nt-hook-bound",
+        "slow.sh",
+        "echo run >> \"$1\"\nsleep 30",
+        &[],
+        ", timeout = \"1s\"",
+    )
+    .await;
     rig.write();
     let count = || crate::lines_in(&runs);
     for pass in 1..=5 {
@@ -216,4 +196,88 @@ async fn a_hook_that_keeps_failing_is_given_up_after_five_attempts() {
     let ran = rig.expect(&["once", "--output", "json"], 0);
     assert_eq!(ran.results_of("k"), ["wait"], "{}", ran.describe());
     assert_eq!(count(), 5, "given up after five attempts");
+}
+
+/// A hook's program gets the key on its standard input: one that other users may change, or put
+/// another program in the place of, is not run (a failed attempt, said why), and runs once fixed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hook_program_others_could_change_is_not_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let (rig, runs, hook) = hooked(
+        "nt-hook-trust",
+        "bin/hook.sh",
+        "cat > /dev/null\necho run >> \"$1\"",
+        &[],
+        ", stdin = \"payload\"",
+    )
+    .await;
+    let bin = rig.path().join("bin");
+    rig.write();
+    let chmod = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let refused = |expected: &str| {
+        let ran = rig.expect(&["once", "--output", "json"], 1);
+        let (_, _, detail) = ran
+            .rows()
+            .into_iter()
+            .find(|(_, r, _)| r == "hook failed")
+            .unwrap_or_else(|| panic!("{}", ran.describe()));
+        assert!(detail.contains(expected), "{detail}");
+        assert_eq!(crate::lines_in(&runs), 0, "the hook ran");
+    };
+    chmod(std::path::Path::new(&hook), 0o777);
+    refused(&format!(
+        "not run: permissions 0777 for {hook} are too open: other users may change the program a hook runs with the key; run chmod o-w {hook}"
+    ));
+    chmod(std::path::Path::new(&hook), 0o755);
+    chmod(&bin, 0o777);
+    refused(&format!(
+        "not run: permissions 0777 for directory {0} of {hook} are too open: other users may put another program in its place, which would run with the key; run chmod o-w {0} (or chmod +t {0})",
+        bin.display()
+    ));
+    chmod(&bin, 0o755);
+    let ran = rig.expect(&["once", "--output", "json"], 0);
+    assert_eq!(
+        ran.results_of("k"),
+        ["wait", "hook ran"],
+        "{}",
+        ran.describe()
+    );
+    assert_eq!(crate::lines_in(&runs), 1);
+}
+
+/// A rig whose key `k`, of a new service account, runs the script `name` (`body`) as its
+/// `on_rotated` hook with the file `runs` (where the script counts its runs) and then the files
+/// `more` of the rig's directory as its arguments, `fields` after the command. Not yet written.
+async fn hooked(
+    prefix: &str,
+    name: &str,
+    body: &str,
+    more: &[&str],
+    fields: &str,
+) -> (Rig, std::path::PathBuf, String) {
+    let (sa, _) = new_service_account_with_key(&zenml_admin(), prefix).await;
+    let mut rig = Rig::new();
+    if let Some(dir) = std::path::Path::new(name).parent() {
+        std::fs::create_dir_all(rig.path().join(dir)).unwrap();
+    }
+    let hook = script(&rig, name, body);
+    let runs = rig.path().join("runs");
+    let args: Vec<String> = std::iter::once(hook.clone())
+        .chain(std::iter::once(runs.display().to_string()))
+        .chain(
+            more.iter()
+                .map(|m| rig.path().join(m).display().to_string()),
+        )
+        .map(|a| format!("{a:?}"))
+        .collect();
+    rig.file_store("local").key(
+        "k",
+        &sa.name,
+        "local",
+        "k.env",
+        &format!("on_rotated = {{ command = [{}]{fields} }}", args.join(", ")),
+    );
+    (rig, runs, hook)
 }

@@ -54,6 +54,7 @@ pub async fn run(
     payload: Option<&SecretString>,
 ) -> Result<Duration, String> {
     let started = Instant::now();
+    trusted_program(&hook.command[0])?;
     let mut cmd = tokio::process::Command::new(&hook.command[0]);
     cmd.args(&hook.command[1..])
         .env_clear()
@@ -110,6 +111,26 @@ pub async fn run(
         Some(code) => format!("exited with status {code}"),
         None => "was killed by a signal".to_owned(),
     })
+}
+
+/// A hook's program runs with the key on its standard input, or with whatever the rotator's user
+/// can reach: one that other users may change, or put another program in the place of
+/// (`trust.rs`), is not run. `Err` says why, as a failed run does.
+fn trusted_program(program: &str) -> Result<(), String> {
+    let path = std::path::Path::new(program);
+    let io = |e| format!("cannot start {program}: {e}");
+    if let Some(mode) = crate::trust::others_may_write_path(path).map_err(io)? {
+        return Err(format!(
+            "not run: permissions {mode:04o} for {program} are too open: other users may change the program a hook runs with the key; run chmod o-w {program}"
+        ));
+    }
+    if let Some((dir, mode)) = crate::trust::replaceable_through(path).map_err(io)? {
+        let dir = dir.display();
+        return Err(format!(
+            "not run: permissions {mode:04o} for directory {dir} of {program} are too open: other users may put another program in its place, which would run with the key; run chmod o-w {dir} (or chmod +t {dir})"
+        ));
+    }
+    Ok(())
 }
 
 fn kill_group(pid: Option<u32>) {
