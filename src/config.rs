@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::secret::SecretSource;
+use crate::trust::Changeable;
 
 mod diff;
 mod error;
@@ -40,21 +41,14 @@ impl Config {
             source,
         };
         let mut file = std::fs::File::open(path).map_err(read_error)?;
-        if let Some(mode) = crate::trust::others_may_write(&file).map_err(read_error)? {
-            return Err(ConfigError::Writable {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-        // A pipe (`-c <(...)`) has no directory to check.
-        if file.metadata().map_err(read_error)?.is_file()
-            && let Some((dir, mode)) =
-                crate::trust::replaceable_through(path).map_err(read_error)?
+        let meta = file.metadata().map_err(read_error)?;
+        if let Some(changeable) =
+            crate::trust::changeable_by_others(path, &meta).map_err(read_error)?
         {
-            return Err(ConfigError::Replaceable {
-                path: path.to_path_buf(),
-                dir,
-                mode,
+            let path = path.to_path_buf();
+            return Err(match changeable {
+                Changeable::File { mode } => ConfigError::Writable { path, mode },
+                Changeable::Directory { dir, mode } => ConfigError::Replaceable { path, dir, mode },
             });
         }
         let mut source = String::new();

@@ -181,8 +181,8 @@ pub fn sweep_stale_temporaries(
         if !is_temp_name(&name) {
             continue;
         }
-        // Not followed: a symlink is nobody's temporary file, and is left where it is.
-        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+        // The entry's own (a symlink not followed): a symlink is nobody's temporary file.
+        let Ok(meta) = entry.metadata() else {
             continue;
         };
         let age = meta

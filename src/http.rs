@@ -11,6 +11,8 @@ use std::path::Path;
 use std::sync::{Arc, Once, OnceLock};
 use std::time::Duration;
 
+use crate::trust::Changeable;
+
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -62,17 +64,16 @@ fn load_ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Htt
         source,
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
-    if let Some(mode) = crate::trust::others_may_write(&file).map_err(io)? {
-        return Err(HttpSetupError::CaFileWritable {
-            path: path.display().to_string(),
-            mode,
-        });
-    }
-    if let Some((dir, mode)) = crate::trust::replaceable_through(path).map_err(io)? {
-        return Err(HttpSetupError::CaDirWritable {
-            path: path.display().to_string(),
-            dir: dir.display().to_string(),
-            mode,
+    let meta = file.metadata().map_err(io)?;
+    if let Some(changeable) = crate::trust::changeable_by_others(path, &meta).map_err(io)? {
+        let path = path.display().to_string();
+        return Err(match changeable {
+            Changeable::File { mode } => HttpSetupError::CaFileWritable { path, mode },
+            Changeable::Directory { dir, mode } => HttpSetupError::CaDirWritable {
+                path,
+                dir: dir.display().to_string(),
+                mode,
+            },
         });
     }
     let mut pem = Vec::new();

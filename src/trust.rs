@@ -7,47 +7,49 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// The mode of an open file that other users may write (`o+w`, not on a read-only mount).
-pub fn others_may_write(file: &std::fs::File) -> std::io::Result<Option<u32>> {
-    let mode = file.metadata()?.mode() & 0o7777;
-    Ok((mode & 0o002 != 0 && !on_read_only_mount(file)).then_some(mode))
+/// How other users could change a file the rotator trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changeable {
+    /// They may write the file itself (`o+w`); its mode.
+    File { mode: u32 },
+    /// They may put another file in its place through this directory; the directory's mode.
+    Directory { dir: PathBuf, mode: u32 },
 }
 
-/// [`others_may_write`] for a file that need not be readable (a program), by its path.
-pub fn others_may_write_path(path: &Path) -> std::io::Result<Option<u32>> {
-    let mode = std::fs::metadata(path)?.mode() & 0o7777;
-    Ok((mode & 0o002 != 0 && !path_on_read_only_mount(path)).then_some(mode))
-}
-
-/// A directory through which other users may put another file in `path`'s place: its
-/// directory or any directory above its real location, or the directory the name given is in (a
-/// symlink's), that is `o+w` without the sticky bit (which, as on /tmp, lets only a file's owner
-/// rename or remove it) and not on a read-only mount. With its mode.
-pub fn replaceable_through(path: &Path) -> std::io::Result<Option<(PathBuf, u32)>> {
+/// How other users could change the file at `path`, if they can. `meta` is the file's metadata:
+/// from the file opened where the caller reads it, so the file checked is the file read. The
+/// directories that count are the file's own and every one above its real location, and the one
+/// the name given is in (a symlink's): `o+w` without the sticky bit (which, as on /tmp, lets
+/// only a file's owner rename or remove it). Only a regular file has a place to take: a pipe
+/// (`-c <(...)`) has no directory. Nothing on a read-only mount counts.
+pub fn changeable_by_others(
+    path: &Path,
+    meta: &std::fs::Metadata,
+) -> std::io::Result<Option<Changeable>> {
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 && !on_read_only_mount(path) {
+        return Ok(Some(Changeable::File { mode }));
+    }
+    if !meta.is_file() {
+        return Ok(None);
+    }
     let real = std::fs::canonicalize(path)?;
     let given = path.parent().filter(|p| !p.as_os_str().is_empty());
     for dir in real.ancestors().skip(1).chain(given) {
         let mode = std::fs::metadata(dir)?.mode() & 0o7777;
-        if mode & 0o002 != 0 && mode & 0o1000 == 0 && !path_on_read_only_mount(dir) {
-            return Ok(Some((dir.to_path_buf(), mode)));
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 && !on_read_only_mount(dir) {
+            return Ok(Some(Changeable::Directory {
+                dir: dir.to_path_buf(),
+                mode,
+            }));
         }
     }
     Ok(None)
 }
 
-/// Whether the file is on a file system mounted read-only.
-fn on_read_only_mount(file: &std::fs::File) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: fstatvfs fills the struct it is given from a descriptor we own, and the struct is
-    // read only when it says it succeeded.
-    let rc = unsafe { libc::fstatvfs(file.as_raw_fd(), stat.as_mut_ptr()) };
-    // SAFETY: initialised by the successful call above.
-    rc == 0 && unsafe { stat.assume_init() }.f_flag & libc::ST_RDONLY != 0
-}
-
-/// [`on_read_only_mount`] by path: a directory, or a file that need not be readable.
-fn path_on_read_only_mount(path: &Path) -> bool {
+/// Whether `path` is on a file system mounted read-only (by path: a directory, or a program that
+/// need not be readable, is not opened).
+fn on_read_only_mount(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
         return false;
@@ -69,6 +71,17 @@ mod tests {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
+    fn check(path: &Path) -> std::io::Result<Option<Changeable>> {
+        changeable_by_others(path, &std::fs::metadata(path)?)
+    }
+
+    fn through(dir: &Path, mode: u32) -> Option<Changeable> {
+        Some(Changeable::Directory {
+            dir: dir.to_path_buf(),
+            mode,
+        })
+    }
+
     #[test]
     fn a_file_others_may_write_is_named_with_its_mode() {
         let tmp = tempfile::tempdir().unwrap();
@@ -76,17 +89,14 @@ mod tests {
         std::fs::write(&path, "").unwrap();
         for (mode, flagged) in [(0o666, true), (0o602, true), (0o664, false), (0o644, false)] {
             set(&path, mode);
-            let file = std::fs::File::open(&path).unwrap();
+            let opened = std::fs::File::open(&path).unwrap().metadata().unwrap();
+            let expected = flagged.then_some(Changeable::File { mode });
             assert_eq!(
-                others_may_write(&file).unwrap(),
-                flagged.then_some(mode),
+                changeable_by_others(&path, &opened).unwrap(),
+                expected,
                 "{mode:o}"
             );
-            assert_eq!(
-                others_may_write_path(&path).unwrap(),
-                flagged.then_some(mode),
-                "{mode:o}"
-            );
+            assert_eq!(check(&path).unwrap(), expected, "{mode:o}");
         }
     }
 
@@ -102,21 +112,15 @@ mod tests {
         std::fs::write(&path, "").unwrap();
         for mode in [0o777, 0o733, 0o703] {
             set(&nested, mode);
-            assert_eq!(
-                replaceable_through(&path).unwrap(),
-                Some((nested.clone(), mode))
-            );
+            assert_eq!(check(&path).unwrap(), through(&nested, mode));
         }
         for mode in [0o1777, 0o775, 0o755, 0o700] {
             set(&nested, mode);
-            assert_eq!(replaceable_through(&path).unwrap(), None, "{mode:o}");
+            assert_eq!(check(&path).unwrap(), None, "{mode:o}");
         }
         // A directory further up counts as much as the file's own.
         set(&dir, 0o777);
-        assert_eq!(
-            replaceable_through(&path).unwrap(),
-            Some((dir.clone(), 0o777))
-        );
+        assert_eq!(check(&path).unwrap(), through(&dir, 0o777));
         set(&dir, 0o755);
         // A symlink in a directory others may write: they could point it elsewhere.
         let open = tmp.path().join("open");
@@ -124,12 +128,15 @@ mod tests {
         set(&open, 0o777);
         let link = open.join("f");
         std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert_eq!(
-            replaceable_through(&link).unwrap(),
-            Some((open.clone(), 0o777))
-        );
+        assert_eq!(check(&link).unwrap(), through(&open, 0o777));
+        // A pipe has no place to take: its directory does not count.
+        let fifo = open.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(check(&fifo).unwrap(), None);
         set(&open, 0o755);
-        assert_eq!(replaceable_through(&link).unwrap(), None);
-        assert!(replaceable_through(&tmp.path().join("missing")).is_err());
+        assert_eq!(check(&link).unwrap(), None);
+        assert!(check(&tmp.path().join("missing")).is_err());
     }
 }

@@ -3,7 +3,7 @@
 
 use zenml_rotator::secret::ExposeSecret;
 
-use crate::common::rig::{PASSWORD_ENV, Rig};
+use crate::common::rig::{PASSWORD_ENV, Ran, Rig};
 use crate::common::{new_service_account_with_key, zenml, zenml_admin};
 use crate::{assert_no_value, audit_lines, fingerprint, script, stored_value};
 
@@ -32,13 +32,7 @@ async fn a_hook_gets_the_documented_environment_and_the_value_only_on_stdin() {
         ),
     );
     rig.write();
-    let ran = rig.expect(&["once", "--output", "json"], 0);
-    assert_eq!(
-        ran.results_of("k"),
-        ["rotated", "hook ran"],
-        "{}",
-        ran.describe()
-    );
+    let ran = once_with(&rig, 0, &["rotated", "hook ran"]);
     let new = stored_value(&rig, "k.env");
     let key = admin.get_api_key(sa.id, "default").await.unwrap();
 
@@ -91,8 +85,7 @@ async fn a_hook_gets_the_documented_environment_and_the_value_only_on_stdin() {
     assert!(!ran.stderr.contains("not-really-a-key"));
     // Done for this value: the next pass runs nothing.
     std::fs::remove_file(out.join("env")).unwrap();
-    let ran = rig.expect(&["once", "--output", "json"], 0);
-    assert_eq!(ran.results_of("k"), ["wait"], "{}", ran.describe());
+    once_with(&rig, 0, &["wait"]);
     assert!(!out.join("env").exists());
 }
 
@@ -116,36 +109,17 @@ async fn a_failing_hook_is_retried_by_the_next_passes_until_it_succeeds() {
     let count = || crate::lines_in(&runs);
 
     // The rotation stands; the pass fails because of the hook.
-    let ran = rig.expect(&["once", "--output", "json"], 1);
-    assert_eq!(
-        ran.results_of("k"),
-        ["rotated", "hook failed"],
-        "{}",
-        ran.describe()
-    );
+    once_with(&rig, 1, &["rotated", "hook failed"]);
     assert_eq!(count(), 1);
     let stored = stored_value(&rig, "k.env");
-    let ran = rig.expect(&["once", "--output", "json"], 1);
-    assert_eq!(
-        ran.results_of("k"),
-        ["wait", "hook failed"],
-        "{}",
-        ran.describe()
-    );
+    once_with(&rig, 1, &["wait", "hook failed"]);
     assert_eq!(count(), 2);
     assert_eq!(stored_value(&rig, "k.env"), stored, "no new rotation");
 
     std::fs::write(&fixed, "").unwrap();
-    let ran = rig.expect(&["once", "--output", "json"], 0);
-    assert_eq!(
-        ran.results_of("k"),
-        ["wait", "hook ran"],
-        "{}",
-        ran.describe()
-    );
+    once_with(&rig, 0, &["wait", "hook ran"]);
     assert_eq!(count(), 3);
-    let ran = rig.expect(&["once", "--output", "json"], 0);
-    assert_eq!(ran.results_of("k"), ["wait"], "{}", ran.describe());
+    once_with(&rig, 0, &["wait"]);
     assert_eq!(
         count(),
         3,
@@ -193,8 +167,7 @@ async fn a_hook_that_keeps_failing_is_given_up_after_five_attempts() {
         assert!(detail.contains(&format!("attempt {pass} of 5")), "{detail}");
         assert_eq!(count(), pass as usize);
     }
-    let ran = rig.expect(&["once", "--output", "json"], 0);
-    assert_eq!(ran.results_of("k"), ["wait"], "{}", ran.describe());
+    once_with(&rig, 0, &["wait"]);
     assert_eq!(count(), 5, "given up after five attempts");
 }
 
@@ -237,13 +210,7 @@ async fn a_hook_program_others_could_change_is_not_run() {
         bin.display()
     ));
     chmod(&bin, 0o755);
-    let ran = rig.expect(&["once", "--output", "json"], 0);
-    assert_eq!(
-        ran.results_of("k"),
-        ["wait", "hook ran"],
-        "{}",
-        ran.describe()
-    );
+    once_with(&rig, 0, &["wait", "hook ran"]);
     assert_eq!(crate::lines_in(&runs), 1);
 }
 
@@ -280,4 +247,11 @@ async fn hooked(
         &format!("on_rotated = {{ command = [{}]{fields} }}", args.join(", ")),
     );
     (rig, runs, hook)
+}
+
+/// One `once` over the rig's policy: its exit code and what it reported for key `k` asserted.
+fn once_with(rig: &Rig, code: i32, results: &[&str]) -> Ran {
+    let ran = rig.expect(&["once", "--output", "json"], code);
+    assert_eq!(ran.results_of("k"), results, "{}", ran.describe());
+    ran
 }

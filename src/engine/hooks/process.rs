@@ -117,20 +117,22 @@ pub async fn run(
 /// can reach: one that other users may change, or put another program in the place of
 /// (`trust.rs`), is not run. `Err` says why, as a failed run does.
 fn trusted_program(program: &str) -> Result<(), String> {
+    use crate::trust::Changeable;
     let path = std::path::Path::new(program);
     let io = |e| format!("cannot start {program}: {e}");
-    if let Some(mode) = crate::trust::others_may_write_path(path).map_err(io)? {
-        return Err(format!(
+    let meta = std::fs::metadata(path).map_err(io)?;
+    match crate::trust::changeable_by_others(path, &meta).map_err(io)? {
+        Some(Changeable::File { mode }) => Err(format!(
             "not run: permissions {mode:04o} for {program} are too open: other users may change the program a hook runs with the key; run chmod o-w {program}"
-        ));
+        )),
+        Some(Changeable::Directory { dir, mode }) => {
+            let dir = dir.display();
+            Err(format!(
+                "not run: permissions {mode:04o} for directory {dir} of {program} are too open: other users may put another program in its place, which would run with the key; run chmod o-w {dir} (or chmod +t {dir})"
+            ))
+        }
+        None => Ok(()),
     }
-    if let Some((dir, mode)) = crate::trust::replaceable_through(path).map_err(io)? {
-        let dir = dir.display();
-        return Err(format!(
-            "not run: permissions {mode:04o} for directory {dir} of {program} are too open: other users may put another program in its place, which would run with the key; run chmod o-w {dir} (or chmod +t {dir})"
-        ));
-    }
-    Ok(())
 }
 
 fn kill_group(pid: Option<u32>) {
