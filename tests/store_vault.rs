@@ -514,31 +514,67 @@ async fn the_record_is_patched_where_the_token_may_and_written_whole_where_not()
                 "patched again after a refusal"
             );
         }
-        // A store that has pre-flighted nothing yet (a finalize first in a process) reads and
-        // writes whole; one that has pre-flighted another path takes that path's answer.
-        if case == "patch" {
+        // A store that has pre-flighted nothing yet (a finalize first in a process) asks Vault
+        // once whether it may patch, and that answer stands for the next path too; a pre-flight
+        // of another path gives its own answer.
+        if case != "patch revoked after pre-flight" {
+            let other = format!("{prefix}/other");
+            rotate(&store, &other, &secret_key(), &rec, "t2").await;
             let fresh =
                 VaultStore::connect(&settings_at(&proxy.url, token_auth(dir.path(), &token)))
                     .await
                     .unwrap();
-            let record_write = |from: usize| -> Vec<String> {
-                proxy.requests()[from..]
+            // What one record write sent: its requests on the path's metadata, and how many
+            // capability questions, with the paths each asked about.
+            let record_write = |from: usize, of: &str| -> (Vec<String>, Vec<String>) {
+                let sent = &proxy.requests()[from..];
+                let on_metadata = sent
                     .iter()
-                    .filter(|r| r.path().ends_with(&format!("/metadata/{path}")))
+                    .filter(|r| r.path().ends_with(&format!("/metadata/{of}")))
                     .map(|r| r.method.clone())
-                    .collect()
+                    .collect();
+                let asked = sent
+                    .iter()
+                    .filter(|r| r.path().ends_with("/sys/capabilities-self"))
+                    .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                    .collect();
+                (on_metadata, asked)
+            };
+            let whole_or_patch: &[&str] = if case == "patch" {
+                &["PATCH"]
+            } else {
+                &["GET", "POST"]
             };
             let from = proxy.requests().len();
             fresh.set_record(&path, &finalized).await.unwrap();
-            assert_eq!(record_write(from), ["GET", "POST"], "before any pre-flight");
-            fresh.preflight(&format!("{prefix}/other")).await.unwrap();
-            let from = proxy.requests().len();
-            fresh.set_record(&path, &finalized).await.unwrap();
-            assert_eq!(
-                record_write(from),
-                ["PATCH"],
-                "after another path's pre-flight"
+            let (written, asked) = record_write(from, &path);
+            assert_eq!(written, whole_or_patch, "{case}: before any pre-flight");
+            assert_eq!(asked.len(), 1, "{case}: one question first: {asked:?}");
+            assert!(
+                asked[0].contains(&format!("secret/metadata/{path}"))
+                    && !asked[0].contains("/data/"),
+                "{case}: about this path's metadata only: {asked:?}"
             );
+            let from = proxy.requests().len();
+            fresh.set_record(&other, &finalized).await.unwrap();
+            let (written, asked) = record_write(from, &other);
+            assert_eq!(written, whole_or_patch, "{case}: the next path");
+            assert!(asked.is_empty(), "{case}: asked again: {asked:?}");
+            assert_eq!(
+                fresh.inspect(&other).await.unwrap().record.as_ref(),
+                Some(&finalized),
+                "{case}"
+            );
+            if case == "patch" {
+                fresh.preflight(&other).await.unwrap();
+                let from = proxy.requests().len();
+                fresh.set_record(&path, &finalized).await.unwrap();
+                assert_eq!(
+                    record_write(from, &path).0,
+                    ["PATCH"],
+                    "after another path's pre-flight"
+                );
+            }
         }
     }
 }

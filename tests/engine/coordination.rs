@@ -778,17 +778,24 @@ async fn what_a_claim_costs_per_rotation_in_vault_and_aws() {
         [
             "GET metadata", // looked at (stands under the claim): which version is current
             "GET data",     // the one before it, to check ZenML rejects its value now
-            // Finalized: nothing in this process has pre-flighted yet, so nothing says the token
-            // may patch: the record is merged into the metadata read. The look after it, under
-            // the same claim, takes the store as that read showed it, and pre-flight its version.
-            "GET metadata",
-            "POST metadata",
+            // Finalized: nothing in this process has pre-flighted yet, so the store asks Vault
+            // once whether the token may patch (the shipped policy: yes) and patches the
+            // record. The look after it, under the same claim, takes the store as its look saw
+            // it with that record, and pre-flight its version.
+            "PATCH metadata",
             "POST data", // check-and-set over the last rotation's stamped version: no read first
             "PATCH metadata", // the record
             "GET data",  // read back equal, its stamp this rotation's
         ],
         "finalize and rotation, Vault key path"
     );
+    // Two questions about the token's capabilities: the finalize's whether it may patch, and
+    // the rotation's pre-flight.
+    let asked = vault.requests()[v_from..]
+        .iter()
+        .filter(|r| r.path().ends_with("/sys/capabilities-self"))
+        .count();
+    assert_eq!(asked, 2, "finalize and rotation, capability questions");
     // The key is looked at once: a finalize leaves it as it was, so the look after it takes it.
     assert_eq!(
         zenml_key_calls(z_from),

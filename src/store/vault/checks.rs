@@ -141,17 +141,16 @@ impl VaultStore {
         url
     }
 
-    /// Invariant 2: the token may write the value and its metadata, and read them back.
-    pub(super) async fn check_capabilities(
+    /// The token's capabilities on each of `api_paths` (one `sys/capabilities-self` request),
+    /// as Vault answers them: `{api_path: [capability, ...]}`.
+    async fn capabilities(
         &self,
         authed: &Authed,
+        api_paths: &[&str],
         path: &str,
-    ) -> Result<(), StoreError> {
-        let data_path = format!("{}/data/{path}", self.mount);
-        let meta_path = format!("{}/metadata/{path}", self.mount);
-        let claim_path = format!("{}/data/{}", self.mount, self.claim_path(path));
-        let body = serde_json::json!({ "paths": [data_path, meta_path, claim_path] });
-        let res = self
+    ) -> Result<Value, StoreError> {
+        let body = serde_json::json!({ "paths": api_paths });
+        let mut res = self
             .raw(
                 authed,
                 reqwest::Method::POST,
@@ -161,19 +160,26 @@ impl VaultStore {
                 path,
             )
             .await?;
-        let caps = res.get("data").unwrap_or(&res);
-        let caps_on = |api_path: &str| -> Vec<&str> {
-            caps.get(api_path)
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default()
-        };
-        let meta_caps = caps_on(&meta_path);
-        self.note_patchable(
-            path,
-            meta_caps.contains(&"root")
-                || (meta_caps.contains(&"patch") && !meta_caps.contains(&"deny")),
-        );
+        Ok(match res.get_mut("data") {
+            Some(data) => data.take(),
+            None => res,
+        })
+    }
+
+    /// Invariant 2: the token may write the value and its metadata, and read them back.
+    pub(super) async fn check_capabilities(
+        &self,
+        authed: &Authed,
+        path: &str,
+    ) -> Result<(), StoreError> {
+        let data_path = format!("{}/data/{path}", self.mount);
+        let meta_path = format!("{}/metadata/{path}", self.mount);
+        let claim_path = format!("{}/data/{}", self.mount, self.claim_path(path));
+        let caps = self
+            .capabilities(authed, &[&data_path, &meta_path, &claim_path], path)
+            .await?;
+        let caps_on = |api_path: &str| capabilities_on(&caps, api_path);
+        self.note_patchable(path, may_patch_with(&caps_on(&meta_path)));
         let mut missing = Vec::new();
         for (api_path, needed) in [
             (&data_path, &["create", "update", "read"][..]),
@@ -211,6 +217,25 @@ impl VaultStore {
                 format!("the token lacks {}", missing.join("; ")),
             ))
         }
+    }
+
+    /// Whether the token may `patch` `path`'s metadata, asked of Vault for that path alone: for
+    /// a record written before any pre-flight in this process (a pass that only finalizes), so
+    /// that the answer also stands in for the paths after it (`may_patch`). Noted either way; a
+    /// token that may not ask is taken as one that may not patch.
+    pub(super) async fn probe_patchable(
+        &self,
+        authed: &Authed,
+        path: &str,
+    ) -> Result<bool, StoreError> {
+        let meta_path = format!("{}/metadata/{path}", self.mount);
+        let allowed = match self.capabilities(authed, &[&meta_path], path).await {
+            Ok(caps) => may_patch_with(&capabilities_on(&caps, &meta_path)),
+            Err(StoreError::PermissionDenied { .. }) => false,
+            Err(other) => return Err(other),
+        };
+        self.note_patchable(path, allowed);
+        Ok(allowed)
     }
 
     /// Once per store: `mount` must be a KV v2 engine itself (not a KV v1 mount, where `data/`
@@ -300,4 +325,17 @@ pub(super) fn api_errors(json: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The capabilities Vault's answer lists for `api_path` (none when it lists nothing).
+fn capabilities_on<'a>(caps: &'a Value, api_path: &str) -> Vec<&'a str> {
+    caps.get(api_path)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// Whether these capabilities on a metadata path allow a merge patch of it.
+fn may_patch_with(caps: &[&str]) -> bool {
+    caps.contains(&"root") || (caps.contains(&"patch") && !caps.contains(&"deny"))
 }

@@ -208,8 +208,9 @@ impl VaultStore {
     /// Replaces the rotator's keys in `custom_metadata`, keeping everything else: an operator's
     /// own keys, and (omitted from the request, so untouched) max_versions and cas_required.
     ///
-    /// Where pre-flight found the token may `patch` the metadata (`may_patch`), one JSON merge
-    /// patch does it (the rotator's keys set or, when the record has none, removed; Vault
+    /// Where pre-flight found the token may `patch` the metadata (`may_patch`; before any
+    /// pre-flight in this process, one question to Vault about this path, `probe_patchable`),
+    /// one JSON merge patch does it (the rotator's keys set or, when the record has none, removed; Vault
     /// merges), and the path as it is now is `seen` with this record when no version was written
     /// and the caller knows what it saw (`None` otherwise). Else the metadata is read, merged
     /// here and written whole, and the path as it is now is that read with the record written.
@@ -224,7 +225,11 @@ impl VaultStore {
         op: &'static str,
         seen: Option<&StoreSnapshot>,
     ) -> Result<Option<StoreSnapshot>, StoreError> {
-        if self.may_patch(path) {
+        let patch = match self.may_patch(path) {
+            Some(known) => known,
+            None => self.probe_patchable(authed, path).await?,
+        };
+        if patch {
             let call = RawCall {
                 method: reqwest::Method::PATCH,
                 api_path: &format!("{}/metadata/{path}", self.mount),
@@ -287,16 +292,11 @@ impl VaultStore {
     /// Whether to patch `path`'s metadata: as its last pre-flight found; for a path not
     /// pre-flighted yet in this process (a finalize before any rotation), as the latest
     /// pre-flight of any path found (one policy usually covers them all; where it does not, the
-    /// patch is refused once and the path written whole from then on); before any, no.
-    fn may_patch(&self, path: &str) -> bool {
-        self.patchable.lock().is_ok_and(|known| {
-            known
-                .paths
-                .get(path)
-                .copied()
-                .or(known.last)
-                .unwrap_or(false)
-        })
+    /// patch is refused once and the path written whole from then on); before any, not known
+    /// (`None`: `write_record` asks Vault, once a process).
+    fn may_patch(&self, path: &str) -> Option<bool> {
+        let known = self.patchable.lock().ok()?;
+        known.paths.get(path).copied().or(known.last)
     }
 
     /// Writes `data` as a new version of `kv_path`, checked-and-set against version `cas` (0:
