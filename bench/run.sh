@@ -20,6 +20,13 @@
 #    A set's runs after its first are steady state (the last rotation finalized, a new one made);
 #    with FRESH=1 each run first deletes its set's Vault paths and claims, so it is a first
 #    rotation (the store holds no value yet) every time, and no set has to be due.
+#    With SPLIT=1 the two halves of a steady state are passes of their own, as at an operator's
+#    cadence (`every` of days, `retain` of minutes: a window ends long before the key is due
+#    again): a pass 65 s after the set's last rotation only finalizes it (the window of 1m is over,
+#    the key not due: `every` is 3m in this mode), its CPU per finalized key and requests printed
+#    apart; the set's pass when it is due (185 s) then only rotates, and is measured as every other
+#    run is. A set's first run in an invocation starts with one pass, not measured, that brings it
+#    to a known state.
 # 4. Start-up: exec to the first connection the rotator opens (bench/first-request.py), and `check`.
 # 5. Binary size.
 # With BEFORE=path/to/an/older/zenml-rotator, 1 and 3-5 measure both binaries, interleaved run by
@@ -186,6 +193,22 @@ if wants 3; then
   [ -f "$WORK/policy-vault-1.toml.in" ] || python3 bench/vault-policies.py "$WORK"
   export VAULT_TOKEN=${ZR_VAULT_ROOT_TOKEN:-root}
   declare -A last=() rss3=() cpu3=() user3=() wall3=() req3=() floor3=() curl_user3=() paced3=() sleeps3=() paced_sleeps3=()
+  declare -A fin_cpu3=() fin_req3=() fin_sleeps3=()
+  # One `once` of policy file $2 with binary $1 under bench/rusage.py (its JSON results in
+  # once.json); prints exit code, peak RSS kB, CPU s, user s, wall s, sleeps, ZenML and Vault
+  # requests (from the textfile it writes, which must be new).
+  once_pass() { # binary policy
+    touch "$WORK/once.started"; sleep 0.01
+    local usage
+    usage=$(python3 bench/rusage.py "$WORK/once.json" -- "$1" once -c "$2" --output json 2>>"$WORK/once.log")
+    [ "$WORK/once.prom" -nt "$WORK/once.started" ] || { say "once wrote no metrics textfile"; exit 1; }
+    python3 -c 'import json,sys; u=json.loads(sys.argv[1]); print(u["exit"], u["maxrss_kb"], u["user_s"] + u["sys_s"], u["user_s"], u["wall_s"], u["sleeps"], end=" ")' "$usage"
+    awk '/^zenml_rotator_upstream_request_duration_seconds_count/ {
+        if (/upstream="zenml"/) z += $NF; else if (/upstream="vault"/) v += $NF } END {print z + 0, v + 0}' "$WORK/once.prom"
+  }
+  results() { # result -> how many keys of once.json had it
+    python3 -c 'import json,sys; print(sum(r["result"] == sys.argv[2] for r in json.load(open(sys.argv[1]))))' "$WORK/once.json" "$1"
+  }
   TOKEN=$(zenml_token)
   # curl sending as many: Z GETs of the set's keys from ZenML and V GETs of its paths' metadata
   # from Vault, cycling over the 100 keys, each server's in one keep-alive curl; prints its user
@@ -229,10 +252,11 @@ print(sum(x["user_s"] for x in u), sum(x["sys_s"] for x in u), sum(x["sleeps"] f
   for i in $(seq "$REPS"); do
     for b in "${!BINS[@]}"; do
       k=$(( run % 9 + 1 )); run=$((run + 1))
-      # A set is due again two minutes (every = "2m") after the pass that rotated it.
+      # A set is due again two minutes (every = "2m") after the pass that rotated it (with
+      # SPLIT=1, waited for below, after its finalizing pass).
       if [ "${FRESH:-0}" = 1 ]; then
         wipe_set "$k"
-      elif [ -n "${last[$k]:-}" ]; then
+      elif [ "${SPLIT:-0}" != 1 ] && [ -n "${last[$k]:-}" ]; then
         wait_s=$(( last[$k] + 125 - $(date +%s) ))
         [ "$wait_s" -le 0 ] || { echo "  (set $k is due in ${wait_s}s)" >&2; sleep "$wait_s"; }
       fi
@@ -240,17 +264,43 @@ print(sum(x["user_s"] for x in u), sum(x["sys_s"] for x in u), sum(x["sleeps"] f
       install -d -m 0700 "$WORK/state-vault"; chmod 0700 "$WORK/state-vault"
       pv=$(policy "policy-vault-$k.toml.in" "$URL" "policy-vault-$k.toml")
       # As a CronJob's runs do, each run finds the last one's textfile (and carries over from it).
-      touch "$WORK/once.started"; sleep 0.01
       sed -i -e "s|{vault}|$ZR_VAULT_ADDR|" -e "s|^listen = .*|textfile = \"$WORK/once.prom\"|" "$pv"
-      usage=$(python3 bench/rusage.py "$WORK/once.json" -- "${BINS[$b]}" once -c "$pv" --output json 2>>"$WORK/once.log")
+      if [ "${SPLIT:-0}" = 1 ] && [ "${FRESH:-0}" != 1 ]; then
+        # A set this invocation has not rotated yet is in an unknown state (due, or its window
+        # open): one pass first, not measured, brings it to a known one (rotated now).
+        # `every` 3m here, not 2m: a pass's keys are rotated over ~35 s and finalized over as many,
+        # in another order, so a finalizing pass 65 s after the last of them must also end before
+        # the first of them is due.
+        sed -i 's/^every = "2m"$/every = "3m"/' "$pv"
+        if [ -z "${last[$k]:-}" ]; then
+          read -r code _ < <(once_pass "${BINS[$b]}" "$pv")
+          rotated=$(results rotated)
+          [ "$code" = 0 ] && [ "$rotated" = 100 ] || { say "set $k's first pass rotated $rotated of 100 (exit $code; rotated less than 2 minutes ago?): see $WORK/once.json"; exit 1; }
+          last[$k]=$(date +%s)
+          echo "  (set $k rotated, not measured: the passes below start from it)" >&2
+        fi
+        # The window (1m) of the set's last rotation is over, the set not due (2m): a pass that
+        # only finalizes.
+        wait_s=$(( last[$k] + 65 - $(date +%s) ))
+        [ "$wait_s" -le 0 ] || { echo "  (set $k's window ends in ${wait_s}s)" >&2; sleep "$wait_s"; }
+        read -r code maxrss cpu user wall sleeps zreq vreq < <(once_pass "${BINS[$b]}" "$pv")
+        finalized=$(results finalized); rotated=$(results rotated)
+        [ "$code" = 0 ] && [ "$rotated" = 0 ] || { say "the finalizing pass rotated $rotated (exit $code): see $WORK/once.json, $WORK/once.log"; exit 1; }
+        [ "$finalized" = 100 ] || { say "the finalizing pass finalized $finalized of 100: see $WORK/once.json"; exit 1; }
+        fin_key=$(awk -v c="$cpu" -v n="$finalized" 'BEGIN {printf "%.2f", c * 1000 / n}')
+        fin_reqs=$(awk -v a="$zreq" -v b="$vreq" -v n="$finalized" 'BEGIN {printf "%.1f", (a + b) / n}')
+        fin_cpu3[$b]+="$fin_key "; fin_req3[$b]+="$fin_reqs "
+        fin_sleeps3[$b]+="$(awk -v s="$sleeps" -v a="$zreq" -v b="$vreq" 'BEGIN {printf "%.2f", s / (a + b)}') "
+        echo "  run $i, set $k, ${BINS[$b]}: $finalized finalized in ${wall}s, peak RSS ${maxrss} kB, CPU ${cpu}s = ${fin_key} ms/key," \
+          "$sleeps sleeps; $zreq + $vreq requests (ZenML + Vault)" >&2
+        wait_s=$(( last[$k] + 185 - $(date +%s) ))
+        [ "$wait_s" -le 0 ] || { echo "  (set $k is due in ${wait_s}s)" >&2; sleep "$wait_s"; }
+      fi
+      read -r code maxrss cpu user wall sleeps zreq vreq < <(once_pass "${BINS[$b]}" "$pv")
       last[$k]=$(date +%s)
-      rotated=$(python3 -c 'import json,sys; print(sum(r["result"] == "rotated" for r in json.load(open(sys.argv[1]))))' "$WORK/once.json")
-      read -r code maxrss cpu user wall sleeps < <(python3 -c 'import json,sys; u=json.loads(sys.argv[1]); print(u["exit"], u["maxrss_kb"], u["user_s"] + u["sys_s"], u["user_s"], u["wall_s"], u["sleeps"])' "$usage")
+      rotated=$(results rotated)
       [ "$code" = 0 ] && [ "$rotated" = 100 ] || { say "once rotated $rotated of 100 (exit $code): see $WORK/once.json, $WORK/once.log"; exit 1; }
       per_key=$(awk -v c="$cpu" -v n="$rotated" 'BEGIN {printf "%.2f", c * 1000 / n}')
-      [ "$WORK/once.prom" -nt "$WORK/once.started" ] || { say "once wrote no metrics textfile"; exit 1; }
-      read -r zreq vreq < <(awk '/^zenml_rotator_upstream_request_duration_seconds_count/ {
-          if (/upstream="zenml"/) z += $NF; else if (/upstream="vault"/) v += $NF } END {print z + 0, v + 0}' "$WORK/once.prom")
       read -r curl_user curl_sys < <(curl_same "$k" "$zreq" "$vreq" "$pv")
       floor=$(awk -v u="$curl_user" -v s="$curl_sys" 'BEGIN {print u + s}')
       floor_key=$(awk -v c="$floor" -v n="$rotated" 'BEGIN {printf "%.2f", c * 1000 / n}')
@@ -281,6 +331,11 @@ print(sum(x["user_s"] for x in u), sum(x["sys_s"] for x in u), sum(x["sleeps"] f
   report_runs 'curl, as many requests:  CPU per key' ms floor3 'user+sys of a plain client sending the same number'
   report_runs 'curl, user CPU per key:' ms curl_user3 'user space only'
   report_runs 'once, sleeps per request:' sleeps sleeps3 'voluntary context switches: a wait for an answer is one'
+  if [ "${SPLIT:-0}" = 1 ] && [ "${FRESH:-0}" != 1 ]; then
+    report_runs 'finalizing pass, CPU per finalized key:' ms fin_cpu3 'user+sys; the window over, the key not due'
+    report_runs 'finalizing pass, requests per key:' requests fin_req3 'ZenML + Vault'
+    report_runs 'finalizing pass, sleeps per request:' sleeps fin_sleeps3 'voluntary context switches'
+  fi
   if [ "${PACED:-1}" != 0 ]; then
     report_runs 'curl at the pace of the pass: CPU per key' ms paced3 'the same requests spread over the pass wall time (--rate)'
     report_runs 'curl at that pace, sleeps per request:' sleeps paced_sleeps3 'the rate wait and the answer wait'

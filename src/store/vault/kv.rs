@@ -210,8 +210,8 @@ impl VaultStore {
     ///
     /// Where pre-flight found the token may `patch` the metadata (`may_patch`; before any
     /// pre-flight in this process, one question to Vault about this path, `probe_patchable`),
-    /// one JSON merge patch does it (the rotator's keys set or, when the record has none, removed; Vault
-    /// merges), and the path as it is now is `seen` with this record when no version was written
+    /// one JSON merge patch does it (the rotator's keys set or, when the record has none,
+    /// removed; Vault merges), and the path as it is now is `seen` with this record when no version was written
     /// and the caller knows what it saw (`None` otherwise). Else the metadata is read, merged
     /// here and written whole, and the path as it is now is that read with the record written.
     /// A patch the token turns out not to be allowed (its policy changed since) falls back to the
@@ -293,7 +293,8 @@ impl VaultStore {
     /// pre-flighted yet in this process (a finalize before any rotation), as the latest
     /// pre-flight of any path found (one policy usually covers them all; where it does not, the
     /// patch is refused once and the path written whole from then on); before any, not known
-    /// (`None`: `write_record` asks Vault, once a process).
+    /// (`None`: `write_record` asks Vault; of records written at the same moment each may ask,
+    /// those after take the answer noted).
     fn may_patch(&self, path: &str) -> Option<bool> {
         let known = self.patchable.lock().ok()?;
         known.paths.get(path).copied().or(known.last)
