@@ -253,7 +253,7 @@ print(sum(x["user_s"] for x in u), sum(x["sys_s"] for x in u), sum(x["sleeps"] f
     for b in "${!BINS[@]}"; do
       k=$(( run % 9 + 1 )); run=$((run + 1))
       # A set is due again two minutes (every = "2m") after the pass that rotated it (with
-      # SPLIT=1, waited for below, after its finalizing pass).
+      # SPLIT=1 three, waited for below, after its finalizing pass).
       if [ "${FRESH:-0}" = 1 ]; then
         wipe_set "$k"
       elif [ "${SPLIT:-0}" != 1 ] && [ -n "${last[$k]:-}" ]; then
@@ -266,20 +266,20 @@ print(sum(x["user_s"] for x in u), sum(x["sys_s"] for x in u), sum(x["sleeps"] f
       # As a CronJob's runs do, each run finds the last one's textfile (and carries over from it).
       sed -i -e "s|{vault}|$ZR_VAULT_ADDR|" -e "s|^listen = .*|textfile = \"$WORK/once.prom\"|" "$pv"
       if [ "${SPLIT:-0}" = 1 ] && [ "${FRESH:-0}" != 1 ]; then
-        # A set this invocation has not rotated yet is in an unknown state (due, or its window
-        # open): one pass first, not measured, brings it to a known one (rotated now).
         # `every` 3m here, not 2m: a pass's keys are rotated over ~35 s and finalized over as many,
         # in another order, so a finalizing pass 65 s after the last of them must also end before
         # the first of them is due.
         sed -i 's/^every = "2m"$/every = "3m"/' "$pv"
+        # A set this invocation has not rotated yet is in an unknown state (due, or its window
+        # open): one pass first, not measured, brings it to a known one (rotated now).
         if [ -z "${last[$k]:-}" ]; then
           read -r code _ < <(once_pass "${BINS[$b]}" "$pv")
           rotated=$(results rotated)
-          [ "$code" = 0 ] && [ "$rotated" = 100 ] || { say "set $k's first pass rotated $rotated of 100 (exit $code; rotated less than 2 minutes ago?): see $WORK/once.json"; exit 1; }
+          [ "$code" = 0 ] && [ "$rotated" = 100 ] || { say "set $k's first pass rotated $rotated of 100 (exit $code; rotated less than 3 minutes ago?): see $WORK/once.json"; exit 1; }
           last[$k]=$(date +%s)
           echo "  (set $k rotated, not measured: the passes below start from it)" >&2
         fi
-        # The window (1m) of the set's last rotation is over, the set not due (2m): a pass that
+        # The window (1m) of the set's last rotation is over, the set not due (3m): a pass that
         # only finalizes.
         wait_s=$(( last[$k] + 65 - $(date +%s) ))
         [ "$wait_s" -le 0 ] || { echo "  (set $k's window ends in ${wait_s}s)" >&2; sleep "$wait_s"; }

@@ -211,9 +211,10 @@ impl VaultStore {
     /// Where pre-flight found the token may `patch` the metadata (`may_patch`; before any
     /// pre-flight in this process, one question to Vault about this path, `probe_patchable`),
     /// one JSON merge patch does it (the rotator's keys set or, when the record has none,
-    /// removed; Vault merges), and the path as it is now is `seen` with this record when no version was written
-    /// and the caller knows what it saw (`None` otherwise). Else the metadata is read, merged
-    /// here and written whole, and the path as it is now is that read with the record written.
+    /// removed; Vault merges), and the path as it is now is `seen` with this record when no
+    /// version was written and the caller knows what it saw (`None` otherwise). Else the
+    /// metadata is read, merged here and written whole, and the path as it is now is that read
+    /// with the record written.
     /// A patch the token turns out not to be allowed (its policy changed since) falls back to the
     /// read and write.
     pub(super) async fn write_record(
@@ -296,8 +297,11 @@ impl VaultStore {
     /// (`None`: `write_record` asks Vault; of records written at the same moment each may ask,
     /// those after take the answer noted).
     fn may_patch(&self, path: &str) -> Option<bool> {
-        let known = self.patchable.lock().ok()?;
-        known.paths.get(path).copied().or(known.last)
+        match self.patchable.lock() {
+            Ok(known) => known.paths.get(path).copied().or(known.last),
+            // Nothing can be noted either: written whole, not asked again each time.
+            Err(_) => Some(false),
+        }
     }
 
     /// Writes `data` as a new version of `kv_path`, checked-and-set against version `cas` (0:
