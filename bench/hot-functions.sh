@@ -100,7 +100,9 @@ for path in files:
         if m:
             if m[3]:
                 names[m[2]] = m[3]
-            if m[1] == "fn" and current and os.path.realpath(current) == binary:
+            # Code without a symbol has its address for a name: nothing a later build can order.
+            if m[1] == "fn" and current and os.path.realpath(current) == binary \
+                    and not names[m[2]].startswith("0x"):
                 hot.add(names[m[2]])
 os.makedirs(os.path.dirname(out), exist_ok=True)
 with open(out, "w") as f:
