@@ -70,6 +70,7 @@ pub struct Metrics {
     pub pending_deactivations: IntGauge,
     pub deactivation_due_timestamp_seconds: GaugeVec,
     pub keys_deactivated_total: IntCounterVec,
+    pub keys_deleted_total: IntCounterVec,
     pub journal_entries: IntGauge,
     pub hygiene_findings: IntGaugeVec,
     pub claims: ClaimMetrics,
@@ -239,6 +240,11 @@ impl Metrics {
                 "API keys deactivated, by policy and reason.",
                 &["policy", "reason"],
             )?,
+            keys_deleted_total: b.counters(
+                "keys_deleted_total",
+                "API keys deleted (orphans, and keys deactivated delete_after ago), by policy.",
+                &["policy"],
+            )?,
             journal_entries: b.int_gauge(
                 "journal_entries",
                 "Rotations in flight recorded in the local journal.",
@@ -353,6 +359,7 @@ impl Metrics {
         remove_policy(&self.rotations_total, policy);
         remove_policy(&self.errors_total, policy);
         remove_policy(&self.keys_deactivated_total, policy);
+        remove_policy(&self.keys_deleted_total, policy);
         remove_policy(&self.hook_failures_total, policy);
         self.set_deactivation_due(policy, 0, None);
     }

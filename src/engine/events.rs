@@ -376,6 +376,10 @@ fn deactivated(key: &ApiKey, reason: DeactivationReason, actor: Actor<'_>) {
 }
 
 fn deleted(key: &ApiKey, actor: Actor<'_>) {
+    metrics::get()
+        .keys_deleted_total
+        .with_label_values(&[actor.label()])
+        .inc();
     let sentence = format!(
         "API key {:?} ({}) of service account {:?} deleted",
         key.name, key.id, key.service_account_name

@@ -23,6 +23,7 @@ fn every_design_metric_is_exposed_with_its_exact_name() {
     m.keys_deactivated_total
         .with_label_values(&["p", "retain_expired"])
         .inc();
+    m.keys_deleted_total.with_label_values(&["p"]).inc();
     let text = m.render();
     for name in [
         "zenml_rotator_rotations_total{policy=\"p\",result=\"success\"}",
@@ -39,6 +40,7 @@ fn every_design_metric_is_exposed_with_its_exact_name() {
         "zenml_rotator_pending_deactivations",
         "zenml_rotator_deactivation_due_timestamp_seconds{policy=\"p\"}",
         "zenml_rotator_keys_deactivated_total{policy=\"p\",reason=\"retain_expired\"}",
+        "zenml_rotator_keys_deleted_total{policy=\"p\"}",
     ] {
         assert!(text.contains(name), "missing {name} in:\n{text}");
     }
@@ -86,6 +88,7 @@ fn a_removed_policy_loses_every_series_counters_included() {
         m.keys_deactivated_total
             .with_label_values(&[p, "retain_expired"])
             .inc();
+        m.keys_deleted_total.with_label_values(&[p]).inc();
     }
     m.forget_policy("gone");
     let t = text(&m);
@@ -93,7 +96,7 @@ fn a_removed_policy_loses_every_series_counters_included() {
         !t.contains("\"gone\""),
         "series of a removed policy remain:\n{t}"
     );
-    assert_eq!(t.matches("policy=\"kept\"").count(), 7, "{t}");
+    assert_eq!(t.matches("policy=\"kept\"").count(), 8, "{t}");
 }
 
 #[test]

@@ -240,6 +240,12 @@ async fn a_crash_between_create_and_store_leaves_an_orphan_the_next_pass_removes
         )),
         Some(1.0)
     );
+    assert_eq!(
+        rig.metric(&format!(
+            "zenml_rotator_keys_deleted_total{{policy=\"{policy}\"}}"
+        )),
+        Some(1.0)
+    );
     admin
         .delete_service_account(&sa.id.to_string())
         .await
@@ -410,6 +416,10 @@ async fn deactivated_keys_are_deleted_after_delete_after() {
     let (out, _) = rig.run(&["once"], 0);
     assert!(!out.contains("deleted"), "{out}");
     assert!(audited("deleted").is_empty(), "{:?}", audited("deleted"));
+    assert_eq!(
+        rig.metric("zenml_rotator_keys_deleted_total{policy=\"deleting\"}"),
+        None
+    );
     assert!(
         admin
             .get_api_key(sa.id, &seed.key.id.to_string())
@@ -425,6 +435,10 @@ async fn deactivated_keys_are_deleted_after_delete_after() {
             .get_api_key(sa.id, &seed.key.id.to_string())
             .await
             .is_err()
+    );
+    assert_eq!(
+        rig.metric("zenml_rotator_keys_deleted_total{policy=\"deleting\"}"),
+        Some(1.0)
     );
     let deleted = audited("deleted");
     assert_eq!(deleted.len(), 1, "{deleted:?}");
