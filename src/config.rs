@@ -33,7 +33,7 @@ impl Config {
     /// Reads and validates a policy file. Reads nothing else: the credentials it names are read
     /// when used, so this works on a machine that has none of them. A file that other users may
     /// write, or replace through its directory, is refused (`trust.rs`): it says where the keys
-    /// go and what runs with them.
+    /// go and what runs with them; one its group may write is loaded with a warning.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         use std::io::Read;
         let read_error = |source| ConfigError::Read {
@@ -51,9 +51,17 @@ impl Config {
                 Changeable::Directory { dir, mode } => ConfigError::Replaceable { path, dir, mode },
             });
         }
+        let group_writable = crate::trust::group_writable(path, &meta);
         let mut source = String::new();
         file.read_to_string(&mut source).map_err(read_error)?;
-        Config::parse(&source, path)
+        let mut config = Config::parse(&source, path)?;
+        if let Some((mode, gid)) = group_writable {
+            config.file_warnings.push(format!(
+                "{0}: warning: permissions {mode:04o} for the policy file let group {gid} write it: its members may send the keys to a store of their own or run a hook of their own with them; run chmod g-w {0}",
+                path.display()
+            ));
+        }
+        Ok(config)
     }
 
     /// Validates `source` as the contents of `path` (used in messages and kept as `Config::source`).
@@ -62,11 +70,15 @@ impl Config {
         validate::parse(source, path, &validate::Context::from_environment())
     }
 
-    /// Logs every cleartext endpoint the file allows (`allow_insecure_http = true`), once per
-    /// load: every command that loads the file, and every reload of the daemon.
-    pub fn log_insecure_endpoints(&self) {
+    /// Logs every cleartext endpoint the file allows (`allow_insecure_http = true`), and what
+    /// `file_warnings` holds, once per load: every command that loads the file, and every reload
+    /// of the daemon.
+    pub fn log_warnings(&self) {
         for endpoint in &self.insecure_endpoints {
             tracing::warn!("{}", endpoint.warning());
+        }
+        for warning in &self.file_warnings {
+            tracing::warn!("{warning}");
         }
     }
 
@@ -100,6 +112,9 @@ pub struct Config {
     /// order: not an error, but to be said at every load (logged, and the
     /// `insecure_endpoints` gauge).
     pub insecure_endpoints: Vec<Diagnostic>,
+    /// What `load` found about the file itself that is allowed but must be said (its group may
+    /// write it), one line each, said with `insecure_endpoints`.
+    pub file_warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -56,7 +56,8 @@ pub fn install_crypto_provider() {
 
 /// Reads every certificate of a PEM bundle; refused when other users may write it (its mode is
 /// read from the file opened, so the file checked is the file read) or put another file in its
-/// place (`trust.rs`; a read-only mount passes both).
+/// place (`trust.rs`; a read-only mount passes both); one its group may write is read with a
+/// warning (once per file and process).
 fn load_ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, HttpSetupError> {
     use std::io::Read;
     let io = |source| HttpSetupError::CaFile {
@@ -74,6 +75,14 @@ fn load_ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Htt
                 dir: dir.display().to_string(),
                 mode,
             },
+        });
+    }
+    if let Some((mode, gid)) = crate::trust::group_writable(path, &meta) {
+        crate::trust::warn_group_writable_once(path, || {
+            format!(
+                "permissions {mode:04o} for CA file {0} let group {gid} write it: its members may add a certificate authority of their own that the rotator would trust; run chmod g-w {0}",
+                path.display()
+            )
         });
     }
     let mut pem = Vec::new();

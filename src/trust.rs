@@ -3,6 +3,7 @@
 //! file in its place, controls where the keys go. Both are refused, by mode, with one exception:
 //! on a read-only mount nobody can write, whatever the bits say (a Kubernetes ConfigMap or Secret
 //! volume: its directory 0777 or 1777, its files the volume's `defaultMode`, always read-only).
+//! Write access through the file's group is said, not refused (`group_writable`).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,31 @@ pub fn changeable_by_others(
         }
     }
     Ok(None)
+}
+
+/// The mode and group of a file its group may write (`g+w`), unless it is on a read-only mount.
+/// Not refused, said: with user private groups (Debian's default, umask 002) a file's group is
+/// often its owner alone, and whether anyone else is in it is the system's to say, not its mode.
+/// The directories above are not looked at for their group: a volume's `fsGroup` makes every one
+/// group-writable. `meta` is the file's metadata, as for `changeable_by_others`.
+pub fn group_writable(path: &Path, meta: &std::fs::Metadata) -> Option<(u32, u32)> {
+    let mode = meta.mode() & 0o7777;
+    (mode & 0o020 != 0 && !on_read_only_mount(path)).then(|| (mode, meta.gid()))
+}
+
+/// Logs `warning()` the first time this process finds `path` group-writable: a hook runs, and a
+/// client is built, many times over a daemon's life; once is enough to be seen.
+pub fn warn_group_writable_once(path: &Path, warning: impl FnOnce() -> String) {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    static WARNED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let mut warned = match WARNED.lock() {
+        Ok(w) => w,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if warned.insert(path.to_path_buf()) {
+        tracing::warn!("{}", warning());
+    }
 }
 
 /// Whether `path` is on a file system mounted read-only (by path: a directory, or a program that
@@ -97,6 +123,24 @@ mod tests {
                 "{mode:o}"
             );
             assert_eq!(check(&path).unwrap(), expected, "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_file_its_group_may_write_is_found_with_its_group() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        std::fs::write(&path, "").unwrap();
+        let gid = std::fs::metadata(&path).unwrap().gid();
+        for (mode, flagged) in [(0o664, true), (0o620, true), (0o775, true), (0o644, false)] {
+            set(&path, mode);
+            let opened = std::fs::File::open(&path).unwrap().metadata().unwrap();
+            assert_eq!(
+                group_writable(&path, &opened),
+                flagged.then_some((mode, gid)),
+                "{mode:o}"
+            );
         }
     }
 

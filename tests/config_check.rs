@@ -211,6 +211,45 @@ fn a_missing_config_argument_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
 }
 
+/// A policy file its group may write is loaded, and said: by `check` on stderr, by the other
+/// commands in the log, each time the file is loaded.
+#[test]
+fn a_policy_file_its_group_may_write_is_loaded_with_a_warning() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tmp.path().join("policy.toml");
+    fs::copy(fixtures("valid").join("minimal.toml"), &policy).unwrap();
+    let gid = fs::metadata(&policy).unwrap().gid();
+    let check = |mode: u32| {
+        fs::set_permissions(&policy, fs::Permissions::from_mode(mode)).unwrap();
+        let mut cmd = rotator(tmp.path());
+        cmd.args(["check", "-c", "policy.toml"]);
+        let out = run_expect(&mut cmd, 0);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for mode in [0o664, 0o620] {
+        assert_eq!(
+            check(mode),
+            format!(
+                "policy.toml: warning: permissions {mode:04o} for the policy file let group {gid} write it: its members may send the keys to a store of their own or run a hook of their own with them; run chmod g-w policy.toml\n"
+            )
+        );
+    }
+    assert_eq!(check(0o644), "");
+    // `plan` logs it (and then stops: the API key's variable is not set).
+    fs::set_permissions(&policy, fs::Permissions::from_mode(0o664)).unwrap();
+    let mut cmd = rotator(tmp.path());
+    cmd.args(["plan", "-c", "policy.toml"]);
+    let out = run(&mut cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("for the policy file let group").count(),
+        1,
+        "{}",
+        describe(&cmd, &out)
+    );
+}
+
 /// The policy file says where the keys go and what runs with them: one that other users may
 /// write, or replace through its directory, is refused before anything else. A file on a
 /// read-only mount passes whatever its mode (a Kubernetes ConfigMap volume, as the shipped
@@ -257,7 +296,8 @@ fn a_policy_file_others_could_change_is_refused_unless_its_mount_is_read_only() 
         "{}",
         describe(&cmd, &out)
     );
-    // Sticky (as /tmp) or group-writable: only the owner may replace it.
+    // Sticky (as /tmp): only the owner may replace it. Group-writable: directories are not
+    // looked at for their group (a volume's fsGroup makes every one so).
     for mode in [0o1777, 0o775] {
         chmod(&from, mode);
         let mut cmd = rotator(tmp.path());

@@ -18,6 +18,9 @@ pub fn run(args: CheckArgs) -> Result<ExitCode, ExitCode> {
     for endpoint in &config.insecure_endpoints {
         eprintln!("{}", endpoint.warning());
     }
+    for warning in &config.file_warnings {
+        eprintln!("{warning}");
+    }
     let plural = |n: usize, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
     println!(
         "ok: {}, {}",

@@ -162,7 +162,7 @@ fn init_logging(format: LogFormat) {
 /// A cleartext endpoint the file allows is logged and counted (`insecure_endpoints`) at every load.
 fn load(config: &ConfigArg) -> Result<Config, ExitCode> {
     let config = read(config)?;
-    config.log_insecure_endpoints();
+    config.log_warnings();
     crate::metrics::get().set_insecure_endpoints(config.insecure_endpoints.len());
     Ok(config)
 }

@@ -271,6 +271,7 @@ impl Validator<'_> {
             hygiene,
             notify,
             insecure_endpoints: Vec::new(),
+            file_warnings: Vec::new(),
         }
     }
 

@@ -16,7 +16,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let m = metrics::get();
     match Config::load(path) {
         Ok(c) => {
-            c.log_insecure_endpoints();
+            c.log_warnings();
             m.config_last_reload_successful.set(1);
             m.config_last_reload_success_timestamp_seconds
                 .set(Utc::now().timestamp() as f64);

@@ -174,6 +174,33 @@ fn a_zenml_server_that_redirects_gets_no_credential_elsewhere() {
     );
 }
 
+/// A CA file its group may write is read (here it holds no certificate, which stops `plan` after
+/// it), and the log says so first.
+#[test]
+fn a_ca_file_its_group_may_write_is_read_with_a_warning() {
+    let mut rig = Rig::new();
+    let ca = rig.path().join("ca.pem");
+    std::fs::write(&ca, "no certificate").unwrap();
+    chmod(&ca, 0o664);
+    let gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(&ca).unwrap());
+    rig.zenml_line(&format!("ca_file = {:?}", ca.display().to_string()))
+        .file_store("local")
+        .key("k", "any", "local", "k.env", "");
+    rig.write();
+    let mut cmd = rig.cmd(&["plan"]);
+    let out = crate::common::run(&mut cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let described = crate::common::describe(&cmd, &out);
+    let ca = ca.display();
+    let warned = format!(
+        "permissions 0664 for CA file {ca} let group {gid} write it: its members may add a certificate authority of their own that the rotator would trust; run chmod g-w {ca}"
+    );
+    assert_eq!(stderr.matches(&warned).count(), 1, "{described}");
+    let read = format!("CA file {ca} holds no usable PEM certificate");
+    assert!(stderr.contains(&read), "{described}");
+    assert!(stderr.find(&warned) < stderr.find(&read), "{described}");
+}
+
 /// A Kubernetes ConfigMap volume's directory is 0777 and its files take the volume's
 /// `defaultMode`, but the volume is mounted read-only, so nobody can write to either: a CA file
 /// there is read. The same modes on a writable mount are refused, the file's and then the

@@ -172,7 +172,8 @@ async fn a_hook_that_keeps_failing_is_given_up_after_five_attempts() {
 }
 
 /// A hook's program gets the key on its standard input: one that other users may change, or put
-/// another program in the place of, is not run (a failed attempt, said why), and runs once fixed.
+/// another program in the place of, is not run (a failed attempt, said why), and runs once fixed;
+/// one its group may change runs, with a warning.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hook_program_others_could_change_is_not_run() {
     use std::os::unix::fs::PermissionsExt;
@@ -210,8 +211,20 @@ async fn a_hook_program_others_could_change_is_not_run() {
         bin.display()
     ));
     chmod(&bin, 0o755);
-    once_with(&rig, 0, &["wait", "hook ran"]);
+    // Its group may change it: it runs, and the log says so.
+    chmod(std::path::Path::new(&hook), 0o775);
+    let gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(&hook).unwrap());
+    let ran = once_with(&rig, 0, &["wait", "hook ran"]);
     assert_eq!(crate::lines_in(&runs), 1);
+    let warning = format!(
+        "permissions 0775 for {hook} let group {gid} write it: its members may change the program a hook runs with the key; run chmod g-w {hook}"
+    );
+    assert_eq!(
+        ran.stderr.matches(&warning).count(),
+        1,
+        "{}",
+        ran.describe()
+    );
 }
 
 /// A rig whose key `k`, of a new service account, runs the script `name` (`body`) as its

@@ -115,7 +115,8 @@ pub async fn run(
 
 /// A hook's program runs with the key on its standard input, or with whatever the rotator's user
 /// can reach: one that other users may change, or put another program in the place of
-/// (`trust.rs`), is not run. `Err` says why, as a failed run does.
+/// (`trust.rs`), is not run. `Err` says why, as a failed run does. One its group may write runs,
+/// with a warning (once per program and process).
 fn trusted_program(program: &str) -> Result<(), String> {
     use crate::trust::Changeable;
     let path = std::path::Path::new(program);
@@ -131,7 +132,16 @@ fn trusted_program(program: &str) -> Result<(), String> {
                 "not run: permissions {mode:04o} for directory {dir} of {program} are too open: other users may put another program in its place, which would run with the key; run chmod o-w {dir} (or chmod +t {dir})"
             ))
         }
-        None => Ok(()),
+        None => {
+            if let Some((mode, gid)) = crate::trust::group_writable(path, &meta) {
+                crate::trust::warn_group_writable_once(path, || {
+                    format!(
+                        "permissions {mode:04o} for {program} let group {gid} write it: its members may change the program a hook runs with the key; run chmod g-w {program}"
+                    )
+                });
+            }
+            Ok(())
+        }
     }
 }
 
