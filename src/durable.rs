@@ -166,6 +166,32 @@ pub fn sweep_stale_temporaries(
     dir: &Path,
     older_than: std::time::Duration,
 ) -> std::io::Result<Vec<String>> {
+    sweep_temporaries(dir, None, older_than)
+}
+
+/// [`sweep_stale_temporaries`] for the temporary files of one target only (`.NAME.tmp-...` for
+/// `target` named NAME): for a directory others write into too, as node-exporter's textfile
+/// directory, where another program's files that look like ours are not ours to remove.
+pub fn sweep_stale_temporaries_of(
+    target: &Path,
+    older_than: std::time::Duration,
+) -> std::io::Result<Vec<String>> {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return Ok(Vec::new());
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    sweep_temporaries(dir, Some(&name.to_string_lossy()), older_than)
+}
+
+fn sweep_temporaries(
+    dir: &Path,
+    only: Option<&str>,
+    older_than: std::time::Duration,
+) -> std::io::Result<Vec<String>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -180,6 +206,15 @@ pub fn sweep_stale_temporaries(
         let name = entry.file_name().to_string_lossy().into_owned();
         if !is_temp_name(&name) {
             continue;
+        }
+        if let Some(only) = only {
+            let ours = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_prefix(only))
+                .is_some_and(|rest| rest.starts_with(".tmp-"));
+            if !ours {
+                continue;
+            }
         }
         // The entry's own (a symlink not followed): a symlink is nobody's temporary file.
         let Ok(meta) = entry.metadata() else {
@@ -377,6 +412,39 @@ mod tests {
             sweep_stale_temporaries(&dir.join("missing"), STALE_TEMP_AGE)
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_sweep_for_one_target_leaves_other_files_temporaries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let random = "0123456789abcdef0123456789abcdef";
+        for name in [
+            format!(".zenml_rotator.prom.tmp-{random}"),
+            format!(".other.prom.tmp-{random}"),
+            format!(".zenml_rotator.prom.x.tmp-{random}"),
+        ] {
+            crate::testing::write_two_hours_ago(&dir.join(name), "");
+        }
+        std::fs::write(dir.join(".zenml_rotator.prom.tmp-4242"), "").unwrap();
+        let target = dir.join("zenml_rotator.prom");
+        assert_eq!(
+            sweep_stale_temporaries_of(&target, STALE_TEMP_AGE).unwrap(),
+            [format!(".zenml_rotator.prom.tmp-{random}")]
+        );
+        let mut left: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                format!(".other.prom.tmp-{random}"),
+                ".zenml_rotator.prom.tmp-4242".to_owned(),
+                format!(".zenml_rotator.prom.x.tmp-{random}"),
+            ]
         );
     }
 

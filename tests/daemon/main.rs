@@ -395,6 +395,16 @@ fn once_pushes_to_a_real_pushgateway_and_writes_the_textfile_and_a_failed_run_ke
         .write()
     };
     let policy = policy_with(&both);
+    // What interrupted runs left: this file's temporary files, an hour old, go; another
+    // program's in the same directory stay.
+    let random = "0123456789abcdef0123456789abcdef";
+    let ours = textfile_dir.join(format!(".zenml_rotator.prom.tmp-{random}"));
+    let theirs = format!(".node.prom.tmp-{random}");
+    for leftover in [ours.clone(), textfile_dir.join(&theirs)] {
+        let f = std::fs::File::create(&leftover).unwrap();
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 3600))
+            .unwrap();
+    }
     let mut once = rotator(dir.path());
     once.arg("once")
         .arg("-c")
@@ -431,13 +441,15 @@ fn once_pushes_to_a_real_pushgateway_and_writes_the_textfile_and_a_failed_run_ke
             .collect(),
     });
 
-    // The textfile: written whole (no temp file left), readable by node-exporter, and the same
-    // series as pushed.
-    let names: Vec<_> = std::fs::read_dir(&textfile_dir)
+    // The textfile: written whole (no temp file left, and the old one of ours gone), readable
+    // by node-exporter, and the same series as pushed.
+    let mut names: Vec<_> = std::fs::read_dir(&textfile_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names, ["zenml_rotator.prom"]);
+    names.sort();
+    assert_eq!(names, [theirs.as_str(), "zenml_rotator.prom"]);
+    assert!(!ours.exists());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&textfile).unwrap().permissions().mode() & 0o777,
