@@ -243,15 +243,30 @@ fn sweep_temporaries(
 /// so; a directory that cannot be swept is reported and left, as the writes themselves will
 /// report what is wrong with it.
 pub fn remove_leftovers(dir: &Path) {
-    match sweep_stale_temporaries(dir, STALE_TEMP_AGE) {
+    let swept = sweep_stale_temporaries(dir, STALE_TEMP_AGE);
+    report_leftovers(dir, swept, " (they may have held a key)");
+}
+
+/// [`remove_leftovers`] for the temporary files of `target` only
+/// ([`sweep_stale_temporaries_of`]): beside a file in a directory others write into too.
+pub fn remove_leftovers_of(target: &Path) {
+    report_leftovers(
+        target,
+        sweep_stale_temporaries_of(target, STALE_TEMP_AGE),
+        "",
+    );
+}
+
+fn report_leftovers(place: &Path, swept: std::io::Result<Vec<String>>, held: &str) {
+    match swept {
         Ok(removed) if removed.is_empty() => {}
         Ok(removed) => tracing::warn!(
-            dir = %dir.display(),
+            place = %place.display(),
             files = ?removed,
-            "removed temporary files that interrupted writes left (they may have held a key)"
+            "removed temporary files that interrupted writes left{held}"
         ),
         Err(e) => tracing::warn!(
-            dir = %dir.display(),
+            place = %place.display(),
             error = %e,
             "cannot remove the temporary files that interrupted writes may have left"
         ),
@@ -385,13 +400,8 @@ mod tests {
                 ".p.json.tmp-4242".to_owned()
             ]
         );
-        let mut left: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
         assert_eq!(
-            left,
+            names_in(dir),
             [
                 format!(".d.tmp-{random}"),
                 format!(".fresh.json.tmp-{random}"),
@@ -415,6 +425,16 @@ mod tests {
         );
     }
 
+    /// The names in `dir`, sorted.
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn a_sweep_for_one_target_leaves_other_files_temporaries() {
         let tmp = tempfile::tempdir().unwrap();
@@ -433,13 +453,8 @@ mod tests {
             sweep_stale_temporaries_of(&target, STALE_TEMP_AGE).unwrap(),
             [format!(".zenml_rotator.prom.tmp-{random}")]
         );
-        let mut left: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
         assert_eq!(
-            left,
+            names_in(dir),
             [
                 format!(".other.prom.tmp-{random}"),
                 ".zenml_rotator.prom.tmp-4242".to_owned(),

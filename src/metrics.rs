@@ -97,6 +97,17 @@ impl Builder {
         Ok(metric)
     }
 
+    /// `build_info{version}`, 1 for this build's version.
+    fn build_info(&self) -> Result<IntGaugeVec, prometheus::Error> {
+        let info = self.int_gauges(
+            "build_info",
+            "Always 1; the version as a label.",
+            &["version"],
+        )?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Ok(info)
+    }
+
     fn counters(
         &self,
         name: &str,
@@ -164,7 +175,7 @@ impl Metrics {
         let b = Builder {
             registry: Registry::new(),
         };
-        let metrics = Metrics {
+        Ok(Metrics {
             rotations_total: b.counters(
                 "rotations_total",
                 "Rotations attempted, by policy and result (success, failure, refused).",
@@ -222,11 +233,7 @@ impl Metrics {
                 "config_last_reload_success_timestamp_seconds",
                 "When the policy file was last loaded successfully.",
             ))?)?,
-            build_info: b.int_gauges(
-                "build_info",
-                "Always 1; the version as a label.",
-                &["version"],
-            )?,
+            build_info: b.build_info()?,
             pending_deactivations: b.int_gauge(
                 "pending_deactivations",
                 "Old API keys waiting for their retain window to end before deactivation.",
@@ -276,12 +283,7 @@ impl Metrics {
             )?,
             pending_by_policy: Mutex::new(BTreeMap::new()),
             registry: b.registry,
-        };
-        metrics
-            .build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        Ok(metrics)
+        })
     }
 
     /// The text exposition streamed to `w`, one metric family at a time (a one-shot run's

@@ -34,7 +34,10 @@ pub async fn export_one_shot(settings: &crate::config::MetricsSettings) {
         if let Ok(previous) = std::fs::read_to_string(path) {
             m.carry_over_last_success(&previous);
         }
-        remove_textfile_leftovers(path);
+        // What interrupted runs left beside it: its own temporary files only (node-exporter
+        // ignores them, but a CronJob killed now and then would pile them up; the directory is
+        // the collector's, shared with other programs).
+        crate::durable::remove_leftovers_of(path);
         match write_textfile(path, |w| m.write_text(w)) {
             Ok(()) => tracing::debug!(file = %path.display(), "metrics textfile written"),
             Err(e) => {
@@ -92,26 +95,6 @@ fn policies_seen<T: MetricVecBuilder>(vec: &MetricVec<T>) -> Vec<String> {
     seen.sort();
     seen.dedup();
     seen
-}
-
-/// Removes the temporary files of this textfile that interrupted runs left beside it (an hour
-/// old; node-exporter ignores them, but a CronJob killed now and then would pile them up). Only
-/// this file's own: the directory is the collector's, shared with other programs.
-fn remove_textfile_leftovers(path: &std::path::Path) {
-    use crate::durable::{STALE_TEMP_AGE, sweep_stale_temporaries_of};
-    match sweep_stale_temporaries_of(path, STALE_TEMP_AGE) {
-        Ok(removed) if removed.is_empty() => {}
-        Ok(removed) => tracing::info!(
-            file = %path.display(),
-            files = ?removed,
-            "removed temporary files of the metrics textfile that interrupted runs left"
-        ),
-        Err(e) => tracing::warn!(
-            file = %path.display(),
-            error = %e,
-            "cannot remove the temporary files that interrupted runs may have left beside the metrics textfile"
-        ),
-    }
 }
 
 /// Atomic (temp file + rename) so the collector never reads half a file; 0644 so it can read it.
