@@ -19,9 +19,10 @@ pub enum Changeable {
 
 /// How other users could change the file at `path`, if they can. `meta` is the file's metadata:
 /// from the file opened where the caller reads it, so the file checked is the file read. The
-/// directories that count are the file's own and every one above its real location, and the one
-/// the name given is in (a symlink's): `o+w` without the sticky bit (which, as on /tmp, lets
-/// only a file's owner rename or remove it). Only a regular file has a place to take: a pipe
+/// directories that count are the file's own and every one above its real location, the one the
+/// name given is in, and every one that holds a symbolic link met on the way (each hop of a
+/// chain, a link to a directory along the path): `o+w` without the sticky bit (which, as on /tmp,
+/// lets only a file's owner rename or remove it). Only a regular file has a place to take: a pipe
 /// (`-c <(...)`) has no directory. Nothing on a read-only mount counts.
 pub fn changeable_by_others(
     path: &Path,
@@ -36,7 +37,9 @@ pub fn changeable_by_others(
     }
     let real = std::fs::canonicalize(path)?;
     let given = path.parent().filter(|p| !p.as_os_str().is_empty());
-    for dir in real.ancestors().skip(1).chain(given) {
+    let holders = link_holders(path)?;
+    let holders = holders.iter().map(PathBuf::as_path);
+    for dir in real.ancestors().skip(1).chain(given).chain(holders) {
         let mode = std::fs::metadata(dir)?.mode() & 0o7777;
         if mode & 0o002 != 0 && mode & 0o1000 == 0 && !on_read_only_mount(dir) {
             return Ok(Some(Changeable::Directory {
@@ -46,6 +49,62 @@ pub fn changeable_by_others(
         }
     }
     Ok(None)
+}
+
+/// One step of resolving a path, as the kernel takes them.
+enum Step {
+    Root,
+    Parent,
+    Name(std::ffi::OsString),
+}
+
+fn steps(path: &Path) -> Vec<Step> {
+    use std::path::Component;
+    path.components()
+        .filter_map(|c| match c {
+            Component::RootDir => Some(Step::Root),
+            Component::ParentDir => Some(Step::Parent),
+            Component::Normal(name) => Some(Step::Name(name.to_owned())),
+            Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect()
+}
+
+/// The real directories holding a symbolic link met while resolving `path` one name at a time,
+/// as the kernel does (a link's target read in its place, `..` taken from the real directory):
+/// whoever may write one of them could point that link somewhere else.
+fn link_holders(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    /// The kernel's own limit (`ELOOP` after 40 links).
+    const MAX_LINKS: usize = 40;
+    let mut current = std::env::current_dir()?;
+    let mut todo = std::collections::VecDeque::from(steps(path));
+    let mut holders: Vec<PathBuf> = Vec::new();
+    while let Some(step) = todo.pop_front() {
+        match step {
+            Step::Root => current = PathBuf::from("/"),
+            Step::Parent => {
+                current.pop();
+            }
+            Step::Name(name) => {
+                let next = current.join(&name);
+                if !std::fs::symlink_metadata(&next)?.file_type().is_symlink() {
+                    current = next;
+                    continue;
+                }
+                if holders.len() == MAX_LINKS {
+                    return Err(std::io::Error::other(format!(
+                        "more than {MAX_LINKS} symbolic links on the way to {}",
+                        path.display()
+                    )));
+                }
+                holders.push(current.clone());
+                for step in steps(&std::fs::read_link(&next)?).into_iter().rev() {
+                    todo.push_front(step);
+                }
+            }
+        }
+    }
+    Ok(holders)
 }
 
 /// The mode and group of a file its group may write (`g+w`), unless it is on a read-only mount.
@@ -182,5 +241,41 @@ mod tests {
         set(&open, 0o755);
         assert_eq!(check(&link).unwrap(), None);
         assert!(check(&tmp.path().join("missing")).is_err());
+    }
+
+    /// Every link met on the way counts, not only the last name's: the second hop of a chain, and
+    /// a link to a directory in the middle of the path, each held in a directory others may write.
+    #[test]
+    fn a_link_anywhere_on_the_way_held_where_others_may_write_is_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tmp = std::fs::canonicalize(tmp.path()).unwrap();
+        let (safe, open, real) = (tmp.join("safe"), tmp.join("open"), tmp.join("real"));
+        for d in [&safe, &open, &real] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let file = real.join("f");
+        std::fs::write(&file, "").unwrap();
+        set(&open, 0o777);
+        // safe/first -> open/second -> real/f
+        std::os::unix::fs::symlink(open.join("second"), safe.join("first")).unwrap();
+        std::os::unix::fs::symlink(&file, open.join("second")).unwrap();
+        assert_eq!(check(&safe.join("first")).unwrap(), through(&open, 0o777));
+        // open/dir -> ../real, reached as safe/../open/dir/f: the link is a directory's.
+        std::os::unix::fs::symlink("../real", open.join("dir")).unwrap();
+        let via = safe.join("../open/dir/f");
+        assert_eq!(check(&via).unwrap(), through(&open, 0o777));
+        set(&open, 0o1777);
+        assert_eq!(check(&safe.join("first")).unwrap(), None);
+        assert_eq!(check(&via).unwrap(), None);
+        // A loop is an error, as the kernel's.
+        set(&open, 0o755);
+        std::os::unix::fs::symlink(safe.join("loop"), safe.join("loop")).unwrap();
+        assert!(link_holders(&safe.join("loop")).is_err());
+        // No link, no holder; a chain, the directory of each hop.
+        assert_eq!(link_holders(&file).unwrap(), Vec::<PathBuf>::new());
+        assert_eq!(
+            link_holders(&safe.join("first")).unwrap(),
+            [safe.clone(), open.clone()]
+        );
     }
 }
