@@ -78,12 +78,10 @@ fn load_ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Htt
         });
     }
     if let Some((mode, gid)) = crate::trust::group_writable(path, &meta) {
-        crate::trust::warn_group_writable_once(path, || {
-            format!(
-                "permissions {mode:04o} for CA file {0} let group {gid} write it: its members may add a certificate authority of their own that the rotator would trust; run chmod g-w {0}",
-                path.display()
-            )
-        });
+        crate::trust::warn_once(format!(
+            "permissions {mode:04o} for CA file {0} let group {gid} write it: its members may add a certificate authority of their own that the rotator would trust; run chmod g-w {0}",
+            path.display()
+        ));
     }
     let mut pem = Vec::new();
     file.read_to_end(&mut pem).map_err(io)?;

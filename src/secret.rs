@@ -3,11 +3,9 @@
 //! refer to a value only by its fingerprint, the first 8 hex digits of its SHA-256. Credential
 //! files are refused when other users may read them, the way OpenSSH refuses a private key.
 
-use std::collections::BTreeSet;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 pub use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -167,18 +165,10 @@ fn exposure(mode: u32, owner: u32, gid: u32, euid: u32) -> Exposure {
 
 /// Says once per process and file that a credential file's group may read it.
 fn warn_group_readable(path: &Path, mode: u32, gid: u32) {
-    static WARNED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
-    let mut warned = match WARNED.lock() {
-        Ok(w) => w,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    if warned.insert(path.to_path_buf()) {
-        tracing::warn!(
-            "permissions {mode:04o} for {} give group {gid} access to a credential file owned by the rotator's user; run chmod g-rwx {}",
-            path.display(),
-            path.display()
-        );
-    }
+    crate::trust::warn_once(format!(
+        "permissions {mode:04o} for {0} give group {gid} access to a credential file owned by the rotator's user; run chmod g-rwx {0}",
+        path.display()
+    ));
 }
 
 fn read_secret_file(

@@ -36,10 +36,10 @@ pub fn changeable_by_others(
         return Ok(None);
     }
     let real = std::fs::canonicalize(path)?;
-    let given = path.parent().filter(|p| !p.as_os_str().is_empty());
+    // The one the name given is in is among them: the real parent, or a link's holder.
     let holders = link_holders(path)?;
     let holders = holders.iter().map(PathBuf::as_path);
-    for dir in real.ancestors().skip(1).chain(given).chain(holders) {
+    for dir in real.ancestors().skip(1).chain(holders) {
         let mode = std::fs::metadata(dir)?.mode() & 0o7777;
         if mode & 0o002 != 0 && mode & 0o1000 == 0 && !on_read_only_mount(dir) {
             return Ok(Some(Changeable::Directory {
@@ -76,7 +76,12 @@ fn steps(path: &Path) -> Vec<Step> {
 fn link_holders(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     /// The kernel's own limit (`ELOOP` after 40 links).
     const MAX_LINKS: usize = 40;
-    let mut current = std::env::current_dir()?;
+    // Only a relative name starts where the process is (whose directory may be gone).
+    let mut current = if path.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        std::env::current_dir()?
+    };
     let mut todo = std::collections::VecDeque::from(steps(path));
     let mut holders: Vec<PathBuf> = Vec::new();
     while let Some(step) = todo.pop_front() {
@@ -117,18 +122,20 @@ pub fn group_writable(path: &Path, meta: &std::fs::Metadata) -> Option<(u32, u32
     (mode & 0o020 != 0 && !on_read_only_mount(path)).then(|| (mode, meta.gid()))
 }
 
-/// Logs `warning()` the first time this process finds `path` group-writable: a hook runs, and a
-/// client is built, many times over a daemon's life; once is enough to be seen.
-pub fn warn_group_writable_once(path: &Path, warning: impl FnOnce() -> String) {
+/// Logs `warning` unless this process has logged the same one before: a file's mode said once is
+/// enough, though a hook runs, a client is built and a credential is read many times over a
+/// daemon's life. For files whose mode is allowed but must be said (here, and `secret.rs`).
+pub fn warn_once(warning: String) {
     use std::collections::BTreeSet;
     use std::sync::Mutex;
-    static WARNED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     let mut warned = match WARNED.lock() {
         Ok(w) => w,
         Err(poisoned) => poisoned.into_inner(),
     };
-    if warned.insert(path.to_path_buf()) {
-        tracing::warn!("{}", warning());
+    if !warned.contains(&warning) {
+        tracing::warn!("{warning}");
+        warned.insert(warning);
     }
 }
 

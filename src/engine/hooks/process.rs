@@ -134,11 +134,9 @@ fn trusted_program(program: &str) -> Result<(), String> {
         }
         None => {
             if let Some((mode, gid)) = crate::trust::group_writable(path, &meta) {
-                crate::trust::warn_group_writable_once(path, || {
-                    format!(
-                        "permissions {mode:04o} for {program} let group {gid} write it: its members may change the program a hook runs with the key; run chmod g-w {program}"
-                    )
-                });
+                crate::trust::warn_once(format!(
+                    "permissions {mode:04o} for {program} let group {gid} write it: its members may change the program a hook runs with the key; run chmod g-w {program}"
+                ));
             }
             Ok(())
         }
