@@ -239,6 +239,15 @@ fn read_secret_file(
 mod tests {
     use super::*;
 
+    /// What a credential file gives when read as one.
+    fn read_back(p: &Path) -> String {
+        SecretSource::File(p.to_path_buf())
+            .read()
+            .unwrap()
+            .expose_secret()
+            .to_owned()
+    }
+
     #[test]
     fn fingerprint_is_first_8_hex_of_sha256() {
         // sha256("abc") = ba7816bf...
@@ -315,20 +324,11 @@ mod tests {
         }
         // The owner's (and its group's) file is read; a platform's token file is never judged.
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert_eq!(
-            SecretSource::File(p.clone())
-                .read()
-                .unwrap()
-                .expose_secret(),
-            "hunter2"
-        );
+        assert_eq!(read_back(&p), "hunter2");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(read_platform_token(&p).unwrap().expose_secret(), "hunter2");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(
-            SecretSource::File(p).read().unwrap().expose_secret(),
-            "hunter2"
-        );
+        assert_eq!(read_back(&p), "hunter2");
     }
 
     #[test]
@@ -363,19 +363,10 @@ mod tests {
         let link = open.join("link");
         std::os::unix::fs::symlink(&q, &link).unwrap();
         assert_eq!(refused(&link).to_string(), message(&link));
-        assert_eq!(
-            SecretSource::File(q).read().unwrap().expose_secret(),
-            "hunter2"
-        );
+        assert_eq!(read_back(&q), "hunter2");
         // The sticky bit (as on /tmp) lets only a file's owner rename or remove it.
         chmod(&open, 0o1777);
-        assert_eq!(
-            SecretSource::File(p.clone())
-                .read()
-                .unwrap()
-                .expose_secret(),
-            "hunter2"
-        );
+        assert_eq!(read_back(&p), "hunter2");
         // A platform's token file is never judged.
         chmod(&open, 0o777);
         assert_eq!(read_platform_token(&p).unwrap().expose_secret(), "hunter2");
