@@ -1,8 +1,7 @@
 //! Secret values: how the rotator holds them and how it names them without showing them.
 //! Values live in `secrecy::SecretString` (redacted `Debug`, zeroized on drop); logs and errors
 //! refer to a value only by its fingerprint, the first 8 hex digits of its SHA-256. Credential
-//! files are refused when other users may read them, the way OpenSSH refuses a private key, or
-//! put another file in their place.
+//! files are refused when other users may read them, the way OpenSSH refuses a private key.
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -10,8 +9,6 @@ use std::path::{Path, PathBuf};
 
 pub use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-
-use crate::trust::Changeable;
 
 /// The short, non-reversible name of a secret value: the first 8 hex digits of its SHA-256.
 pub fn fingerprint(value: &SecretString) -> String {
@@ -69,16 +66,6 @@ pub enum SecretSourceError {
         path = .path.display()
     )]
     TooOpen { path: PathBuf, mode: u32 },
-    #[error(
-        "permissions {mode:04o} for directory {dir} of credential file {path} are too open: other users may put a file of their own in its place, and so choose the token or password the rotator logs in with (a Vault token of theirs could read every key written with it); run chmod o-w {dir} (or chmod +t {dir})",
-        path = .path.display(),
-        dir = .dir.display()
-    )]
-    Replaceable {
-        path: PathBuf,
-        dir: PathBuf,
-        mode: u32,
-    },
 }
 
 impl SecretSource {
@@ -209,18 +196,6 @@ fn read_secret_file(
             Exposure::Group { gid } => warn_group_readable(path, mode, gid),
             Exposure::Private => {}
         }
-        // Nor may others put another file in its place (`trust.rs`: the directories above it and
-        // those holding a link on the way; a read-only mount passes). Its own `o+w` is refused above.
-        match crate::trust::changeable_by_others(path, &meta).map_err(file_error)? {
-            None | Some(Changeable::File { .. }) => {}
-            Some(Changeable::Directory { dir, mode }) => {
-                return Err(SecretSourceError::Replaceable {
-                    path: path.to_path_buf(),
-                    dir,
-                    mode,
-                });
-            }
-        }
     }
     // Room for the whole file up front: no reallocation leaves a copy of the value behind.
     let capacity = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
@@ -331,45 +306,28 @@ mod tests {
         assert_eq!(read_back(&p), "hunter2");
     }
 
+    /// A credential file is judged by its own mode, as OpenSSH and PostgreSQL judge a private key,
+    /// not by its directory's (README, Security): Kubernetes makes every `emptyDir` 0777, and an
+    /// agent that renders a token there (Vault Agent's injector) is an ordinary way to hand one over.
     #[test]
-    fn a_credential_file_others_may_put_another_in_place_of_is_refused() {
+    fn a_credential_file_is_judged_by_its_own_mode_not_by_its_directory() {
         use std::os::unix::fs::PermissionsExt;
         let chmod = |p: &Path, mode: u32| {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
         };
         let top = tempfile::tempdir().unwrap();
-        chmod(top.path(), 0o700);
         let open = top.path().join("open");
         std::fs::create_dir(&open).unwrap();
         let p = open.join("token");
         std::fs::write(&p, "hunter2\n").unwrap();
         chmod(&p, 0o600);
         chmod(&open, 0o777);
-        let refused = |p: &Path| SecretSource::File(p.to_path_buf()).read().unwrap_err();
-        let message = |p: &Path| {
-            format!(
-                "permissions 0777 for directory {0} of credential file {1} are too open: other users may put a file of their own in its place, and so choose the token or password the rotator logs in with (a Vault token of theirs could read every key written with it); run chmod o-w {0} (or chmod +t {0})",
-                open.display(),
-                p.display()
-            )
-        };
-        assert_eq!(refused(&p).to_string(), message(&p));
-        // Reached through a link held there, the file in a private directory is refused too.
-        let private = top.path().join("private");
-        std::fs::create_dir(&private).unwrap();
-        let q = private.join("token");
-        std::fs::write(&q, "hunter2\n").unwrap();
-        chmod(&q, 0o600);
-        let link = open.join("link");
-        std::os::unix::fs::symlink(&q, &link).unwrap();
-        assert_eq!(refused(&link).to_string(), message(&link));
-        assert_eq!(read_back(&q), "hunter2");
-        // The sticky bit (as on /tmp) lets only a file's owner rename or remove it.
-        chmod(&open, 0o1777);
         assert_eq!(read_back(&p), "hunter2");
-        // A platform's token file is never judged.
-        chmod(&open, 0o777);
-        assert_eq!(read_platform_token(&p).unwrap().expose_secret(), "hunter2");
+        chmod(&p, 0o604);
+        assert!(matches!(
+            SecretSource::File(p.clone()).read(),
+            Err(SecretSourceError::TooOpen { mode: 0o604, .. })
+        ));
         chmod(&open, 0o700);
     }
 

@@ -1,10 +1,9 @@
-//! Files the rotator trusts to tell it where to send keys (the policy file, a CA bundle, a
-//! credential file: `secret.rs`) or what to run with them (a hook's program): whoever besides
-//! their owner may change one, or put another file in its place, controls where the keys go.
-//! Both are refused, by mode, with one exception: on a read-only mount nobody can write, whatever
-//! the bits say (a Kubernetes ConfigMap or Secret volume: its directory 0777 or 1777, its files
-//! the volume's `defaultMode`, always read-only). Write access through the file's group is said,
-//! not refused (`group_writable`; for a credential file, its group's reading is: `secret.rs`).
+//! Files the rotator trusts to tell it where to send keys (the policy file, a CA bundle) or what
+//! to run with them (a hook's program): whoever besides their owner may change one, or put another
+//! file in its place, controls where the keys go. Both are refused, by mode, with one exception:
+//! on a read-only mount nobody can write, whatever the bits say (a Kubernetes ConfigMap or Secret
+//! volume: its directory 0777 or 1777, its files the volume's `defaultMode`, always read-only).
+//! Write access through the file's group is said, not refused (`group_writable`).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

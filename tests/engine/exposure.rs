@@ -73,31 +73,6 @@ async fn a_password_file_other_users_may_read_is_refused_before_anything_is_sent
         KeyCheck::Accepted
     );
 
-    // Nor may others put another file in its place: the owner's 0600 file in a directory they
-    // may write (without the sticky bit) is refused, before anything is sent.
-    let open = rig.path().join("open");
-    std::fs::create_dir(&open).unwrap();
-    let moved = open.join("zenml-password");
-    std::fs::write(&moved, format!("{}\n", zenml().admin_password)).unwrap();
-    chmod(&moved, 0o600);
-    chmod(&open, 0o777);
-    rig.write();
-    with_password_file(&rig, &moved);
-    let before = zenml_state(&admin, sa.id).await;
-    let ran = rig.expect(&["rotate", "k", "--force"], 1);
-    assert_eq!(
-        ran.stderr,
-        format!(
-            "zenml-rotator: ZenML credentials: permissions 0777 for directory {0} of credential file {1} are too open: other users may put a file of their own in its place, and so choose the token or password the rotator logs in with (a Vault token of theirs could read every key written with it); run chmod o-w {0} (or chmod +t {0})\n",
-            open.display(),
-            moved.display()
-        ),
-        "{}",
-        ran.describe()
-    );
-    assert_eq!(zenml_state(&admin, sa.id).await, before, "ZenML changed");
-    chmod(&open, 0o700);
-
     // A systemd credential (a bare name read from $CREDENTIALS_DIRECTORY) is systemd's to guard.
     chmod(&file, 0o644);
     rig.env("CREDENTIALS_DIRECTORY", &rig.path().display().to_string());
