@@ -35,9 +35,8 @@ pub fn changeable_by_others(
     if !meta.is_file() {
         return Ok(None);
     }
-    let real = std::fs::canonicalize(path)?;
     // The one the name given is in is among them: the real parent, or a link's holder.
-    let holders = link_holders(path)?;
+    let (real, holders) = resolve(path)?;
     let holders = holders.iter().map(PathBuf::as_path);
     for dir in real.ancestors().skip(1).chain(holders) {
         let mode = std::fs::metadata(dir)?.mode() & 0o7777;
@@ -70,10 +69,11 @@ fn steps(path: &Path) -> Vec<Step> {
         .collect()
 }
 
-/// The real directories holding a symbolic link met while resolving `path` one name at a time,
-/// as the kernel does (a link's target read in its place, `..` taken from the real directory):
-/// whoever may write one of them could point that link somewhere else.
-fn link_holders(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// Resolves `path` one name at a time, as the kernel does (a link's target read in its place,
+/// `..` taken from the real directory): its real location (what `canonicalize` gives), and the
+/// real directories holding a symbolic link met on the way, whoever may write one of which could
+/// point that link somewhere else.
+fn resolve(path: &Path) -> std::io::Result<(PathBuf, Vec<PathBuf>)> {
     /// The kernel's own limit (`ELOOP` after 40 links).
     const MAX_LINKS: usize = 40;
     // Only a relative name starts where the process is (whose directory may be gone).
@@ -109,7 +109,7 @@ fn link_holders(path: &Path) -> std::io::Result<Vec<PathBuf>> {
             }
         }
     }
-    Ok(holders)
+    Ok((current, holders))
 }
 
 /// The mode and group of a file its group may write (`g+w`), unless it is on a read-only mount.
@@ -277,12 +277,13 @@ mod tests {
         // A loop is an error, as the kernel's.
         set(&open, 0o755);
         std::os::unix::fs::symlink(safe.join("loop"), safe.join("loop")).unwrap();
-        assert!(link_holders(&safe.join("loop")).is_err());
-        // No link, no holder; a chain, the directory of each hop.
-        assert_eq!(link_holders(&file).unwrap(), Vec::<PathBuf>::new());
+        assert!(resolve(&safe.join("loop")).is_err());
+        // No link, no holder; a chain, the directory of each hop; the real file either way.
+        assert_eq!(resolve(&file).unwrap(), (file.clone(), Vec::new()));
         assert_eq!(
-            link_holders(&safe.join("first")).unwrap(),
-            [safe.clone(), open.clone()]
+            resolve(&safe.join("first")).unwrap(),
+            (file.clone(), vec![safe.clone(), open.clone()])
         );
+        assert_eq!(resolve(&via).unwrap().0, file);
     }
 }
