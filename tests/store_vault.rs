@@ -909,6 +909,70 @@ async fn a_token_allowed_elsewhere_fails_preflight() {
     assert!(err.to_string().contains("create, update, read"), "{err}");
 }
 
+/// A pass tells the store the paths it is about to look at: the first pre-flight asks Vault about
+/// its own path and the next ones in one question, and each answer stands for its path's own
+/// pre-flight once and for two seconds; after that the path is asked about again, and a
+/// permission taken away in between is seen. A path the token may not touch, asked about ahead,
+/// fails only its own pre-flight.
+#[tokio::test]
+async fn capabilities_are_asked_ahead_for_the_paths_a_pass_expects_and_stand_briefly() {
+    let root = Root::new();
+    let vault_addr = vault().addr.clone();
+    let proxy = StubServer::start(move |r| forward(&vault_addr, r)).await;
+    let prefix = unique("zr-ahead");
+    let policy = root.rotator_policy("secret", &prefix).await;
+    let token = root.token(&[&policy], json!({ "ttl": "1h" })).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = VaultStore::connect(&settings_at(&proxy.url, token_auth(dir.path(), &token)))
+        .await
+        .unwrap();
+    let elsewhere = format!("{}/key", unique("zr-there"));
+    let [a, b, c] = ["a", "b", "c"].map(|k| format!("{prefix}/{k}"));
+    store.expect_paths(vec![a.clone(), b.clone(), elsewhere.clone(), c.clone()]);
+    let questions = |from: usize| -> Vec<String> {
+        proxy.requests()[from..]
+            .iter()
+            .filter(|r| r.path().ends_with("/sys/capabilities-self"))
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .collect()
+    };
+
+    let from = proxy.requests().len();
+    store.preflight(&a).await.unwrap();
+    let asked = questions(from);
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    for p in [&a, &b, &c, &elsewhere] {
+        assert!(
+            asked[0].contains(&format!("secret/data/{p}\""))
+                && asked[0].contains(&format!("secret/metadata/{p}\""))
+                && asked[0].contains(&format!("secret/data/zenml-rotator/claims/{p}\"")),
+            "{p} asked about ahead: {asked:?}"
+        );
+    }
+    let from = proxy.requests().len();
+    store.preflight(&b).await.unwrap();
+    assert!(questions(from).is_empty(), "b's answer was asked ahead");
+    let err = store.preflight(&elsewhere).await.unwrap_err();
+    assert!(matches!(err, StoreError::PermissionDenied { .. }), "{err}");
+    assert!(err.to_string().contains(&elsewhere), "{err}");
+    assert!(questions(from).is_empty(), "its answer too");
+    let from = proxy.requests().len();
+    store.preflight(&b).await.unwrap();
+    assert_eq!(questions(from).len(), 1, "an answer serves one pre-flight");
+
+    // Taken away after c's answer was asked ahead: seen once the answer is two seconds old.
+    let read_only = common::stores::shipped_vault_policy("secret", &prefix)
+        .replace(r#"["create", "update", "read"]"#, r#"["read"]"#);
+    assert!(!read_only.contains("create"), "{read_only}");
+    root.policy(&policy, &read_only).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let from = proxy.requests().len();
+    let err = store.preflight(&c).await.unwrap_err();
+    assert!(matches!(err, StoreError::PermissionDenied { .. }), "{err}");
+    assert!(err.to_string().contains(&c), "{err}");
+    assert_eq!(questions(from).len(), 1, "asked again");
+}
+
 #[tokio::test]
 async fn a_mount_that_is_not_kv_v2_is_refused() {
     let root = Root::new();

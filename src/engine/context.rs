@@ -8,7 +8,7 @@ use super::claims::ClaimRules;
 use super::failure::KeyFailure;
 use super::journal::Journal;
 use super::stores::StoreRegistry;
-use crate::config::StoreSettings;
+use crate::config::{KeyPolicy, StoreSettings};
 use crate::store::SecretStore;
 use crate::zenml::{ServiceAccount, ZenmlClient, ZenmlError};
 
@@ -58,6 +58,11 @@ impl Context {
     /// The store named `name`, connected on first use.
     pub async fn store(&self, name: &str) -> Result<Arc<dyn SecretStore>, KeyFailure> {
         self.stores.get(name).await
+    }
+
+    /// The keys a pass is about to look at, in order: a hint for the stores' pre-flights.
+    pub fn expect(&self, keys: &[KeyPolicy]) {
+        self.stores.expect(keys);
     }
 
     /// Every service account by name: one paged listing per pass instead of a lookup per key.

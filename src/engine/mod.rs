@@ -109,13 +109,15 @@ impl Engine {
         self.act.as_ref()
     }
 
-    /// Runs `f` for every key with at most `concurrency` at once; results in key order.
+    /// Runs `f` for every key with at most `concurrency` at once; results in key order. The
+    /// stores are told the keys' paths first (`Context::expect`).
     pub async fn for_each_key<'a, F, Fut, T>(&'a self, keys: &[KeyPolicy], f: F) -> Vec<T>
     where
         F: Fn(KeyPolicy) -> Fut,
         Fut: std::future::Future<Output = T> + 'a,
     {
         use futures_util::StreamExt;
+        self.ctx.expect(keys);
         futures_util::stream::iter(keys.iter().cloned().map(f))
             .buffered(self.concurrency)
             .collect()

@@ -332,6 +332,11 @@ pub trait SecretStore: Send + Sync {
     /// progress). Writes nothing. Returns the snapshot the later write checks-and-sets against.
     async fn preflight(&self, path: &str) -> Result<StoreSnapshot, StoreError>;
 
+    /// The key paths a pass is about to look at, in its order, so that a store whose pre-flight
+    /// asks a question per path may ask about several at once (Vault's capabilities). A hint:
+    /// nothing is sent, and a store that asks nothing per path ignores it.
+    fn expect_paths(&self, _paths: Vec<String>) {}
+
     /// `preflight`, right after a look under the key's claim (or one the claim's check-and-set
     /// proves current) returned `seen`: a store whose snapshot is only the check-and-set base
     /// overrides it to prove the rest (permissions) without reading the path again (KV v2). A

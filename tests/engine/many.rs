@@ -1,7 +1,8 @@
 //! Invariant 6 at scale: one `once` pass over 20 keys (files, Vault and AWS mixed) with
 //! `concurrency = 4`, one of them broken (its service account deleted just before the pass). The
 //! other 19 rotate; the pass exits 1 naming the broken policy and why. The pass's wall time and
-//! peak RSS are printed (not asserted: the machine is shared).
+//! peak RSS are printed (not asserted: the machine is shared). The pass tells each store the paths
+//! it is about to look at: the first capability question Vault gets asks about every Vault key.
 
 use std::collections::BTreeSet;
 
@@ -10,6 +11,7 @@ use zenml_rotator::zenml::KeyCheck;
 use crate::common::rig::Rig;
 use crate::common::rig::failed_at;
 use crate::common::stores::{VaultAdmin, aws_value, check, env_file, payload_of};
+use crate::common::stub_http::{StubServer, forward};
 use crate::common::{aws_endpoint, new_service_account_with_key, unique, zenml_admin};
 
 const KEYS: usize = 20;
@@ -25,11 +27,13 @@ async fn twenty_keys_in_one_pass_one_broken() {
     let root = VaultAdmin::shared();
     let prefix = unique("eng-many");
     let token = root.rotator_token(&prefix).await;
+    let vault_addr = root.addr.clone();
+    let vault = StubServer::start(move |r| forward(&vault_addr, r)).await;
     let aws_prefix = unique("eng-many");
     let mut rig = Rig::new();
     rig.default_line("concurrency = 4")
         .file_store("local")
-        .vault_store("vault", &root.addr, &token)
+        .vault_store("vault", &vault.url, &token)
         .aws_store("aws", &aws_endpoint());
     let place = |i: usize| match i % 3 {
         0 => ("local", format!("k{i:02}.env")),
@@ -92,5 +96,20 @@ async fn twenty_keys_in_one_pass_one_broken() {
         stored.insert(value);
     }
     assert_eq!(stored.len(), KEYS - 1, "every key got its own value");
+
+    // The first pre-flight into Vault asked about the other Vault keys' paths too (7 paths, within
+    // one question's 8), and about no other store's.
+    let questions: Vec<String> = vault
+        .requests()
+        .iter()
+        .filter(|r| r.path().ends_with("/sys/capabilities-self"))
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    let first = questions.first().expect("a capability question");
+    for i in 0..KEYS {
+        let (store, path) = place(i);
+        let asked = first.contains(&format!("/data/{path}\""));
+        assert_eq!(asked, store == "vault", "k{i:02} ({store}): {first}");
+    }
     assert!(rig.journal_files().is_empty());
 }

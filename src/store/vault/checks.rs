@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
+use super::ahead::KeyCaps;
 use super::auth::Authed;
 use super::{STORE, VaultStore};
 use crate::metrics::observe_upstream;
@@ -166,27 +167,31 @@ impl VaultStore {
         })
     }
 
-    /// Invariant 2: the token may write the value and its metadata, and read them back.
+    /// Invariant 2: the token may write the value and its metadata, and read them back. The
+    /// answer is one asked ahead for this path if a fresh one is noted (`ahead`), else asked now,
+    /// together with the paths the pass expects next.
     pub(super) async fn check_capabilities(
         &self,
         authed: &Authed,
         path: &str,
     ) -> Result<(), StoreError> {
-        let data_path = format!("{}/data/{path}", self.mount);
-        let meta_path = format!("{}/metadata/{path}", self.mount);
-        let claim_path = format!("{}/data/{}", self.mount, self.claim_path(path));
-        let caps = self
-            .capabilities(authed, &[&data_path, &meta_path, &claim_path], path)
-            .await?;
-        let caps_on = |api_path: &str| capabilities_on(&caps, api_path);
-        self.note_patchable(path, may_patch_with(&caps_on(&meta_path)));
+        let caps = self.key_capabilities(authed, path).await?;
+        self.note_patchable(path, may_patch_with(&strs(&caps.meta)));
         let mut missing = Vec::new();
-        for (api_path, needed) in [
-            (&data_path, &["create", "update", "read"][..]),
-            (&meta_path, &["update", "read"][..]),
-            (&claim_path, &["create", "update", "read"][..]),
+        for (api_path, have, needed) in [
+            (
+                self.data_path(path),
+                &caps.data,
+                &["create", "update", "read"][..],
+            ),
+            (self.meta_path(path), &caps.meta, &["update", "read"][..]),
+            (
+                self.claim_api_path(path),
+                &caps.claim,
+                &["create", "update", "read"][..],
+            ),
         ] {
-            let have = caps_on(api_path);
+            let have = strs(have);
             if have.contains(&"root") {
                 continue;
             }
@@ -219,6 +224,57 @@ impl VaultStore {
         }
     }
 
+    /// The token's capabilities on `path`'s value, metadata and claim: a fresh answer asked
+    /// ahead, else one `sys/capabilities-self` question about `path` and the paths expected next
+    /// (their answers noted for their own pre-flights). One question at a time, so keys
+    /// pre-flighting together wait for the answer that covers them instead of asking again.
+    async fn key_capabilities(&self, authed: &Authed, path: &str) -> Result<KeyCaps, StoreError> {
+        let _turn = self.asking.lock().await;
+        let now = Instant::now();
+        let batch = match self.ahead.lock() {
+            Ok(mut ahead) => match ahead.take(path, now) {
+                Some(caps) => return Ok(caps),
+                None => ahead.batch(path, now),
+            },
+            // Nothing can be noted either: this path alone, every time.
+            Err(_) => vec![path.to_owned()],
+        };
+        let api: Vec<[String; 3]> = batch
+            .iter()
+            .map(|p| [self.data_path(p), self.meta_path(p), self.claim_api_path(p)])
+            .collect();
+        let flat: Vec<&str> = api.iter().flatten().map(String::as_str).collect();
+        let asked = Instant::now();
+        let answer = self.capabilities(authed, &flat, path).await?;
+        let mut mine = KeyCaps::default();
+        let mut ahead = self.ahead.lock().ok();
+        for (key_path, [data, meta, claim]) in batch.into_iter().zip(&api) {
+            let caps = KeyCaps {
+                data: owned(capabilities_on(&answer, data)),
+                meta: owned(capabilities_on(&answer, meta)),
+                claim: owned(capabilities_on(&answer, claim)),
+            };
+            if key_path == path {
+                mine = caps;
+            } else if let Some(ahead) = ahead.as_mut() {
+                ahead.note(key_path, caps, asked);
+            }
+        }
+        Ok(mine)
+    }
+
+    fn data_path(&self, path: &str) -> String {
+        format!("{}/data/{path}", self.mount)
+    }
+
+    fn meta_path(&self, path: &str) -> String {
+        format!("{}/metadata/{path}", self.mount)
+    }
+
+    fn claim_api_path(&self, path: &str) -> String {
+        format!("{}/data/{}", self.mount, self.claim_path(path))
+    }
+
     /// Whether the token may `patch` `path`'s metadata, asked of Vault for that path alone: for
     /// a record written before any pre-flight in this process (a pass that only finalizes), so
     /// that the answer also stands in for the paths after it (`may_patch`). Noted either way; a
@@ -228,7 +284,7 @@ impl VaultStore {
         authed: &Authed,
         path: &str,
     ) -> Result<bool, StoreError> {
-        let meta_path = format!("{}/metadata/{path}", self.mount);
+        let meta_path = self.meta_path(path);
         let allowed = match self.capabilities(authed, &[&meta_path], path).await {
             Ok(caps) => may_patch_with(&capabilities_on(&caps, &meta_path)),
             Err(StoreError::PermissionDenied { .. }) => false,
@@ -333,6 +389,14 @@ fn capabilities_on<'a>(caps: &'a Value, api_path: &str) -> Vec<&'a str> {
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default()
+}
+
+fn owned(caps: Vec<&str>) -> Vec<String> {
+    caps.into_iter().map(str::to_owned).collect()
+}
+
+fn strs(caps: &[String]) -> Vec<&str> {
+    caps.iter().map(String::as_str).collect()
 }
 
 /// Whether these capabilities on a metadata path allow a merge patch of it.

@@ -22,7 +22,8 @@
 //! Here: the store and its `SecretStore` steps. Beside it: `auth` (logins, token lease: the only
 //! requests sent through vaultrs), `kv` (versions, record, ownership stamp; every KV read and
 //! write), `claims` (the claim documents), `checks` (pre-flight through `sys/`, and `exchange`,
-//! which sends every request but the logins on the shared client), `errors` (Vault's answers as
+//! which sends every request but the logins on the shared client), `ahead` (capability answers
+//! asked for the paths a pass expects next), `errors` (Vault's answers as
 //! store errors), `settings` (the `[stores.NAME]` table of kind "vault").
 
 use std::collections::HashMap;
@@ -40,6 +41,7 @@ use super::{
 };
 use crate::secret::{ExposeSecret, SecretString};
 
+mod ahead;
 mod auth;
 mod checks;
 mod claims;
@@ -76,6 +78,10 @@ pub struct VaultStore {
     /// Whether the token may `patch` each key path's metadata, as pre-flight found: where it
     /// may, the record is written with one merge patch instead of a read and a whole write.
     patchable: std::sync::Mutex<Patchable>,
+    /// The paths a pass expects to pre-flight next and the capability answers asked ahead for
+    /// them; `asking` lets one capability question be in flight at a time.
+    ahead: std::sync::Mutex<ahead::Ahead>,
+    asking: Mutex<()>,
 }
 
 /// What pre-flights found about patching metadata: per key path, and the latest of any path.
@@ -156,6 +162,8 @@ impl VaultStore {
             claims: settings.claims.trim_matches('/').to_owned(),
             mount_checked: AtomicBool::new(false),
             patchable: std::sync::Mutex::new(Patchable::default()),
+            ahead: std::sync::Mutex::new(ahead::Ahead::default()),
+            asking: Mutex::new(()),
         })
     }
 
@@ -224,6 +232,12 @@ impl SecretStore for VaultStore {
         let authed = self.authed(path).await?;
         let meta = self.read_metadata(&authed, path, "inspect").await?;
         Ok(snapshot(meta.as_ref()))
+    }
+
+    fn expect_paths(&self, paths: Vec<String>) {
+        if let Ok(mut ahead) = self.ahead.lock() {
+            ahead.expect(paths.into_iter().filter(|p| valid_path(p)));
+        }
     }
 
     async fn preflight(&self, path: &str) -> Result<StoreSnapshot, StoreError> {
