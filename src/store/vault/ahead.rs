@@ -6,7 +6,7 @@
 //! as the answer the pre-flight takes (the version the write checks-and-sets against was read
 //! earlier still, at the look under the claim).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// How long an answer asked ahead stands for its path's pre-flight.
@@ -24,17 +24,25 @@ pub(super) struct KeyCaps {
     pub claim: Vec<String>,
 }
 
-/// The paths a pass is expected to pre-flight next, and the answers asked ahead for them.
+/// The paths a pass expects to pre-flight, in its order, and the answers asked ahead for them.
 #[derive(Debug, Default)]
 pub(super) struct Ahead {
-    upcoming: VecDeque<String>,
+    order: Vec<String>,
+    position: HashMap<String, usize>,
     answers: HashMap<String, (Instant, KeyCaps)>,
 }
 
 impl Ahead {
     /// The key paths a pass is about to look at, in its order; replaces what an earlier pass left.
     pub fn expect(&mut self, paths: impl IntoIterator<Item = String>) {
-        self.upcoming = paths.into_iter().collect();
+        self.order.clear();
+        self.position.clear();
+        for path in paths {
+            if !self.position.contains_key(&path) {
+                self.position.insert(path.clone(), self.order.len());
+                self.order.push(path);
+            }
+        }
     }
 
     /// The answer asked ahead for `path`, if one is fresh at `now`; taken either way, so each
@@ -45,20 +53,26 @@ impl Ahead {
     }
 
     /// The key paths to ask about with `path`: `path` first, then up to `ASK_AHEAD - 1` of those
-    /// expected next that hold no fresh answer, taken off the expected list.
+    /// the pass expects right after it that hold no fresh answer (the keys it looks at next,
+    /// wherever keys pre-flighting out of order left the others). Only `path` when the pass did
+    /// not expect it.
     pub fn batch(&mut self, path: &str, now: Instant) -> Vec<String> {
         let mut batch = vec![path.to_owned()];
-        let mut chosen: HashSet<String> = HashSet::new();
-        while batch.len() < ASK_AHEAD {
-            let Some(next) = self.upcoming.pop_front() else {
+        let Some(&at) = self.position.get(path) else {
+            return batch;
+        };
+        // Past a few questions' worth of fresh answers, the rest would be stale before its turn.
+        let scan = self.order.iter().skip(at + 1).take(4 * ASK_AHEAD);
+        for next in scan {
+            if batch.len() == ASK_AHEAD {
                 break;
-            };
+            }
             let fresh = self
                 .answers
-                .get(&next)
+                .get(next)
                 .is_some_and(|(asked, _)| now.saturating_duration_since(*asked) < FRESH);
-            if next != path && !fresh && chosen.insert(next.clone()) {
-                batch.push(next);
+            if !fresh {
+                batch.push(next.clone());
             }
         }
         batch
@@ -105,9 +119,29 @@ mod tests {
             None,
             "taken: the next pre-flight asks"
         );
-        // The next question starts where the last one stopped.
+        // The next question starts at the first path after the asking one without an answer.
         let next = ahead.batch(&format!("k{ASK_AHEAD}"), now);
         assert_eq!(next, paths(2 * ASK_AHEAD)[ASK_AHEAD..].to_vec());
+    }
+
+    /// Keys pre-flight out of order (`concurrency` at a time): a question asks about the keys
+    /// after the asking one, not about the first keys nobody asked about, which may be far ahead
+    /// and go stale before their turn.
+    #[test]
+    fn a_question_asks_about_the_keys_right_after_the_asking_one() {
+        let mut ahead = Ahead::default();
+        ahead.expect(paths(40));
+        let now = Instant::now();
+        for p in ahead.batch("k1", now).into_iter().skip(1) {
+            ahead.note(p, caps("x"), now);
+        }
+        // k0 comes late: it asks about itself and what k1's question left out after it.
+        let late = ahead.batch("k0", now);
+        assert_eq!(late[0], "k0");
+        assert_eq!(late[1], "k1", "k1 took its own answer: none noted");
+        assert_eq!(late[2..], paths(ASK_AHEAD + 7)[ASK_AHEAD + 1..]);
+        // A path the pass did not expect is asked about alone.
+        assert_eq!(ahead.batch("elsewhere", now), ["elsewhere"]);
     }
 
     #[test]
@@ -124,13 +158,13 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_skips_its_own_path_duplicates_and_paths_with_a_fresh_answer() {
+    fn a_batch_skips_duplicates_and_paths_with_a_fresh_answer() {
         let mut ahead = Ahead::default();
         let now = Instant::now();
         ahead.note("b".into(), caps("b"), now);
         ahead.expect(["a", "b", "c", "a", "c", "d"].map(String::from));
         assert_eq!(ahead.batch("a", now), ["a", "c", "d"]);
-        assert_eq!(ahead.batch("e", now), ["e"], "nothing left to ask ahead");
+        assert_eq!(ahead.batch("d", now), ["d"], "nothing left to ask ahead");
     }
 
     #[test]
