@@ -176,34 +176,30 @@ impl VaultStore {
         path: &str,
     ) -> Result<(), StoreError> {
         let caps = self.key_capabilities(authed, path).await?;
-        self.note_patchable(path, may_patch_with(&strs(&caps.meta)));
+        self.note_patchable(path, may_patch_with(&caps.meta));
+        const WRITE: &[&str] = &["create", "update", "read"];
+        // Each API path is spelled out only for the message, when something is missing there.
+        let named: [(&[String], &[&str], ApiPath); 3] = [
+            (&caps.data, WRITE, VaultStore::data_path),
+            (&caps.meta, &["update", "read"], VaultStore::meta_path),
+            (&caps.claim, WRITE, VaultStore::claim_api_path),
+        ];
         let mut missing = Vec::new();
-        for (api_path, have, needed) in [
-            (
-                self.data_path(path),
-                &caps.data,
-                &["create", "update", "read"][..],
-            ),
-            (self.meta_path(path), &caps.meta, &["update", "read"][..]),
-            (
-                self.claim_api_path(path),
-                &caps.claim,
-                &["create", "update", "read"][..],
-            ),
-        ] {
-            let have = strs(have);
-            if have.contains(&"root") {
+        for (have, needed, api_path) in named {
+            let has = |c: &str| have.iter().any(|h| h == c);
+            if has("root") {
                 continue;
             }
             let lacking: Vec<&str> = needed
                 .iter()
                 .copied()
-                .filter(|c| have.contains(&"deny") || !have.contains(c))
+                .filter(|c| has("deny") || !has(c))
                 .collect();
             if !lacking.is_empty() {
                 missing.push(format!(
-                    "{} on {api_path} (it has: {})",
+                    "{} on {} (it has: {})",
                     lacking.join(", "),
+                    api_path(self, path),
                     if have.is_empty() {
                         "nothing".to_owned()
                     } else {
@@ -250,9 +246,9 @@ impl VaultStore {
         let mut ahead = self.ahead.lock().ok();
         for (key_path, [data, meta, claim]) in batch.into_iter().zip(&api) {
             let caps = KeyCaps {
-                data: owned(capabilities_on(&answer, data)),
-                meta: owned(capabilities_on(&answer, meta)),
-                claim: owned(capabilities_on(&answer, claim)),
+                data: capabilities_on(&answer, data),
+                meta: capabilities_on(&answer, meta),
+                claim: capabilities_on(&answer, claim),
             };
             if key_path == path {
                 mine = caps;
@@ -356,6 +352,9 @@ impl VaultStore {
     }
 }
 
+/// How a key path's API path is made (`data_path`, `meta_path`, `claim_api_path`).
+type ApiPath = fn(&VaultStore, &str) -> String;
+
 /// One request [`VaultStore::exchange`] sends: `label` names it in the upstream metrics, `op` and
 /// `path` in its errors.
 pub(super) struct RawCall<'a> {
@@ -384,22 +383,20 @@ pub(super) fn api_errors(json: &Value) -> Vec<String> {
 }
 
 /// The capabilities Vault's answer lists for `api_path` (none when it lists nothing).
-fn capabilities_on<'a>(caps: &'a Value, api_path: &str) -> Vec<&'a str> {
+fn capabilities_on(caps: &Value, api_path: &str) -> Vec<String> {
     caps.get(api_path)
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
-fn owned(caps: Vec<&str>) -> Vec<String> {
-    caps.into_iter().map(str::to_owned).collect()
-}
-
-fn strs(caps: &[String]) -> Vec<&str> {
-    caps.iter().map(String::as_str).collect()
-}
-
 /// Whether these capabilities on a metadata path allow a merge patch of it.
-fn may_patch_with(caps: &[&str]) -> bool {
-    caps.contains(&"root") || (caps.contains(&"patch") && !caps.contains(&"deny"))
+fn may_patch_with(caps: &[String]) -> bool {
+    let has = |c: &str| caps.iter().any(|h| h == c);
+    has("root") || (has("patch") && !has("deny"))
 }
